@@ -1,0 +1,201 @@
+"""Public matching operators: validation, torch custom ops (fake kernels + autograd) and the
+torch.autograd.Function entry points, all sharing one backward implementation."""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _validate, reference
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the cfbi:: ops)
+
+    HAS_EXTENSION = True
+    EXTENSION_ERROR: str | None = None
+except ImportError as error:  # pragma: no cover - exercised only without a build
+    HAS_EXTENSION = False
+    EXTENSION_ERROR = str(error)
+    warnings.warn(
+        f"cfbi_ops: the compiled extension could not be loaded ({error}); using the slower pure-PyTorch "
+        "reference implementation. Build it with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+DEFAULT_WINDOWS = (4, 8, 12, 16, 20, 24)
+
+
+def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _global_backward(query: Tensor, reference_: Tensor, fg: Tensor, argmin: Tensor, fg_bias: Tensor,
+                     bg_bias: Tensor, grad_fg: Tensor | None, grad_bg: Tensor | None
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gq, gr, gfb, gbb = torch.ops.cfbi.global_match_backward(
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_)
+    return gq, gr, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
+
+
+def _local_backward(query: Tensor, previous: Tensor, fg: Tensor, argmin: Tensor, fg_bias: Tensor,
+                    bg_bias: Tensor, grad_fg: Tensor | None, grad_bg: Tensor | None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous)
+    return gq, gp, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("cfbi::global_match")
+    def _global_match_fake(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels):
+        shape = (query.shape[0], num_labels, query.shape[2], query.shape[3])
+        return query.new_empty(shape), query.new_empty(shape), query.new_empty(shape, dtype=torch.int32)
+
+    @torch.library.register_fake("cfbi::local_match")
+    def _local_match_fake(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous):
+        shape = (query.shape[0], num_labels, len(windows), query.shape[2], query.shape[3])
+        return query.new_empty(shape), query.new_empty(shape), query.new_empty(shape, dtype=torch.int32)
+
+    @torch.library.register_fake("cfbi::global_match_backward")
+    def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_):
+        return torch.empty_like(query), torch.empty_like(reference_), query.new_empty(1), query.new_empty(1)
+
+    @torch.library.register_fake("cfbi::local_match_backward")
+    def _local_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, previous):
+        return torch.empty_like(query), torch.empty_like(previous), query.new_empty(1), query.new_empty(1)
+
+    def _setup_context(ctx, inputs, output):
+        query, candidates, _, _, fg_bias, bg_bias = inputs[:6]
+        fg, _, argmin = output
+        ctx.save_for_backward(query, candidates, fg, argmin, fg_bias, bg_bias)
+
+    def _global_match_autograd(ctx, grad_fg, grad_bg, _grad_argmin):
+        gq, gr, gfb, gbb = _global_backward(*ctx.saved_tensors, grad_fg, grad_bg)
+        return gq, gr, None, None, gfb, gbb, None, None
+
+    def _local_match_autograd(ctx, grad_fg, grad_bg, _grad_argmin):
+        gq, gp, gfb, gbb = _local_backward(*ctx.saved_tensors, grad_fg, grad_bg)
+        return gq, gp, None, None, gfb, gbb, None, None
+
+    torch.library.register_autograd("cfbi::global_match", _global_match_autograd, setup_context=_setup_context)
+    torch.library.register_autograd("cfbi::local_match", _local_match_autograd, setup_context=_setup_context)
+
+
+def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_labels: int,
+                 fg_bias: Tensor | float, bg_bias: Tensor | float, *, atrous: int = 1,
+                 atrous_min_pixels: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-object global nearest-neighbour matching (CFBI eq. 1-3, atrous eq. 8-9).
+
+    Args:
+        query: [B, C, H, W] embeddings of the current frame.
+        reference: [B, C, Hr, Wr], or [B, T, C, Hr, Wr] for T reference frames forming one candidate set.
+        ref_labels: [B, Hr, Wr] or [B, T, Hr, Wr] integer labels; values outside [0, num_labels) are ignored.
+        num_labels: L, background label 0 included.
+        fg_bias, bg_bias: one-element tensors (or numbers); label 0 uses bg_bias, the others fg_bias.
+        atrous: only candidates with y % atrous == 0 and x % atrous == 0 count ...
+        atrous_min_pixels: ... unless their label has at most atrous_min_pixels * atrous**2 pixels in that frame.
+
+    Returns:
+        (fg, bg), each [B, L, H, W]: fg_l = 1 - 2 / (1 + exp(min_q ||e_p - e_q||^2 + b_l)) over the candidates of
+        label l (1.0 when there is none); bg_l = min over j != l of fg_j (bg = fg when L == 1).
+    """
+    query, reference_, ref_labels = _validate.global_args(query, reference, ref_labels, num_labels, atrous,
+                                                          atrous_min_pixels)
+    fg_bias = _validate.bias(fg_bias, "fg_bias", query)
+    bg_bias = _validate.bias(bg_bias, "bg_bias", query)
+    if not HAS_EXTENSION:
+        return reference.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
+                                      atrous_min_pixels=atrous_min_pixels)
+    fg, bg, _ = torch.ops.cfbi.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous,
+                                            atrous_min_pixels)
+    return fg, bg
+
+
+def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels: int,
+                fg_bias: Tensor | float, bg_bias: Tensor | float, *, windows: Sequence[int] = DEFAULT_WINDOWS,
+                atrous: int = 1) -> tuple[Tensor, Tensor]:
+    """Multi-window local nearest-neighbour matching against the previous frame (CFBI eq. 4-7, 10-12).
+
+    Args:
+        query, previous: [B, C, H, W] embeddings of the current and the previous frame.
+        prev_labels: [B, H, W] integer labels of the previous frame; values outside [0, num_labels) are ignored.
+        num_labels: L, background label 0 included.
+        fg_bias, bg_bias: one-element tensors (or numbers); label 0 uses bg_bias, the others fg_bias.
+        windows: K window sizes; window k holds the offsets (i*atrous, j*atrous) with |i|, |j| <= k // atrous.
+            Offsets outside the frame are not candidates.
+        atrous: stride of the window offsets.
+
+    Returns:
+        (fg, bg), each [B, L, K, H, W], windows in the order given; scores as in global_match.
+    """
+    query, previous, prev_labels, windows = _validate.local_args(query, previous, prev_labels, num_labels, windows,
+                                                                 atrous)
+    fg_bias = _validate.bias(fg_bias, "fg_bias", query)
+    bg_bias = _validate.bias(bg_bias, "bg_bias", query)
+    if not HAS_EXTENSION:
+        return reference.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
+                                     atrous=atrous)
+    fg, bg, _ = torch.ops.cfbi.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows,
+                                           atrous)
+    return fg, bg
+
+
+class GlobalMatchFunction(torch.autograd.Function):
+    """`GlobalMatchFunction.apply(query, reference, ref_labels, num_labels, fg_bias, bg_bias, atrous=1,
+    atrous_min_pixels=0) -> (fg, bg)`: global_match as an autograd.Function (same backward as the op)."""
+
+    @staticmethod
+    def forward(ctx, query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=1, atrous_min_pixels=0):
+        query, ref5, ref_labels = _validate.global_args(query, reference_, ref_labels, num_labels, atrous,
+                                                        atrous_min_pixels)
+        fg, bg, argmin = torch.ops.cfbi.global_match(query, ref5, ref_labels, num_labels, fg_bias, bg_bias, atrous,
+                                                     atrous_min_pixels)
+        ctx.reference_shape = reference_.shape
+        ctx.save_for_backward(query, ref5, fg, argmin, fg_bias, bg_bias)
+        return fg, bg
+
+    @staticmethod
+    def backward(ctx, grad_fg, grad_bg):
+        gq, gr, gfb, gbb = _global_backward(*ctx.saved_tensors, grad_fg, grad_bg)
+        return gq, gr.reshape(ctx.reference_shape), None, None, gfb, gbb, None, None
+
+    @classmethod
+    def apply(cls, query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=1, atrous_min_pixels=0):
+        fg_bias = _validate.bias(fg_bias, "fg_bias", query)
+        bg_bias = _validate.bias(bg_bias, "bg_bias", query)
+        if not HAS_EXTENSION:
+            return global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
+                                atrous_min_pixels=atrous_min_pixels)
+        return super().apply(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels)
+
+
+class LocalMatchFunction(torch.autograd.Function):
+    """`LocalMatchFunction.apply(query, previous, prev_labels, num_labels, fg_bias, bg_bias,
+    windows=(4, ..., 24), atrous=1) -> (fg, bg)`: local_match as an autograd.Function (same backward as the op)."""
+
+    @staticmethod
+    def forward(ctx, query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=DEFAULT_WINDOWS, atrous=1):
+        query, previous, prev_labels, windows = _validate.local_args(query, previous, prev_labels, num_labels,
+                                                                     windows, atrous)
+        fg, bg, argmin = torch.ops.cfbi.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias,
+                                                    windows, atrous)
+        ctx.save_for_backward(query, previous, fg, argmin, fg_bias, bg_bias)
+        return fg, bg
+
+    @staticmethod
+    def backward(ctx, grad_fg, grad_bg):
+        gq, gp, gfb, gbb = _local_backward(*ctx.saved_tensors, grad_fg, grad_bg)
+        return gq, gp, None, None, gfb, gbb, None, None
+
+    @classmethod
+    def apply(cls, query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=DEFAULT_WINDOWS, atrous=1):
+        fg_bias = _validate.bias(fg_bias, "fg_bias", query)
+        bg_bias = _validate.bias(bg_bias, "bg_bias", query)
+        if not HAS_EXTENSION:
+            return local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
+                               atrous=atrous)
+        return super().apply(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous)

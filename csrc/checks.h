@@ -1,0 +1,78 @@
+// Argument checks shared by the CPU and CUDA registrations. The Python layer validates first with
+// friendlier messages; these keep direct torch.ops.cfbi calls from reading out of bounds.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/ArrayRef.h>
+
+namespace cfbi {
+
+inline void check_bias(const at::Tensor& bias, const char* name, const at::Tensor& query) {
+  TORCH_CHECK(bias.numel() == 1, name, " must hold exactly one element, got ", bias.numel());
+  TORCH_CHECK(bias.device() == query.device(), name, " must be on the device of query");
+}
+
+inline void check_labels(const at::Tensor& labels, const char* name) {
+  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type()) &&
+                  labels.scalar_type() != at::kBool,
+              name, " must be an integer tensor, got ", labels.scalar_type());
+}
+
+inline void check_global_args(const at::Tensor& query, const at::Tensor& reference, const at::Tensor& ref_labels,
+                              int64_t num_labels, const at::Tensor& fg_bias, const at::Tensor& bg_bias,
+                              int64_t atrous, int64_t atrous_min_pixels) {
+  TORCH_CHECK(query.dim() == 4, "query must be [B, C, H, W], got ", query.sizes());
+  TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr], got ", reference.sizes());
+  TORCH_CHECK(ref_labels.dim() == 4, "ref_labels must be [B, T, Hr, Wr], got ", ref_labels.sizes());
+  TORCH_CHECK(reference.size(0) == query.size(0) && reference.size(2) == query.size(1),
+              "reference must match query in batch and channels");
+  TORCH_CHECK(ref_labels.size(0) == reference.size(0) && ref_labels.size(1) == reference.size(1) &&
+                  ref_labels.size(2) == reference.size(3) && ref_labels.size(3) == reference.size(4),
+              "ref_labels must be [B, T, Hr, Wr] of reference");
+  TORCH_CHECK(reference.scalar_type() == query.scalar_type(), "reference must have the dtype of query");
+  TORCH_CHECK(reference.device() == query.device() && ref_labels.device() == query.device(),
+              "reference and ref_labels must be on the device of query");
+  TORCH_CHECK(reference.size(1) * reference.size(3) * reference.size(4) < (int64_t(1) << 31),
+              "too many reference pixels for int32 indices");
+  check_labels(ref_labels, "ref_labels");
+  TORCH_CHECK(num_labels >= 1, "num_labels must be >= 1, got ", num_labels);
+  TORCH_CHECK(atrous >= 1, "atrous must be >= 1, got ", atrous);
+  TORCH_CHECK(atrous_min_pixels >= 0, "atrous_min_pixels must be >= 0, got ", atrous_min_pixels);
+  check_bias(fg_bias, "fg_bias", query);
+  check_bias(bg_bias, "bg_bias", query);
+}
+
+inline void check_local_args(const at::Tensor& query, const at::Tensor& previous, const at::Tensor& prev_labels,
+                             int64_t num_labels, const at::Tensor& fg_bias, const at::Tensor& bg_bias,
+                             c10::IntArrayRef windows, int64_t atrous) {
+  TORCH_CHECK(query.dim() == 4, "query must be [B, C, H, W], got ", query.sizes());
+  TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query, got ", previous.sizes());
+  TORCH_CHECK(prev_labels.dim() == 3 && prev_labels.size(0) == query.size(0) &&
+                  prev_labels.size(1) == query.size(2) && prev_labels.size(2) == query.size(3),
+              "prev_labels must be [B, H, W] of query, got ", prev_labels.sizes());
+  TORCH_CHECK(previous.scalar_type() == query.scalar_type(), "previous must have the dtype of query");
+  TORCH_CHECK(previous.device() == query.device() && prev_labels.device() == query.device(),
+              "previous and prev_labels must be on the device of query");
+  TORCH_CHECK(query.size(2) * query.size(3) < (int64_t(1) << 31), "frame too large for int32 indices");
+  check_labels(prev_labels, "prev_labels");
+  TORCH_CHECK(num_labels >= 1, "num_labels must be >= 1, got ", num_labels);
+  TORCH_CHECK(atrous >= 1, "atrous must be >= 1, got ", atrous);
+  TORCH_CHECK(!windows.empty(), "windows must not be empty");
+  for (const int64_t w : windows) TORCH_CHECK(w >= 0, "windows must be >= 0, got ", w);
+  check_bias(fg_bias, "fg_bias", query);
+  check_bias(bg_bias, "bg_bias", query);
+}
+
+// grad_fg / grad_bg / fg / argmin of the backward ops: all of one shape, [B, L, (K,) H, W].
+inline void check_backward_args(const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg,
+                                const at::Tensor& argmin, const at::Tensor& query) {
+  TORCH_CHECK(grad_fg.sizes() == fg.sizes() && grad_bg.sizes() == fg.sizes() && argmin.sizes() == fg.sizes(),
+              "grad_fg, grad_bg, fg and argmin must have one shape");
+  TORCH_CHECK(argmin.scalar_type() == at::kInt, "argmin must be int32");
+  TORCH_CHECK(fg.size(0) == query.size(0), "fg must match query in batch");
+  TORCH_CHECK(fg.dim() >= 4 && fg.size(-1) == query.size(3) && fg.size(-2) == query.size(2),
+              "fg must match query in height and width");
+}
+
+}  // namespace cfbi

@@ -1,0 +1,124 @@
+// Backward of both matching ops on CPU. Gradients flow through the argmin candidate only.
+#include "backward_cpu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../matching.h"
+
+namespace cfbi {
+namespace {
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const scalar_t* fg, const int32_t* argmin,
+                     const scalar_t* query, const scalar_t* candidates, int64_t batch, int64_t num_labels,
+                     int64_t windows, int64_t pixels, int64_t channels, int64_t num_candidates,
+                     scalar_t* grad_query, scalar_t* grad_candidates, scalar_t* grad_fg_bias,
+                     scalar_t* grad_bg_bias) {
+  using A = acc_t<scalar_t>;
+  const int64_t plane = windows * pixels;  // stride between labels
+  const int64_t per_batch = num_labels * plane;
+
+  // 1. d loss / d (min distance + bias) of every output entry.
+  std::vector<A> coef(batch * per_batch);
+  at::parallel_for(0, batch * plane, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t offset = (i / plane) * per_batch + i % plane;
+      pixel_distance_grads<scalar_t, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset,
+                                        num_labels, plane, coef.data() + offset);
+    }
+  });
+
+  // 2. Bias gradients: one sequential sum per (b, l) row, rows added in order.
+  std::vector<A> row_sums(batch * num_labels);
+  at::parallel_for(0, batch * num_labels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      A sum = A(0);
+      for (int64_t i = 0; i < plane; ++i) sum += coef[row * plane + i];
+      row_sums[row] = sum;
+    }
+  });
+  A fg_sum = A(0), bg_sum = A(0);
+  for (int64_t row = 0; row < batch * num_labels; ++row) {
+    (row % num_labels == 0 ? bg_sum : fg_sum) += row_sums[row];
+  }
+  *grad_fg_bias = static_cast<scalar_t>(fg_sum);
+  *grad_bg_bias = static_cast<scalar_t>(bg_sum);
+
+  // 3. Query gradient: each query pixel gathers from its selected candidates (d/dq ||q - r||^2 = 2 (q - r)).
+  at::parallel_for(0, batch * pixels, 16, [&](int64_t begin, int64_t end) {
+    std::vector<A> grad(channels);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / pixels, p = i % pixels;
+      const scalar_t* q = query + b * channels * pixels + p;
+      const scalar_t* cands = candidates + b * channels * num_candidates;
+      std::fill(grad.begin(), grad.end(), A(0));
+      for (int64_t e = b * per_batch + p; e < (b + 1) * per_batch; e += pixels) {
+        const A c = coef[e];
+        if (c == A(0)) continue;
+        const scalar_t* r = cands + argmin[e];
+        for (int64_t ch = 0; ch < channels; ++ch) {
+          grad[ch] += A(2) * c * (static_cast<A>(q[ch * pixels]) - static_cast<A>(r[ch * num_candidates]));
+        }
+      }
+      for (int64_t ch = 0; ch < channels; ++ch) grad_query[b * channels * pixels + ch * pixels + p] = static_cast<scalar_t>(grad[ch]);
+    }
+  });
+
+  // 4. Candidate gradient: one task per (b, channel) walks all entries in a fixed order, so there is no
+  //    race and the sum order never depends on the thread count.
+  at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> grad(num_candidates);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / channels, ch = i % channels;
+      const scalar_t* q = query + (b * channels + ch) * pixels;
+      const scalar_t* r = candidates + (b * channels + ch) * num_candidates;
+      std::fill(grad.begin(), grad.end(), A(0));
+      for (int64_t e = b * per_batch; e < (b + 1) * per_batch; ++e) {
+        const A c = coef[e];
+        if (c == A(0)) continue;
+        const int32_t a = argmin[e];
+        grad[a] -= A(2) * c * (static_cast<A>(q[e % pixels]) - static_cast<A>(r[a]));
+      }
+      scalar_t* out = grad_candidates + (b * channels + ch) * num_candidates;
+      for (int64_t k = 0; k < num_candidates; ++k) out[k] = static_cast<scalar_t>(grad[k]);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu(
+    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
+    const at::Tensor& query, const at::Tensor& candidates) {
+  const int64_t batch = fg.size(0), num_labels = fg.size(1);
+  const int64_t channels = query.size(1), pixels = query.size(2) * query.size(3);
+  const int64_t windows = fg.numel() / std::max<int64_t>(batch * num_labels * pixels, 1);
+  const int64_t num_candidates = candidates.size(2);
+  const at::Tensor grad_fg_c = grad_fg.to(fg.scalar_type()).contiguous();
+  const at::Tensor grad_bg_c = grad_bg.to(fg.scalar_type()).contiguous();
+  const at::Tensor fg_c = fg.contiguous(), argmin_c = argmin.contiguous();
+  const at::Tensor query_c = query.contiguous(), candidates_c = candidates.contiguous();
+  at::Tensor grad_query = at::empty_like(query_c);
+  at::Tensor grad_candidates = at::empty_like(candidates_c);
+  at::Tensor grad_fg_bias = at::empty({1}, query.options());
+  at::Tensor grad_bg_bias = at::empty({1}, query.options());
+  if (query.numel() == 0 || fg.numel() == 0) {
+    grad_query.zero_(), grad_candidates.zero_(), grad_fg_bias.zero_(), grad_bg_bias.zero_();
+    return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "matching_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_fg_c.data_ptr<scalar_t>(), grad_bg_c.data_ptr<scalar_t>(),
+                              fg_c.data_ptr<scalar_t>(), argmin_c.data_ptr<int32_t>(),
+                              query_c.data_ptr<scalar_t>(), candidates_c.data_ptr<scalar_t>(), batch, num_labels,
+                              windows, pixels, channels, num_candidates, grad_query.data_ptr<scalar_t>(),
+                              grad_candidates.data_ptr<scalar_t>(), grad_fg_bias.data_ptr<scalar_t>(),
+                              grad_bg_bias.data_ptr<scalar_t>());
+  });
+  return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
+}
+
+}  // namespace cfbi

@@ -1,0 +1,154 @@
+// CPU forward of cfbi::global_match: per-object nearest neighbour over label-bucketed candidates.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../matching.h"
+#include "backward_cpu.h"
+
+namespace cfbi {
+namespace {
+
+// Candidate pixels of one batch element, bucketed by label with a counting sort. Inside a bucket the
+// flattened candidate indices (t * Hr * Wr + y * Wr + x) increase, so a strict "<" scan keeps the
+// lowest index on ties.
+struct LabelBuckets {
+  std::vector<int64_t> start;  // num_labels + 1 offsets into index
+  std::vector<int64_t> index;
+};
+
+LabelBuckets bucket_candidates(const int64_t* labels, int64_t frames, int64_t height, int64_t width,
+                               int64_t num_labels, int64_t atrous, int64_t min_pixels) {
+  const int64_t frame_pixels = height * width;
+  std::vector<int64_t> frame_counts(num_labels);
+  std::vector<char> keep(frames * frame_pixels, 0);
+  LabelBuckets buckets;
+  buckets.start.assign(num_labels + 1, 0);
+  for (int64_t t = 0; t < frames; ++t) {
+    const int64_t* frame = labels + t * frame_pixels;
+    std::fill(frame_counts.begin(), frame_counts.end(), 0);
+    for (int64_t i = 0; i < frame_pixels; ++i) {
+      if (is_valid_label(frame[i], num_labels)) ++frame_counts[frame[i]];
+    }
+    for (int64_t i = 0; i < frame_pixels; ++i) {
+      const int64_t label = frame[i];
+      if (!is_valid_label(label, num_labels)) continue;
+      if (keeps_global_candidate(i / width, i % width, atrous, frame_counts[label], min_pixels)) {
+        keep[t * frame_pixels + i] = 1;
+        ++buckets.start[label + 1];
+      }
+    }
+  }
+  for (int64_t l = 0; l < num_labels; ++l) buckets.start[l + 1] += buckets.start[l];
+  buckets.index.resize(buckets.start[num_labels]);
+  std::vector<int64_t> cursor(buckets.start.begin(), buckets.start.end() - 1);
+  for (int64_t i = 0; i < frames * frame_pixels; ++i) {
+    if (keep[i]) buckets.index[cursor[labels[i]]++] = i;
+  }
+  return buckets;
+}
+
+template <typename scalar_t>
+void global_match_batch(const scalar_t* query_cl, const scalar_t* reference_cl, const int64_t* labels,
+                        int64_t pixels, int64_t channels, int64_t frames, int64_t ref_height,
+                        int64_t ref_width, int64_t num_labels, int64_t atrous, int64_t min_pixels,
+                        acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg, scalar_t* bg,
+                        int32_t* argmin) {
+  using A = acc_t<scalar_t>;
+  const LabelBuckets buckets =
+      bucket_candidates(labels, frames, ref_height, ref_width, num_labels, atrous, min_pixels);
+  // Candidate embeddings gathered in bucket order, so each label's scan reads contiguous memory.
+  std::vector<scalar_t> candidates(buckets.index.size() * channels);
+  for (size_t k = 0; k < buckets.index.size(); ++k) {
+    std::copy_n(reference_cl + buckets.index[k] * channels, channels, candidates.data() + k * channels);
+  }
+  at::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
+    std::vector<A> best_dist(num_labels);
+    std::vector<int64_t> best_index(num_labels);
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* q = query_cl + p * channels;
+      for (int64_t l = 0; l < num_labels; ++l) {
+        A best = A(0);
+        int64_t best_k = -1;
+        for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
+          const A d = squared_distance<scalar_t, A>(q, 1, candidates.data() + k * channels, 1, channels);
+          if (best_k < 0 || d < best) {
+            best = d;
+            best_k = k;
+          }
+        }
+        best_dist[l] = best;
+        best_index[l] = best_k < 0 ? kNoCandidate : buckets.index[best_k];
+      }
+      write_pixel_scores<scalar_t, A>(best_dist.data(), best_index.data(), num_labels, fg_bias, bg_bias,
+                                      fg + p, bg + p, argmin + p, pixels);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
+    const at::Tensor& query, const at::Tensor& reference, const at::Tensor& ref_labels, int64_t num_labels,
+    const at::Tensor& fg_bias, const at::Tensor& bg_bias, int64_t atrous, int64_t atrous_min_pixels) {
+  check_global_args(query, reference, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels);
+  const int64_t batch = query.size(0), channels = query.size(1);
+  const int64_t pixels = query.size(2) * query.size(3);
+  const int64_t frames = reference.size(1), ref_height = reference.size(3), ref_width = reference.size(4);
+  // Channels-last copies: one embedding is a contiguous vector.
+  const at::Tensor query_cl = query.reshape({batch, channels, pixels}).transpose(1, 2).contiguous();
+  const at::Tensor reference_cl = reference.permute({0, 1, 3, 4, 2}).contiguous();
+  const at::Tensor labels = ref_labels.to(at::kLong).contiguous();
+  const auto out_sizes = std::vector<int64_t>{batch, num_labels, query.size(2), query.size(3)};
+  at::Tensor fg = at::empty(out_sizes, query.options());
+  at::Tensor bg = at::empty(out_sizes, query.options());
+  at::Tensor argmin = at::empty(out_sizes, query.options().dtype(at::kInt));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "global_match_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
+    const int64_t ref_pixels = frames * ref_height * ref_width;
+    for (int64_t b = 0; b < batch; ++b) {
+      global_match_batch<scalar_t>(
+          query_cl.data_ptr<scalar_t>() + b * pixels * channels,
+          reference_cl.data_ptr<scalar_t>() + b * ref_pixels * channels,
+          labels.data_ptr<int64_t>() + b * ref_pixels, pixels, channels, frames, ref_height, ref_width,
+          num_labels, atrous, atrous_min_pixels, fg_b, bg_b, fg.data_ptr<scalar_t>() + b * num_labels * pixels,
+          bg.data_ptr<scalar_t>() + b * num_labels * pixels, argmin.data_ptr<int32_t>() + b * num_labels * pixels);
+    }
+  });
+  return {fg, bg, argmin};
+}
+
+at::Tensor global_reference_as_candidates(const at::Tensor& reference) {
+  // [B, T, C, Hr, Wr] -> [B, C, T * Hr * Wr], the candidate order of the argmin indices.
+  const int64_t batch = reference.size(0), channels = reference.size(2);
+  return reference.transpose(1, 2).reshape({batch, channels, -1});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward_cpu(
+    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
+    const at::Tensor& query, const at::Tensor& reference) {
+  TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
+  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cpu(
+      grad_fg, grad_bg, fg, argmin, query, global_reference_as_candidates(reference));
+  const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
+  at::Tensor grad_reference =
+      grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})
+          .transpose(1, 2)
+          .contiguous();
+  return {grad_query, grad_reference, grad_fg_bias, grad_bg_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cfbi, CPU, m) {
+  m.impl("global_match", &global_match_cpu);
+  m.impl("global_match_backward", &global_match_backward_cpu);
+}
+
+}  // namespace cfbi

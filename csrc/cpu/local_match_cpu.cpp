@@ -1,0 +1,131 @@
+// CPU forward of cfbi::local_match: nearest neighbour of each label inside nested windows of the
+// previous frame. The largest window is scanned once; each offset updates the minimum of its ring
+// (Chebyshev radius in atrous steps) and the windows are prefix minima over the rings.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../matching.h"
+#include "backward_cpu.h"
+
+namespace cfbi {
+namespace {
+
+template <typename scalar_t>
+void local_match_batch(const scalar_t* query_cl, const scalar_t* previous_cl, const int64_t* labels,
+                       int64_t height, int64_t width, int64_t channels, int64_t num_labels,
+                       const std::vector<int64_t>& radii, int64_t atrous, acc_t<scalar_t> fg_bias,
+                       acc_t<scalar_t> bg_bias, scalar_t* fg, scalar_t* bg, int32_t* argmin) {
+  using A = acc_t<scalar_t>;
+  const int64_t pixels = height * width;
+  const int64_t num_windows = static_cast<int64_t>(radii.size());
+  const int64_t max_radius = *std::max_element(radii.begin(), radii.end());
+  const int64_t rings = max_radius + 1;
+  at::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
+    std::vector<A> ring_dist(num_labels * rings);
+    std::vector<int64_t> ring_index(num_labels * rings);
+    std::vector<A> window_dist(num_labels);
+    std::vector<int64_t> window_index(num_labels);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t y = p / width, x = p % width;
+      const scalar_t* q = query_cl + p * channels;
+      std::fill(ring_index.begin(), ring_index.end(), int64_t(kNoCandidate));
+      // Offsets in row-major order: flattened candidate indices increase, so "<" keeps the lowest.
+      for (int64_t i = -max_radius; i <= max_radius; ++i) {
+        const int64_t yy = y + i * atrous;
+        if (yy < 0 || yy >= height) continue;
+        for (int64_t j = -max_radius; j <= max_radius; ++j) {
+          const int64_t xx = x + j * atrous;
+          if (xx < 0 || xx >= width) continue;
+          const int64_t candidate = yy * width + xx;
+          const int64_t label = labels[candidate];
+          if (!is_valid_label(label, num_labels)) continue;
+          const A d = squared_distance<scalar_t, A>(q, 1, previous_cl + candidate * channels, 1, channels);
+          const int64_t slot = label * rings + offset_ring(i, j);
+          if (is_better(d, candidate, ring_dist[slot], ring_index[slot])) {
+            ring_dist[slot] = d;
+            ring_index[slot] = candidate;
+          }
+        }
+      }
+      // Prefix minima over rings: after this, slot (l, r) holds the best of window radius r.
+      for (int64_t l = 0; l < num_labels; ++l) {
+        for (int64_t r = 1; r < rings; ++r) {
+          const int64_t prev = l * rings + r - 1, cur = l * rings + r;
+          if (is_better(ring_dist[prev], ring_index[prev], ring_dist[cur], ring_index[cur])) {
+            ring_dist[cur] = ring_dist[prev];
+            ring_index[cur] = ring_index[prev];
+          }
+        }
+      }
+      for (int64_t w = 0; w < num_windows; ++w) {
+        for (int64_t l = 0; l < num_labels; ++l) {
+          window_dist[l] = ring_dist[l * rings + radii[w]];
+          window_index[l] = ring_index[l * rings + radii[w]];
+        }
+        const int64_t out = w * pixels + p;  // [L, K, H, W] with label stride K * pixels
+        write_pixel_scores<scalar_t, A>(window_dist.data(), window_index.data(), num_labels, fg_bias, bg_bias,
+                                        fg + out, bg + out, argmin + out, num_windows * pixels);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor& query, const at::Tensor& previous,
+                                                               const at::Tensor& prev_labels, int64_t num_labels,
+                                                               const at::Tensor& fg_bias, const at::Tensor& bg_bias,
+                                                               c10::IntArrayRef windows, int64_t atrous) {
+  check_local_args(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous);
+  const int64_t batch = query.size(0), channels = query.size(1);
+  const int64_t height = query.size(2), width = query.size(3), pixels = height * width;
+  const int64_t num_windows = static_cast<int64_t>(windows.size());
+  std::vector<int64_t> radii;
+  for (const int64_t w : windows) radii.push_back(window_radius(w, atrous));
+  const at::Tensor query_cl = query.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor previous_cl = previous.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor labels = prev_labels.to(at::kLong).contiguous();
+  const auto out_sizes = std::vector<int64_t>{batch, num_labels, num_windows, height, width};
+  at::Tensor fg = at::empty(out_sizes, query.options());
+  at::Tensor bg = at::empty(out_sizes, query.options());
+  at::Tensor argmin = at::empty(out_sizes, query.options().dtype(at::kInt));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "local_match_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
+    const int64_t out_batch = num_labels * num_windows * pixels;
+    for (int64_t b = 0; b < batch; ++b) {
+      local_match_batch<scalar_t>(query_cl.data_ptr<scalar_t>() + b * pixels * channels,
+                                  previous_cl.data_ptr<scalar_t>() + b * pixels * channels,
+                                  labels.data_ptr<int64_t>() + b * pixels, height, width, channels, num_labels,
+                                  radii, atrous, fg_b, bg_b, fg.data_ptr<scalar_t>() + b * out_batch,
+                                  bg.data_ptr<scalar_t>() + b * out_batch,
+                                  argmin.data_ptr<int32_t>() + b * out_batch);
+    }
+  });
+  return {fg, bg, argmin};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_cpu(
+    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
+    const at::Tensor& query, const at::Tensor& previous) {
+  TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
+  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cpu(
+      grad_fg, grad_bg, fg, argmin, query, previous.reshape({previous.size(0), previous.size(1), -1}));
+  return {grad_query, grad_candidates.view(previous.sizes()), grad_fg_bias, grad_bg_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cfbi, CPU, m) {
+  m.impl("local_match", &local_match_cpu);
+  m.impl("local_match_backward", &local_match_backward_cpu);
+}
+
+}  // namespace cfbi

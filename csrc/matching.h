@@ -1,0 +1,162 @@
+// Arithmetic shared by the CPU and CUDA kernels of cfbi_ops.
+//
+// Everything here is a small inline function usable from host and device code, so that the
+// CPU tests exercise exactly the arithmetic the CUDA kernels run.
+#pragma once
+
+#include <cstdint>
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CFBI_HD __host__ __device__ __forceinline__
+#else
+#define CFBI_HD inline
+#endif
+
+namespace cfbi {
+
+// Accumulation type: float for float / half / bfloat16 inputs, double for double.
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+template <typename T> using acc_t = typename AccType<T>::type;
+
+// Index stored for "no candidate of this label in this window".
+constexpr int32_t kNoCandidate = -1;
+
+CFBI_HD float exp_(float x) { return expf(x); }
+CFBI_HD double exp_(double x) { return exp(x); }
+
+// Eq. (1) after the min: D = 1 - 2 / (1 + exp(d + b)) = 2 sigmoid(d + b) - 1.
+template <typename A>
+CFBI_HD A distance_to_score(A min_distance, A bias) {
+  return A(1) - A(2) / (A(1) + exp_(min_distance + bias));
+}
+
+// d score / d (min_distance + bias), written with the score itself: 2 s (1 - s) with s = (score + 1) / 2.
+template <typename A>
+CFBI_HD A score_grad(A score) {
+  return (A(1) + score) * (A(1) - score) * A(0.5);
+}
+
+// Score of a label that has no candidate: exactly 1 and no gradient.
+template <typename A>
+CFBI_HD A empty_score() { return A(1); }
+
+// Label 0 (background) uses bg_bias, every other label fg_bias.
+template <typename A>
+CFBI_HD A label_bias(int64_t label, A fg_bias, A bg_bias) {
+  return label == 0 ? bg_bias : fg_bias;
+}
+
+// A label value counts when it lies in [0, num_labels); anything else (e.g. 255) is ignored.
+CFBI_HD bool is_valid_label(int64_t label, int64_t num_labels) {
+  return label >= 0 && label < num_labels;
+}
+
+// Tie rule of every min: the smaller distance wins, equal distances go to the lower flattened
+// candidate index. Candidates with kNoCandidate never win against a real one.
+template <typename A>
+CFBI_HD bool is_better(A dist, int64_t index, A best_dist, int64_t best_index) {
+  if (best_index < 0) return index >= 0;
+  if (index < 0) return false;
+  return dist < best_dist || (dist == best_dist && index < best_index);
+}
+
+// Global atrous rule (eq. 8-9): a candidate at (y, x) of its frame counts when it lies on the atrous
+// grid, or when its label is small (at most min_pixels * atrous^2 pixels in that frame, min_pixels > 0).
+CFBI_HD bool keeps_global_candidate(int64_t y, int64_t x, int64_t atrous, int64_t label_pixels,
+                                    int64_t min_pixels) {
+  if (atrous <= 1) return true;
+  if (y % atrous == 0 && x % atrous == 0) return true;
+  return min_pixels > 0 && label_pixels <= min_pixels * atrous * atrous;
+}
+
+// Local windows: window k with atrous r holds the offsets (i r, j r) with |i|, |j| <= k / r.
+CFBI_HD int64_t window_radius(int64_t window, int64_t atrous) { return window / atrous; }
+
+// The ring of an offset (i, j) in atrous steps: the smallest radius whose window holds it.
+CFBI_HD int64_t offset_ring(int64_t i, int64_t j) {
+  const int64_t ai = i < 0 ? -i : i;
+  const int64_t aj = j < 0 ? -j : j;
+  return ai > aj ? ai : aj;
+}
+
+// Squared L2 distance between two strided vectors of length c, accumulated in A.
+template <typename T, typename A = acc_t<T>>
+CFBI_HD A squared_distance(const T* a, int64_t a_stride, const T* b, int64_t b_stride, int64_t c) {
+  A sum = A(0);
+  for (int64_t k = 0; k < c; ++k) {
+    const A diff = static_cast<A>(a[k * a_stride]) - static_cast<A>(b[k * b_stride]);
+    sum += diff * diff;
+  }
+  return sum;
+}
+
+// Background map of label l: the min over the other labels' scores (with L == 1 it is the score
+// itself). Given the smallest score (at the lowest label first_label) and the second smallest
+// (at second_label), it is the smallest unless l is first_label. Returns the label it comes from.
+CFBI_HD int64_t background_source(int64_t label, int64_t first_label, int64_t second_label) {
+  if (second_label < 0) return label;  // a single label
+  return label == first_label ? second_label : first_label;
+}
+
+// Running "two smallest" over labels in increasing order; ties keep the lower label.
+template <typename A>
+struct TwoSmallest {
+  A first_value = A(0), second_value = A(0);
+  int64_t first = -1, second = -1;
+
+  CFBI_HD void push(A value, int64_t label) {
+    if (first < 0 || value < first_value) {
+      second = first;
+      second_value = first_value;
+      first = label;
+      first_value = value;
+    } else if (second < 0 || value < second_value) {
+      second = label;
+      second_value = value;
+    }
+  }
+};
+
+// Epilogue of one query pixel (and one window): turns the per-label min distances into the fg scores,
+// the background maps and the saved argmin. Arrays indexed by label; outputs strided by `stride`.
+template <typename T, typename A>
+CFBI_HD void write_pixel_scores(const A* best_dist, const int64_t* best_index, int64_t num_labels,
+                                A fg_bias, A bg_bias, T* fg, T* bg, int32_t* argmin, int64_t stride) {
+  TwoSmallest<A> smallest;
+  for (int64_t l = 0; l < num_labels; ++l) {
+    const bool found = best_index[l] >= 0;
+    const T score = static_cast<T>(found ? distance_to_score(best_dist[l], label_bias(l, fg_bias, bg_bias))
+                                         : empty_score<A>());
+    fg[l * stride] = score;
+    argmin[l * stride] = found ? static_cast<int32_t>(best_index[l]) : kNoCandidate;
+    smallest.push(static_cast<A>(score), l);
+  }
+  for (int64_t l = 0; l < num_labels; ++l) {
+    const int64_t source = background_source(l, smallest.first, smallest.second);
+    bg[l * stride] = fg[source * stride];
+  }
+}
+
+// Backward epilogue of one query pixel (and one window): the gradient with respect to
+// (min distance + bias) of every label, from the gradients of fg and bg. Labels without a
+// candidate get 0. coef is strided like the outputs.
+template <typename T, typename A>
+CFBI_HD void pixel_distance_grads(const T* grad_fg, const T* grad_bg, const T* fg, const int32_t* argmin,
+                                  int64_t num_labels, int64_t stride, A* coef) {
+  TwoSmallest<A> smallest;
+  for (int64_t l = 0; l < num_labels; ++l) {
+    smallest.push(static_cast<A>(fg[l * stride]), l);
+    coef[l * stride] = static_cast<A>(grad_fg[l * stride]);
+  }
+  for (int64_t l = 0; l < num_labels; ++l) {
+    const int64_t source = background_source(l, smallest.first, smallest.second);
+    coef[source * stride] += static_cast<A>(grad_bg[l * stride]);
+  }
+  for (int64_t l = 0; l < num_labels; ++l) {
+    coef[l * stride] = argmin[l * stride] < 0 ? A(0) : coef[l * stride] * score_grad(static_cast<A>(fg[l * stride]));
+  }
+}
+
+}  // namespace cfbi

@@ -1,0 +1,33 @@
+// Operator schemas of cfbi_ops: the one place where the cfbi:: ops are declared.
+//
+// The public Python functions (cfbi_ops.global_match / local_match) validate their arguments, reshape
+// them to the canonical forms below and register fake kernels and autograd for these ops.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(cfbi, m) {
+  // query [B, C, H, W]; reference [B, T, C, Hr, Wr]; ref_labels [B, T, Hr, Wr] (integer);
+  // fg_bias, bg_bias: one element each.
+  // Returns fg, bg [B, L, H, W] and argmin [B, L, H, W] (int32 index into T*Hr*Wr, -1 = none).
+  m.def(
+      "global_match(Tensor query, Tensor reference, Tensor ref_labels, int num_labels, Tensor fg_bias, "
+      "Tensor bg_bias, int atrous, int atrous_min_pixels) -> (Tensor, Tensor, Tensor)");
+  // Returns grad_query, grad_reference, grad_fg_bias [1], grad_bg_bias [1].
+  m.def(
+      "global_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "
+      "Tensor reference) -> (Tensor, Tensor, Tensor, Tensor)");
+  // query, previous [B, C, H, W]; prev_labels [B, H, W] (integer); windows: K window sizes.
+  // Returns fg, bg [B, L, K, H, W] and argmin [B, L, K, H, W] (int32 index into H*W, -1 = none).
+  m.def(
+      "local_match(Tensor query, Tensor previous, Tensor prev_labels, int num_labels, Tensor fg_bias, "
+      "Tensor bg_bias, int[] windows, int atrous) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "local_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "
+      "Tensor previous) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+// `import cfbi_ops._C` loads this library (and with it the registrations above).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

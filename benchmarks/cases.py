@@ -56,18 +56,19 @@ class Inputs:
     num_labels: int
 
 
-def make_inputs(case: Case, num_labels: int, device: str = "cpu", grad: bool = False, seed: int = 0) -> Inputs:
-    """Embeddings 0.1 * randn (unit variance saturates the sigmoid) and random blob-free labels."""
+def make_inputs(case: Case, num_labels: int, device: str = "cpu", grad: bool = False, seed: int = 0,
+                dtype: torch.dtype = torch.float32) -> Inputs:
+    """Embeddings 0.1 * randn (unit variance saturates the sigmoid) and uniformly random labels."""
     gen = torch.Generator().manual_seed(seed)
     shape = (1, case.channels, case.height, case.width)
 
     def emb() -> torch.Tensor:
-        return (0.1 * torch.randn(shape, generator=gen)).to(device).requires_grad_(grad)
+        return (0.1 * torch.randn(shape, generator=gen, dtype=dtype)).to(device).requires_grad_(grad)
 
     def labels() -> torch.Tensor:
         return torch.randint(0, num_labels, (1, case.height, case.width), generator=gen).to(device)
 
-    bias = lambda: torch.zeros(1, device=device, requires_grad=grad)  # noqa: E731
+    bias = lambda: torch.zeros(1, device=device, dtype=dtype, requires_grad=grad)  # noqa: E731
     return Inputs(emb(), emb(), labels(), emb(), labels(), bias(), bias(), num_labels)
 
 
@@ -135,7 +136,7 @@ def naive_local(case: Case, x: Inputs):
     prev_sq = F.unfold(prev_sq, kernel_size=(h, w), stride=rate).view(h * w, -1)
     qf = q.reshape(c, -1).t()
     dist = (qf * qf).sum(1, keepdim=True) + prev_sq - 2 * torch.bmm(qf.unsqueeze(1), patches).squeeze(1)  # [N, K^2]
-    one_hot = F.one_hot(x.prev_labels[0], x.num_labels).permute(2, 0, 1).unsqueeze(1).float()
+    one_hot = F.one_hot(x.prev_labels[0], x.num_labels).permute(2, 0, 1).unsqueeze(1).to(dist.dtype)
     masks = F.unfold(F.pad(one_hot, (reach,) * 4), kernel_size=(h, w), stride=rate).view(x.num_labels, h * w, -1) > 0.5
     side = 2 * (reach // rate) + 1
     grid = torch.where(masks, dist.unsqueeze(0), torch.full_like(dist, WRONG_LABEL_DISTANCE).unsqueeze(0))

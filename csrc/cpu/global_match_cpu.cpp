@@ -212,15 +212,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& reference) {
   TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
-  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
-  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cpu(
-      grad_fg, grad_bg, fg, argmin, query, global_reference_as_candidates(reference));
+  const at::Tensor candidates = global_reference_as_candidates(reference);
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
+  check_argmin_range(argmin, candidates);
+  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
+      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates);
   const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
   at::Tensor grad_reference =
       grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})
           .transpose(1, 2)
           .contiguous();
-  return {grad_query, grad_reference, grad_fg_bias, grad_bg_bias};
+  return {like_input(grad_query, query), like_input(grad_reference, reference), grad_fg_bias, grad_bg_bias};
 }
 
 }  // namespace

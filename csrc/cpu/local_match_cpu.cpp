@@ -214,10 +214,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& previous) {
   TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
-  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
-  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cpu(
-      grad_fg, grad_bg, fg, argmin, query, previous.reshape({previous.size(0), previous.size(1), -1}));
-  return {grad_query, grad_candidates.view(previous.sizes()), grad_fg_bias, grad_bg_bias};
+  const at::Tensor candidates = previous.reshape({previous.size(0), previous.size(1), -1});
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
+  check_argmin_range(argmin, candidates);
+  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
+      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates);
+  return {like_input(grad_query, query), like_input(grad_candidates.view(previous.sizes()), previous), grad_fg_bias,
+          grad_bg_bias};
 }
 
 }  // namespace

@@ -4,6 +4,10 @@
 // them to the canonical forms below and register fake kernels and autograd for these ops.
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu/simd.h"
+
 TORCH_LIBRARY(cfbi, m) {
   // query [B, C, H, W]; reference [B, T, C, Hr, Wr]; ref_labels [B, T, Hr, Wr] (integer);
   // fg_bias, bg_bias: one element each.
@@ -23,4 +27,6 @@ TORCH_LIBRARY(cfbi, m) {
   m.def(
       "local_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "
       "Tensor previous) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The instruction set of the float32 CPU kernels in use ("avx2" or "portable").
+  m.def("cpu_isa() -> str", []() { return std::string(cfbi::simd_kernels().name); });
 }

@@ -29,40 +29,50 @@ from cfbi_model import CFBIPlus, VideoSegmenter
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class OpTimer:
-    """Wraps cfbi_ops.global_match / local_match (as seen by cfbi_model.matching) with wall-clock timers."""
+class PartTimer:
+    """Wall-clock timers around cfbi_ops.global_match / local_match (as seen by cfbi_model.matching), the
+    model's feature extraction (backbone + FPN) and its collaborative ensembler."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, model: CFBIPlus, device: torch.device) -> None:
+        self.model = model
         self.device = device
         self.totals: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
-        self._originals = {}
+        self._restore = []
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __enter__(self) -> "OpTimer":
-        ops = matching_module.cfbi_ops
-        for name in ("global_match", "local_match"):
-            original = getattr(ops, name)
-            self._originals[name] = original
+    def _wrap(self, owner, attribute: str, label: str, instance: bool) -> None:
+        original = getattr(owner, attribute)
 
-            def timed(*args, _name=name, _fn=original, **kwargs):
-                self._sync()
-                start = time.perf_counter()
-                out = _fn(*args, **kwargs)
-                self._sync()
-                self.totals[_name] += time.perf_counter() - start
-                self.calls[_name] += 1
-                return out
+        def timed(*args, **kwargs):
+            self._sync()
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            self._sync()
+            self.totals[label] += time.perf_counter() - start
+            self.calls[label] += 1
+            return out
 
-            setattr(ops, name, timed)
+        setattr(owner, attribute, timed)
+        if instance:  # drop the instance attribute again, exposing the class method
+            self._restore.append(lambda: delattr(owner, attribute))
+        else:
+            self._restore.append(lambda: setattr(owner, attribute, original))
+
+    def __enter__(self) -> "PartTimer":
+        self._wrap(matching_module.cfbi_ops, "global_match", "global_match", instance=False)
+        self._wrap(matching_module.cfbi_ops, "local_match", "local_match", instance=False)
+        self._wrap(self.model, "extract_features", "features", instance=True)
+        self._wrap(self.model.dynamic_seghead, "forward", "ensembler", instance=True)
         return self
 
     def __exit__(self, *exc) -> None:
-        for name, fn in self._originals.items():
-            setattr(matching_module.cfbi_ops, name, fn)
+        for restore in reversed(self._restore):
+            restore()
+        self._restore.clear()
 
     def reset(self) -> None:
         self.totals.clear()
@@ -91,7 +101,7 @@ def measure(config: str, args: argparse.Namespace, device: torch.device) -> dict
     frames, labels = synthetic_clip(args.frames + args.warmup + 1, args.height, args.width, args.objects)
     seg = VideoSegmenter(model, global_atrous=args.global_atrous, min_matching_pixels=args.min_matching_pixels,
                          amp=args.amp)
-    timer = OpTimer(device)
+    timer = PartTimer(model, device)
     step_times = []
     with timer:
         seg.start(frames[0], labels)
@@ -117,6 +127,8 @@ def measure(config: str, args: argparse.Namespace, device: torch.device) -> dict
         "min": min(step_times),
         "global": timer.totals["global_match"] / n,
         "local": timer.totals["local_match"] / n,
+        "features": timer.totals["features"] / n,
+        "ensembler": timer.totals["ensembler"] / n,
         "share": (timer.totals["global_match"] + timer.totals["local_match"]) / total,
         "frames": n,
         "params": sum(p.numel() for p in model.parameters()),
@@ -139,8 +151,10 @@ def machine_info(device: torch.device) -> list[str]:
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     lines = [
-        f"- machine: {platform.machine()} {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
-        f"- torch {torch.__version__}, intra-op threads {torch.get_num_threads()}, Python {platform.python_version()}",
+        f"- machine: {platform.machine()} {cpu}, {os.cpu_count()} logical CPUs, "
+        f"{platform.system()} {platform.release()}",
+        f"- torch {torch.__version__} (default intra-op threads {torch.get_num_threads()}), "
+        f"Python {platform.python_version()}",
         f"- device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         f"- cfbi_ops compiled extension: {cfbi_ops.HAS_EXTENSION}; last csrc/cfbi_ops commit: {commit}",
     ]
@@ -158,24 +172,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3, help="timed frames per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed frames after the first")
     parser.add_argument("--global-atrous", type=int, default=2)
-    parser.add_argument("--min-matching-pixels", type=int, default=0)
+    parser.add_argument("--min-matching-pixels", type=int, default=100, help="default: the authors' setting")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch intra-op thread counts to measure (default: torch's current setting)")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results", "model.md"))
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     header = machine_info(device)
+    default_threads = torch.get_num_threads()
     rows = []
-    for config in args.configs:
-        result = measure(config, args, device)
-        rows.append(result)
-        print(f"{config}: {result['median'] * 1000:.0f} ms/frame (median of {result['frames']}), matching "
-              f"{100 * result['share']:.1f}% (global {result['global'] * 1000:.0f} ms, local "
-              f"{result['local'] * 1000:.0f} ms)", file=sys.stderr)
+    try:
+        for threads in args.threads or [default_threads]:
+            torch.set_num_threads(threads)
+            for config in args.configs:
+                result = measure(config, args, device)
+                result["threads"] = threads
+                rows.append(result)
+                print(f"{config}, {threads} thread(s): {result['median'] * 1000:.0f} ms/frame (median of "
+                      f"{result['frames']}), matching {100 * result['share']:.1f}% (global "
+                      f"{result['global'] * 1000:.0f} ms, local {result['local'] * 1000:.0f} ms)", file=sys.stderr)
+    finally:
+        torch.set_num_threads(default_threads)
 
+    if hasattr(os, "getloadavg"):
+        header.append("- load average after the run (1/5/15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                      + " (a shared machine: other jobs ran alongside; with 2 cores a load above 2 means the "
+                      "benchmark did not have the CPUs to itself)")
     lines = [
         "# CFBI+ per-frame inference time",
         "",
@@ -183,18 +207,24 @@ def main(argv: list[str] | None = None) -> int:
         f"4x global atrous {args.global_atrous}, min matching pixels {args.min_matching_pixels}"
         + (", AMP" if args.amp else "") + "; random weights; "
         f"{args.warmup} warm-up frame(s), then {args.frames} timed frames (`VideoSegmenter.step`). Matching = "
-        "time inside `cfbi_ops.global_match` + `cfbi_ops.local_match` (3 scales each).",
+        "time inside `cfbi_ops.global_match` + `cfbi_ops.local_match` (3 scales each); ms columns are per frame.",
         "",
         *header,
         "",
-        "| config | params | network input | ms/frame (median) | mean | min | global match ms | local match ms "
-        "| matching share |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | threads | params | network input | ms/frame (median) | mean | min | global match ms "
+        "| local match ms | matching share | features ms | ensembler ms | other ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f} M | {r['input'][0]}x{r['input'][1]} | "
+        other = r["mean"] - r["global"] - r["local"] - r["features"] - r["ensembler"]
+        lines.append(f"| {r['config']} | {r['threads']} | {r['params'] / 1e6:.1f} M | "
+                     f"{r['input'][0]}x{r['input'][1]} | "
                      f"{r['median'] * 1000:.0f} | {r['mean'] * 1000:.0f} | {r['min'] * 1000:.0f} | "
-                     f"{r['global'] * 1000:.0f} | {r['local'] * 1000:.0f} | {100 * r['share']:.1f}% |")
+                     f"{r['global'] * 1000:.0f} | {r['local'] * 1000:.0f} | {100 * r['share']:.1f}% | "
+                     f"{r['features'] * 1000:.0f} | {r['ensembler'] * 1000:.0f} | {other * 1000:.0f} |")
+    lines += ["", "features = backbone + ASPP + decoder + FPN of the current frame; ensembler = the collaborative "
+              "ensembler (all labels); other = the rest of `step` (matching glue, attention pooling, resizing, "
+              "upsampling the probabilities to the frame, softmax, argmax, state update)."]
     lines += ["", "Command: `PYTHONPATH=. python benchmarks/model_speed.py "
               + " ".join(argv if argv is not None else sys.argv[1:]) + "`", ""]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

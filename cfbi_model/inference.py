@@ -1,0 +1,280 @@
+"""Video inference with CFBI+ following the authors' evaluation protocol (networks/engine/eval_manager.py,
+dataloaders/custom_transforms.py):
+
+* every frame is resized (bicubic) so that its long edge is at most 1040 px (800 px when several scales are
+  used), times each scale, with both sides rounded to 16k + 1;
+* the labels are nearest-resized from the frame resolution to each feature grid;
+* the 4x logits are upsampled bilinearly (align_corners=True) to the frame size, a softmax over the labels
+  gives probabilities, which are averaged over scales and flips; the argmax is the prediction;
+* objects that first appear in a later frame (YouTube-VOS) are added from that frame's annotation, and the
+  frame, with the merged labels, joins the reference set.
+
+Memory stays bounded on long videos: the engine keeps the reference frames' embeddings (the first frame and
+the frames that brought new objects) and the previous frame's, nothing else.
+
+    seg = VideoSegmenter(model)
+    seg.start(first_rgb, first_labels)
+    for rgb in frames:
+        result = seg.step(rgb)          # StepResult(probs [L, H, W], labels [H, W])
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .network import IMAGENET_MEAN, IMAGENET_STD, CFBIPlus, FrameFeatures
+
+__all__ = ["VideoSegmenter", "StepResult", "preprocess", "inference_size", "IGNORE_LABEL"]
+
+IGNORE_LABEL = 255
+_SINGLE_SCALE_MAX_EDGE = 1040  # 800 * 1.3, the authors' TEST_MAX_SIZE for single-scale evaluation
+_MULTI_SCALE_MAX_EDGE = 800
+
+
+@dataclass
+class StepResult:
+    """probs: [L, H, W] float32 label probabilities; labels: [H, W] int64 prediction (on the model's device)."""
+
+    probs: Tensor
+    labels: Tensor
+
+
+def preprocess(image: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
+    """RGB uint8 image [H, W, 3] -> the network's input [3, H, W] float32: BGR channel order normalised with
+    the RGB ImageNet mean / std in that order [official: cv2.imread + MultiToTensor]."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, Tensor):
+        raise TypeError(f"image must be a numpy array or a torch.Tensor, got {type(image).__name__}")
+    if image.dim() != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be an RGB array [H, W, 3], got shape {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        raise ValueError(f"image must be uint8 (use normalized=True for float input), got {image.dtype}")
+    x = image.to(device).permute(2, 0, 1).flip(0).float() / 255.0  # RGB -> BGR, [3, H, W]
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).reshape(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).reshape(3, 1, 1)
+    return (x - mean) / std
+
+
+def inference_size(height: int, width: int, scale: float = 1.0, max_long_edge: float | None = 1040) -> tuple[int, int]:
+    """The network input size for a frame [official MultiRestrictSize]: cap the long edge at max_long_edge,
+    multiply by scale (truncating), round each side to the nearest 16k + 1 (halves to even)."""
+    factor = None
+    if max_long_edge is not None and max(height, width) > max_long_edge:
+        factor = float(max_long_edge) / max(height, width)
+    sides = []
+    for side in (height, width):
+        value = int((side if factor is None else factor * side) * scale)
+        if (value - 1) % 16 != 0:
+            value = int(round((value - 1) / 16.0) * 16 + 1)
+        sides.append(max(value, 17))
+    return sides[0], sides[1]
+
+
+@dataclass
+class _Augmentation:
+    """State of one (scale, flip) view of the video."""
+
+    scale: float
+    flip: bool
+    size: tuple[int, int] = (0, 0)
+    references: list[Tensor] = field(default_factory=list)  # per scale [T, C_s, h, w]
+    reference_labels: list[Tensor] = field(default_factory=list)  # per scale [T, h, w]
+    previous: list[Tensor] = field(default_factory=list)  # per scale [E, h, w]
+    previous_labels: list[Tensor] = field(default_factory=list)  # per scale [h, w]
+
+
+class VideoSegmenter:
+    """Semi-supervised video object segmentation with a CFBI+ model (puts the model in eval mode).
+
+    Args:
+        model: a CFBIPlus network (weights loaded).
+        global_atrous: atrous rate of the 4x global matching (the authors' released evaluation scripts use 2).
+        min_matching_pixels: with atrous > 1, labels with at most this many pixels times atrous**2 in a reference
+            frame keep all their pixels. The authors' released evaluation (configs/resnet101_cfbip.py,
+            TEST_GLOBAL_MATCHING_MIN_PIXEL) uses 100, which also switches on their attention quirk (see
+            ModelConfig.atrous_attention_quirk); 0 subsamples every label.
+        scales: input scales, averaged (the authors' multi-scale evaluation uses e.g. (1.0, 1.15, 1.3)).
+        flip: also average horizontally flipped views.
+        amp: autocast (bfloat16 where supported, else float16) on CUDA; ignored on CPU.
+        normalized: frames are already network input, float tensors [3, H, W] (BGR, normalised).
+        max_long_edge: cap of the long edge before scaling; None = the authors' 1040 for scales == (1.0,),
+            800 otherwise.
+    """
+
+    def __init__(self, model: CFBIPlus, *, global_atrous: int = 2, min_matching_pixels: int = 0,
+                 scales: Sequence[float] = (1.0,), flip: bool = False, amp: bool = False, normalized: bool = False,
+                 max_long_edge: float | None = None) -> None:
+        if int(global_atrous) < 1:
+            raise ValueError(f"global_atrous must be >= 1, got {global_atrous}")
+        if int(min_matching_pixels) < 0:
+            raise ValueError(f"min_matching_pixels must be >= 0, got {min_matching_pixels}")
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales}")
+        self.model = model.eval()
+        self.global_atrous = int(global_atrous)
+        self.min_matching_pixels = int(min_matching_pixels)
+        self.scales = scales
+        self.flip = bool(flip)
+        self.normalized = bool(normalized)
+        if max_long_edge is None:
+            max_long_edge = _SINGLE_SCALE_MAX_EDGE if scales == (1.0,) else _MULTI_SCALE_MAX_EDGE
+        self.max_long_edge = max_long_edge
+        self.device = next(model.parameters()).device
+        self.amp = bool(amp) and self.device.type == "cuda"
+        if amp and not self.amp:
+            warnings.warn("VideoSegmenter: amp=True only applies on CUDA; running in float32", stacklevel=2)
+        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16)
+        self._augs: list[_Augmentation] = []
+        self._frame_size: tuple[int, int] | None = None
+        self.num_labels = 0
+        self.frame_index = -1
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def num_objects(self) -> int:
+        return max(self.num_labels - 1, 0)
+
+    @property
+    def num_references(self) -> int:
+        return self._augs[0].references[0].shape[0] if self._augs else 0
+
+    def reset(self) -> None:
+        self._augs, self._frame_size, self.num_labels, self.frame_index = [], None, 0, -1
+
+    @torch.inference_mode()
+    def start(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> StepResult:
+        """Begin a video with its first frame and that frame's labels [H, W] (0 = background, 1..K objects,
+        255 = ignored). Returns the given labels as a StepResult (one-hot probabilities)."""
+        frame = self._frame(image)
+        height, width = frame.shape[-2:]
+        labels = self._labels(labels, (height, width))
+        self.reset()
+        self._frame_size = (height, width)
+        self.num_labels = _count_labels(labels)
+        for scale in self.scales:
+            for flipped in ((False, True) if self.flip else (False,)):
+                size = inference_size(height, width, scale, self.max_long_edge)
+                aug = _Augmentation(scale, flipped, size)
+                features = self._features(frame, aug)
+                view_labels = labels.flip(-1) if flipped else labels
+                scaled = self.model.scale_labels(view_labels, features)
+                aug.references = [e[:1] for e in self.model.matching_embeddings(features)]
+                aug.reference_labels = [lab.unsqueeze(0) for lab in scaled]
+                aug.previous = [e[0] for e in features.embeddings]
+                aug.previous_labels = scaled
+                self._augs.append(aug)
+        self.frame_index = 0
+        return StepResult(_one_hot_probs(labels, self.num_labels), labels)
+
+    @torch.inference_mode()
+    def step(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> StepResult:
+        """Segment the next frame. `labels` [H, W] annotates objects that first appear in this frame: their
+        pixels (values 1..254) override the prediction, new label values add objects, and the frame joins the
+        reference set."""
+        if not self._augs:
+            raise RuntimeError("VideoSegmenter.step() called before start()")
+        frame = self._frame(image)
+        if tuple(frame.shape[-2:]) != self._frame_size:
+            raise ValueError(f"frame size {tuple(frame.shape[-2:])} differs from the video's {self._frame_size}")
+        annotation = None if labels is None else self._labels(labels, self._frame_size)
+
+        probs_sum = None
+        all_features = []
+        for aug in self._augs:
+            features = self._features(frame, aug)
+            all_features.append(features)
+            with self._autocast():
+                logits = self.model.segment(
+                    features, [r.unsqueeze(0) for r in aug.references],
+                    [r.unsqueeze(0) for r in aug.reference_labels], [p.unsqueeze(0) for p in aug.previous],
+                    [p.unsqueeze(0) for p in aug.previous_labels], self.num_labels,
+                    global_atrous=self.global_atrous, min_matching_pixels=self.min_matching_pixels)[0]
+            logits = F.interpolate(logits.unsqueeze(0).float(), size=self._frame_size, mode="bilinear",
+                                   align_corners=True)
+            probs = torch.softmax(logits, dim=1)[0]
+            if aug.flip:
+                probs = probs.flip(-1)
+            probs_sum = probs if probs_sum is None else probs_sum + probs
+        probs = probs_sum / len(self._augs)
+        prediction = probs.argmax(dim=0)
+
+        if annotation is not None:
+            annotated = (annotation > 0) & (annotation != IGNORE_LABEL)
+            prediction = torch.where(annotated, annotation, prediction)
+            new_count = max(self.num_labels, _count_labels(annotation))
+            if new_count > self.num_labels:
+                probs = torch.cat([probs, probs.new_zeros((new_count - self.num_labels,) + probs.shape[1:])])
+            one_hot = _one_hot_probs(prediction, new_count)
+            probs = torch.where(annotated.unsqueeze(0), one_hot, probs)
+            self.num_labels = new_count
+
+        for aug, features in zip(self._augs, all_features):
+            view_labels = prediction.flip(-1) if aug.flip else prediction
+            scaled = self.model.scale_labels(view_labels, features)
+            aug.previous = [e[0] for e in features.embeddings]
+            aug.previous_labels = scaled
+            if annotation is not None:
+                new_refs = self.model.matching_embeddings(features)
+                aug.references = [torch.cat([old, new[:1].to(old.dtype)]) for old, new in zip(aug.references, new_refs)]
+                aug.reference_labels = [torch.cat([old, new.unsqueeze(0)])
+                                        for old, new in zip(aug.reference_labels, scaled)]
+        self.frame_index += 1
+        return StepResult(probs, prediction)
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def _frame(self, image: np.ndarray | Tensor) -> Tensor:
+        if self.normalized:
+            if not isinstance(image, Tensor) or not image.dtype.is_floating_point or image.dim() != 3 \
+                    or image.shape[0] != 3:
+                raise ValueError("with normalized=True a frame must be a float tensor [3, H, W], got "
+                                 f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
+            return image.to(self.device, torch.float32)
+        return preprocess(image, self.device)
+
+    def _labels(self, labels: np.ndarray | Tensor, size: tuple[int, int]) -> Tensor:
+        if isinstance(labels, np.ndarray):
+            labels = torch.from_numpy(np.ascontiguousarray(labels))
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a numpy array or a torch.Tensor, got {type(labels).__name__}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+        if tuple(labels.shape) != tuple(size):
+            raise ValueError(f"labels have shape {tuple(labels.shape)} but the frame is {tuple(size)}")
+        labels = labels.to(self.device, torch.long)
+        if bool((labels < 0).any()):
+            raise ValueError("labels must be non-negative")
+        return labels
+
+    def _features(self, frame: Tensor, aug: _Augmentation) -> FrameFeatures:
+        x = frame.unsqueeze(0)
+        if tuple(x.shape[-2:]) != aug.size:
+            x = F.interpolate(x, size=aug.size, mode="bicubic", align_corners=False)
+        if aug.flip:
+            x = x.flip(-1)
+        with self._autocast():
+            return self.model.extract_features(x)
+
+
+def _count_labels(labels: Tensor) -> int:
+    """L = largest object id + 1 (255 = ignored does not count)."""
+    valid = labels[labels != IGNORE_LABEL]
+    return int(valid.max().item()) + 1 if valid.numel() else 1
+
+
+def _one_hot_probs(labels: Tensor, num_labels: int) -> Tensor:
+    ids = torch.arange(num_labels, device=labels.device).reshape(-1, 1, 1)
+    return (labels.unsqueeze(0) == ids).float()

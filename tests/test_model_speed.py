@@ -1,0 +1,32 @@
+"""benchmarks/model_speed.py runs on a tiny frame and writes its table (the timers restore what they wrap)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import cfbi_ops
+import cfbi_model.matching as matching_module
+from benchmarks import model_speed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and busy-waiting OpenMP workers make these tests
+    many times slower on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_model_speed_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "model.md"
+    global_match, local_match = cfbi_ops.global_match, cfbi_ops.local_match
+    code = model_speed.main(["--configs", "small", "--height", "60", "--width", "70", "--frames", "1",
+                             "--warmup", "0", "--output", str(out)])
+    assert code == 0
+    text = out.read_text()
+    assert "| small |" in text and "| 65x65 |" in text and "torch " in text and "matching share" in text
+    assert matching_module.cfbi_ops.global_match is global_match and cfbi_ops.local_match is local_match

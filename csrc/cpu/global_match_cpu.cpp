@@ -60,30 +60,44 @@ struct GlobalProblem {
   int64_t pixels, channels, frames, ref_height, ref_width, num_labels, atrous, min_pixels;
 };
 
+// Reads the embedding of candidate `index` (t * Hr * Wr + pixel) of a [T, C, Hr * Wr] reference.
+struct ReferenceView {
+  int64_t frame_pixels, channels;
+  template <typename T>
+  const T* at(const T* reference, int64_t index) const {
+    return reference + (index / frame_pixels) * channels * frame_pixels + index % frame_pixels;
+  }
+  int64_t stride() const { return frame_pixels; }  // between channels
+};
+
 // Any dtype: per query pixel and label, a scan of the label's bucket with exact distances.
+// query [C, N] and reference [T, C, Hr * Wr] of one batch element, as stored (no channels-last copies).
 template <typename scalar_t>
-void global_match_batch(const scalar_t* query_cl, const scalar_t* reference_cl, const int64_t* labels,
+void global_match_batch(const scalar_t* query, const scalar_t* reference, const int64_t* labels,
                         const GlobalProblem& pb, acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg,
                         scalar_t* bg, int32_t* argmin) {
   using A = acc_t<scalar_t>;
   const int64_t channels = pb.channels, num_labels = pb.num_labels;
+  const ReferenceView view{pb.ref_height * pb.ref_width, channels};
   const LabelBuckets buckets =
       bucket_candidates(labels, pb.frames, pb.ref_height, pb.ref_width, num_labels, pb.atrous, pb.min_pixels);
   // Candidate embeddings gathered in bucket order, so each label's scan reads contiguous memory.
   std::vector<scalar_t> candidates(buckets.index.size() * channels);
   for (size_t k = 0; k < buckets.index.size(); ++k) {
-    std::copy_n(reference_cl + buckets.index[k] * channels, channels, candidates.data() + k * channels);
+    const scalar_t* r = view.at(reference, buckets.index[k]);
+    for (int64_t c = 0; c < channels; ++c) candidates[k * channels + c] = r[c * view.stride()];
   }
   at::parallel_for(0, pb.pixels, 16, [&](int64_t begin, int64_t end) {
     std::vector<A> best_dist(num_labels);
     std::vector<int64_t> best_index(num_labels);
+    std::vector<scalar_t> q(channels);
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* q = query_cl + p * channels;
+      for (int64_t c = 0; c < channels; ++c) q[c] = query[c * pb.pixels + p];
       for (int64_t l = 0; l < num_labels; ++l) {
         A best = A(0);
         int64_t best_k = -1;
         for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
-          const A d = squared_distance<scalar_t, A>(q, 1, candidates.data() + k * channels, 1, channels);
+          const A d = squared_distance<scalar_t, A>(q.data(), 1, candidates.data() + k * channels, 1, channels);
           if (best_k < 0 || d < best) {
             best = d;
             best_k = k;
@@ -101,10 +115,11 @@ void global_match_batch(const scalar_t* query_cl, const scalar_t* reference_cl, 
 // float32: the search is a blocked GEMM-like pass (||q||^2 + ||r||^2 - 2 q.r over candidate blocks that stay
 // in cache, with a running min per label), then the exact distance to each selected candidate.
 template <>
-void global_match_batch<float>(const float* query_cl, const float* reference_cl, const int64_t* labels,
+void global_match_batch<float>(const float* query, const float* reference, const int64_t* labels,
                                const GlobalProblem& pb, float fg_bias, float bg_bias, float* fg, float* bg,
                                int32_t* argmin) {
   const int64_t channels = pb.channels, num_labels = pb.num_labels;
+  const ReferenceView view{pb.ref_height * pb.ref_width, channels};
   const LabelBuckets buckets =
       bucket_candidates(labels, pb.frames, pb.ref_height, pb.ref_width, num_labels, pb.atrous, pb.min_pixels);
   // Pack every label's candidates into whole blocks of kLanes; padding lanes have an infinite norm.
@@ -120,11 +135,12 @@ void global_match_batch<float>(const float* query_cl, const float* reference_cl,
     for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
       const int64_t slot = label_blocks[l] * kLanes + (k - buckets.start[l]);
       const int64_t block = slot / kLanes, lane = slot % kLanes;
-      const float* r = reference_cl + buckets.index[k] * channels;
+      const float* r = view.at(reference, buckets.index[k]);
       float norm = 0.0f;
       for (int64_t c = 0; c < channels; ++c) {
-        packed[(block * channels + c) * kLanes + lane] = r[c];
-        norm += r[c] * r[c];
+        const float value = r[c * view.stride()];
+        packed[(block * channels + c) * kLanes + lane] = value;
+        norm += value * value;
       }
       packed_norms[slot] = norm;
       packed_index[slot] = buckets.index[k];
@@ -141,7 +157,9 @@ void global_match_batch<float>(const float* query_cl, const float* reference_cl,
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * kQueryTile, count = std::min(kQueryTile, pb.pixels - first);
       std::fill(tile.begin(), tile.end(), 0.0f);
-      std::copy_n(query_cl + first * channels, count * channels, tile.begin());
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t i = 0; i < count; ++i) tile[i * channels + c] = query[c * pb.pixels + first + i];
+      }
       for (int64_t i = 0; i < kQueryTile; ++i) {
         float norm = 0.0f;
         for (int64_t c = 0; c < channels; ++c) norm += tile[i * channels + c] * tile[i * channels + c];
@@ -156,7 +174,7 @@ void global_match_batch<float>(const float* query_cl, const float* reference_cl,
           best_dist[i * num_labels + l] =
               index < 0 ? 0.0f
                         : squared_distance<float, float>(tile.data() + i * channels, 1,
-                                                         reference_cl + index * channels, 1, channels);
+                                                         view.at(reference, index), view.stride(), channels);
         }
       }
       for (int64_t i = 0; i < count; ++i) {
@@ -175,9 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
   const int64_t batch = query.size(0), channels = query.size(1);
   const int64_t pixels = query.size(2) * query.size(3);
   const int64_t frames = reference.size(1), ref_height = reference.size(3), ref_width = reference.size(4);
-  // Channels-last copies: one embedding is a contiguous vector.
-  const at::Tensor query_cl = query.reshape({batch, channels, pixels}).transpose(1, 2).contiguous();
-  const at::Tensor reference_cl = reference.permute({0, 1, 3, 4, 2}).contiguous();
+  const at::Tensor query_c = query.contiguous(), reference_c = reference.contiguous();
   const at::Tensor labels = ref_labels.to(at::kLong).contiguous();
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, query.size(2), query.size(3)};
   at::Tensor fg = at::empty(out_sizes, query.options());
@@ -191,8 +207,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
     const GlobalProblem problem{pixels, channels, frames, ref_height, ref_width, num_labels, atrous,
                                 atrous_min_pixels};
     for (int64_t b = 0; b < batch; ++b) {
-      global_match_batch<scalar_t>(query_cl.data_ptr<scalar_t>() + b * pixels * channels,
-                                   reference_cl.data_ptr<scalar_t>() + b * ref_pixels * channels,
+      global_match_batch<scalar_t>(query_c.data_ptr<scalar_t>() + b * pixels * channels,
+                                   reference_c.data_ptr<scalar_t>() + b * ref_pixels * channels,
                                    labels.data_ptr<int64_t>() + b * ref_pixels, problem, fg_b, bg_b,
                                    fg.data_ptr<scalar_t>() + b * num_labels * pixels,
                                    bg.data_ptr<scalar_t>() + b * num_labels * pixels,

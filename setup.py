@@ -54,8 +54,8 @@ def _want_cuda() -> bool:
 
 
 def _extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"]
     kwargs = dict(name="cfbi_ops._C", include_dirs=[os.path.abspath("csrc")],
                   extra_link_args=["-fopenmp"])
     if not _want_cuda():

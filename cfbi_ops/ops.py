@@ -60,6 +60,7 @@ if HAS_EXTENSION:
         shape = (query.shape[0], num_labels, len(windows), query.shape[2], query.shape[3])
         return query.new_empty(shape), query.new_empty(shape), query.new_empty(shape, dtype=torch.int32)
 
+    # The kernels return each gradient in the layout of its input (as empty_like).
     @torch.library.register_fake("cfbi::global_match_backward")
     def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_):
         return torch.empty_like(query), torch.empty_like(reference_), query.new_empty(1), query.new_empty(1)

@@ -64,15 +64,39 @@ inline void check_local_args(const at::Tensor& query, const at::Tensor& previous
   check_bias(bg_bias, "bg_bias", query);
 }
 
-// grad_fg / grad_bg / fg / argmin of the backward ops: all of one shape, [B, L, (K,) H, W].
+// grad_fg / grad_bg / fg / argmin of the backward ops: all of one shape, [B, L, (K,) H, W]; candidates
+// [B, C, M] (the reference or previous frame seen as the argmin's candidate list).
 inline void check_backward_args(const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg,
-                                const at::Tensor& argmin, const at::Tensor& query) {
+                                const at::Tensor& argmin, const at::Tensor& query, const at::Tensor& candidates) {
+  TORCH_CHECK(query.dim() == 4, "query must be [B, C, H, W], got ", query.sizes());
+  TORCH_CHECK(candidates.dim() == 3 && candidates.size(0) == query.size(0) && candidates.size(1) == query.size(1),
+              "the reference / previous frame must match query in batch and channels");
+  TORCH_CHECK(fg.scalar_type() == query.scalar_type() && candidates.scalar_type() == query.scalar_type(),
+              "fg and the reference / previous frame must have the dtype of query");
+  TORCH_CHECK(grad_fg.device() == query.device() && grad_bg.device() == query.device() &&
+                  fg.device() == query.device() && argmin.device() == query.device() &&
+                  candidates.device() == query.device(),
+              "all tensors must be on the device of query");
   TORCH_CHECK(grad_fg.sizes() == fg.sizes() && grad_bg.sizes() == fg.sizes() && argmin.sizes() == fg.sizes(),
               "grad_fg, grad_bg, fg and argmin must have one shape");
   TORCH_CHECK(argmin.scalar_type() == at::kInt, "argmin must be int32");
   TORCH_CHECK(fg.size(0) == query.size(0), "fg must match query in batch");
   TORCH_CHECK(fg.dim() >= 4 && fg.size(-1) == query.size(3) && fg.size(-2) == query.size(2),
               "fg must match query in height and width");
+}
+
+// Every argmin index is -1 or a candidate. Reads argmin on the host: the CPU kernels call it, the CUDA
+// kernels check indices in the kernel instead of synchronising.
+inline void check_argmin_range(const at::Tensor& argmin, const at::Tensor& candidates) {
+  if (argmin.numel() == 0) return;
+  TORCH_CHECK(argmin.max().item<int32_t>() < candidates.size(2) && argmin.min().item<int32_t>() >= -1,
+              "argmin holds indices outside the reference / previous frame");
+}
+
+// A gradient in the layout of its input (the layout the fake kernels promise: empty_like).
+inline at::Tensor like_input(const at::Tensor& grad, const at::Tensor& input) {
+  if (grad.strides() == input.strides()) return grad;
+  return at::empty_like(input).copy_(grad.view(input.sizes()));
 }
 
 }  // namespace cfbi

@@ -2,7 +2,6 @@
 //
 // The public Python functions (cfbi_ops.global_match / local_match) validate their arguments, reshape
 // them to the canonical forms below and register fake kernels and autograd for these ops.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(cfbi, m) {
@@ -24,10 +23,4 @@ TORCH_LIBRARY(cfbi, m) {
   m.def(
       "local_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "
       "Tensor previous) -> (Tensor, Tensor, Tensor, Tensor)");
-}
-
-// `import cfbi_ops._C` loads this library (and with it the registrations above).
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module);
 }

@@ -4,12 +4,15 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <tuple>
 #include <vector>
 
 #include "../checks.h"
 #include "../matching.h"
 #include "backward_cpu.h"
+#include "simd.h"
 
 namespace cfbi {
 namespace {
@@ -53,21 +56,25 @@ LabelBuckets bucket_candidates(const int64_t* labels, int64_t frames, int64_t he
   return buckets;
 }
 
+struct GlobalProblem {
+  int64_t pixels, channels, frames, ref_height, ref_width, num_labels, atrous, min_pixels;
+};
+
+// Any dtype: per query pixel and label, a scan of the label's bucket with exact distances.
 template <typename scalar_t>
 void global_match_batch(const scalar_t* query_cl, const scalar_t* reference_cl, const int64_t* labels,
-                        int64_t pixels, int64_t channels, int64_t frames, int64_t ref_height,
-                        int64_t ref_width, int64_t num_labels, int64_t atrous, int64_t min_pixels,
-                        acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg, scalar_t* bg,
-                        int32_t* argmin) {
+                        const GlobalProblem& pb, acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg,
+                        scalar_t* bg, int32_t* argmin) {
   using A = acc_t<scalar_t>;
+  const int64_t channels = pb.channels, num_labels = pb.num_labels;
   const LabelBuckets buckets =
-      bucket_candidates(labels, frames, ref_height, ref_width, num_labels, atrous, min_pixels);
+      bucket_candidates(labels, pb.frames, pb.ref_height, pb.ref_width, num_labels, pb.atrous, pb.min_pixels);
   // Candidate embeddings gathered in bucket order, so each label's scan reads contiguous memory.
   std::vector<scalar_t> candidates(buckets.index.size() * channels);
   for (size_t k = 0; k < buckets.index.size(); ++k) {
     std::copy_n(reference_cl + buckets.index[k] * channels, channels, candidates.data() + k * channels);
   }
-  at::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, pb.pixels, 16, [&](int64_t begin, int64_t end) {
     std::vector<A> best_dist(num_labels);
     std::vector<int64_t> best_index(num_labels);
     for (int64_t p = begin; p < end; ++p) {
@@ -85,8 +92,78 @@ void global_match_batch(const scalar_t* query_cl, const scalar_t* reference_cl, 
         best_dist[l] = best;
         best_index[l] = best_k < 0 ? kNoCandidate : buckets.index[best_k];
       }
-      write_pixel_scores<scalar_t, A>(best_dist.data(), best_index.data(), num_labels, fg_bias, bg_bias,
-                                      fg + p, bg + p, argmin + p, pixels);
+      write_pixel_scores<scalar_t, A>(best_dist.data(), best_index.data(), num_labels, fg_bias, bg_bias, fg + p,
+                                      bg + p, argmin + p, pb.pixels);
+    }
+  });
+}
+
+// float32: the search is a blocked GEMM-like pass (||q||^2 + ||r||^2 - 2 q.r over candidate blocks that stay
+// in cache, with a running min per label), then the exact distance to each selected candidate.
+template <>
+void global_match_batch<float>(const float* query_cl, const float* reference_cl, const int64_t* labels,
+                               const GlobalProblem& pb, float fg_bias, float bg_bias, float* fg, float* bg,
+                               int32_t* argmin) {
+  const int64_t channels = pb.channels, num_labels = pb.num_labels;
+  const LabelBuckets buckets =
+      bucket_candidates(labels, pb.frames, pb.ref_height, pb.ref_width, num_labels, pb.atrous, pb.min_pixels);
+  // Pack every label's candidates into whole blocks of kLanes; padding lanes have an infinite norm.
+  std::vector<int64_t> label_blocks(num_labels + 1, 0);
+  for (int64_t l = 0; l < num_labels; ++l) {
+    label_blocks[l + 1] = label_blocks[l] + (buckets.start[l + 1] - buckets.start[l] + kLanes - 1) / kLanes;
+  }
+  const int64_t slots = label_blocks[num_labels] * kLanes;
+  std::vector<float> packed(slots * channels, 0.0f);
+  std::vector<float> packed_norms(slots, std::numeric_limits<float>::infinity());
+  std::vector<int64_t> packed_index(slots, kNoCandidate);
+  for (int64_t l = 0; l < num_labels; ++l) {
+    for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
+      const int64_t slot = label_blocks[l] * kLanes + (k - buckets.start[l]);
+      const int64_t block = slot / kLanes, lane = slot % kLanes;
+      const float* r = reference_cl + buckets.index[k] * channels;
+      float norm = 0.0f;
+      for (int64_t c = 0; c < channels; ++c) {
+        packed[(block * channels + c) * kLanes + lane] = r[c];
+        norm += r[c] * r[c];
+      }
+      packed_norms[slot] = norm;
+      packed_index[slot] = buckets.index[k];
+    }
+  }
+  const SimdKernels& simd = simd_kernels();
+  const int64_t tiles = (pb.pixels + kQueryTile - 1) / kQueryTile;
+  at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(kQueryTile * channels), tile_norms(kQueryTile);
+    std::vector<float> dist(kQueryTile);
+    std::vector<int64_t> pos(kQueryTile);
+    std::vector<float> best_dist(num_labels * kQueryTile);
+    std::vector<int64_t> best_index(num_labels * kQueryTile);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = t * kQueryTile, count = std::min(kQueryTile, pb.pixels - first);
+      std::fill(tile.begin(), tile.end(), 0.0f);
+      std::copy_n(query_cl + first * channels, count * channels, tile.begin());
+      for (int64_t i = 0; i < kQueryTile; ++i) {
+        float norm = 0.0f;
+        for (int64_t c = 0; c < channels; ++c) norm += tile[i * channels + c] * tile[i * channels + c];
+        tile_norms[i] = norm;
+      }
+      for (int64_t l = 0; l < num_labels; ++l) {
+        simd.global_tile_min(tile.data(), tile_norms.data(), packed.data(), packed_norms.data(), label_blocks[l],
+                             label_blocks[l + 1], channels, dist.data(), pos.data());
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t index = pos[i] < 0 ? kNoCandidate : packed_index[pos[i]];
+          best_index[i * num_labels + l] = index;
+          best_dist[i * num_labels + l] =
+              index < 0 ? 0.0f
+                        : squared_distance<float, float>(tile.data() + i * channels, 1,
+                                                         reference_cl + index * channels, 1, channels);
+        }
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        write_pixel_scores<float, float>(best_dist.data() + i * num_labels, best_index.data() + i * num_labels,
+                                         num_labels, fg_bias, bg_bias, fg + first + i, bg + first + i,
+                                         argmin + first + i, pb.pixels);
+      }
     }
   });
 }
@@ -111,13 +188,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
     using A = acc_t<scalar_t>;
     const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
     const int64_t ref_pixels = frames * ref_height * ref_width;
+    const GlobalProblem problem{pixels, channels, frames, ref_height, ref_width, num_labels, atrous,
+                                atrous_min_pixels};
     for (int64_t b = 0; b < batch; ++b) {
-      global_match_batch<scalar_t>(
-          query_cl.data_ptr<scalar_t>() + b * pixels * channels,
-          reference_cl.data_ptr<scalar_t>() + b * ref_pixels * channels,
-          labels.data_ptr<int64_t>() + b * ref_pixels, pixels, channels, frames, ref_height, ref_width,
-          num_labels, atrous, atrous_min_pixels, fg_b, bg_b, fg.data_ptr<scalar_t>() + b * num_labels * pixels,
-          bg.data_ptr<scalar_t>() + b * num_labels * pixels, argmin.data_ptr<int32_t>() + b * num_labels * pixels);
+      global_match_batch<scalar_t>(query_cl.data_ptr<scalar_t>() + b * pixels * channels,
+                                   reference_cl.data_ptr<scalar_t>() + b * ref_pixels * channels,
+                                   labels.data_ptr<int64_t>() + b * ref_pixels, problem, fg_b, bg_b,
+                                   fg.data_ptr<scalar_t>() + b * num_labels * pixels,
+                                   bg.data_ptr<scalar_t>() + b * num_labels * pixels,
+                                   argmin.data_ptr<int32_t>() + b * num_labels * pixels);
     }
   });
   return {fg, bg, argmin};
@@ -133,15 +212,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& reference) {
   TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
-  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
-  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cpu(
-      grad_fg, grad_bg, fg, argmin, query, global_reference_as_candidates(reference));
+  const at::Tensor candidates = global_reference_as_candidates(reference);
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
+  check_argmin_range(argmin, candidates);
+  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
+      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates);
   const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
   at::Tensor grad_reference =
       grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})
           .transpose(1, 2)
           .contiguous();
-  return {grad_query, grad_reference, grad_fg_bias, grad_bg_bias};
+  return {like_input(grad_query, query), like_input(grad_reference, reference), grad_fg_bias, grad_bg_bias};
 }
 
 }  // namespace

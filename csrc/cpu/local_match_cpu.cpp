@@ -7,12 +7,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "../matching.h"
 #include "backward_cpu.h"
+#include "simd.h"
 
 namespace cfbi {
 namespace {
@@ -77,6 +80,91 @@ void local_match_batch(const scalar_t* query_cl, const scalar_t* previous_cl, co
   });
 }
 
+// float32: the atrous grid splits into atrous^2 independent dense sub-grids (offsets are multiples of the
+// rate). In each, a query row is compared with whole previous-frame rows at once (vectorised over x for
+// every horizontal offset), then each candidate updates the minimum of its (label, ring).
+void local_match_batch_float(const float* query, const float* previous, const int64_t* labels, int64_t height,
+                             int64_t width, int64_t channels, int64_t num_labels, const std::vector<int64_t>& radii,
+                             int64_t atrous, float fg_bias, float bg_bias, float* fg, float* bg, int32_t* argmin) {
+  const int64_t pixels = height * width;
+  const int64_t num_windows = static_cast<int64_t>(radii.size());
+  const int64_t radius = *std::max_element(radii.begin(), radii.end());
+  const int64_t rings = radius + 1, span = 2 * radius + 1;
+  const SimdKernels& simd = simd_kernels();
+  for (int64_t sy = 0; sy < std::min(atrous, height); ++sy) {
+    for (int64_t sx = 0; sx < std::min(atrous, width); ++sx) {
+      const int64_t sub_h = (height - sy + atrous - 1) / atrous, sub_w = (width - sx + atrous - 1) / atrous;
+      // De-interleaved copies of this sub-grid, rows padded by `radius` on both sides (and up to a multiple of
+      // kLanes), so the vector loops need no bounds: padding labels are -1, never a candidate.
+      const int64_t vec_w = (sub_w + kLanes - 1) / kLanes * kLanes;
+      const int64_t row_stride = vec_w + 2 * radius, plane = sub_h * row_stride;
+      std::vector<float> sub_query(channels * plane, 0.0f), sub_previous(channels * plane, 0.0f);
+      std::vector<int32_t> sub_labels(plane, -1);
+      for (int64_t i = 0; i < sub_h; ++i) {
+        for (int64_t j = 0; j < sub_w; ++j) {
+          const int64_t src = (sy + i * atrous) * width + sx + j * atrous, dst = i * row_stride + radius + j;
+          sub_labels[dst] = is_valid_label(labels[src], num_labels) ? static_cast<int32_t>(labels[src]) : -1;
+          for (int64_t c = 0; c < channels; ++c) {
+            sub_query[c * plane + dst] = query[c * pixels + src];
+            sub_previous[c * plane + dst] = previous[c * pixels + src];
+          }
+        }
+      }
+      at::parallel_for(0, sub_h, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> dist(span * vec_w);
+        // [label][ring][x]: the best candidate of each (label, ring) for every query pixel x of the row.
+        std::vector<float> ring_dist(num_labels * rings * vec_w);
+        std::vector<int32_t> ring_index(num_labels * rings * vec_w);
+        std::vector<float> window_dist(num_labels);
+        std::vector<int64_t> window_index(num_labels);
+        for (int64_t i = begin; i < end; ++i) {
+          std::fill(ring_dist.begin(), ring_dist.end(), std::numeric_limits<float>::infinity());
+          std::fill(ring_index.begin(), ring_index.end(), kNoCandidate);
+          // (dy, dx) in row-major order visits candidates by increasing index: "<" keeps the lowest on ties.
+          for (int64_t dy = -radius; dy <= radius; ++dy) {
+            const int64_t ii = i + dy;
+            if (ii < 0 || ii >= sub_h) continue;
+            simd.local_row_distances(sub_query.data() + i * row_stride + radius,
+                                     sub_previous.data() + ii * row_stride + radius, plane, channels, vec_w, radius,
+                                     dist.data());
+            const int32_t* row_labels = sub_labels.data() + ii * row_stride + radius;
+            const int64_t row_start = (sy + ii * atrous) * width + sx;
+            for (int64_t dx = -radius; dx <= radius; ++dx) {
+              const int64_t ring_offset = offset_ring(dy, dx) * vec_w;
+              simd.local_ring_update(dist.data() + (dx + radius) * vec_w, row_labels + dx, vec_w, num_labels,
+                                     rings * vec_w, static_cast<int32_t>(row_start + dx * atrous),
+                                     static_cast<int32_t>(atrous), ring_dist.data() + ring_offset,
+                                     ring_index.data() + ring_offset);
+            }
+          }
+          for (int64_t x = 0; x < sub_w; ++x) {
+            const int64_t p = (sy + i * atrous) * width + sx + x * atrous;
+            for (int64_t l = 0; l < num_labels; ++l) {  // prefix minima over rings
+              for (int64_t r = 1; r < rings; ++r) {
+                const int64_t prev = (l * rings + r - 1) * vec_w + x, cur = prev + vec_w;
+                if (is_better(ring_dist[prev], ring_index[prev], ring_dist[cur], ring_index[cur])) {
+                  ring_dist[cur] = ring_dist[prev];
+                  ring_index[cur] = ring_index[prev];
+                }
+              }
+            }
+            for (int64_t w = 0; w < num_windows; ++w) {
+              for (int64_t l = 0; l < num_labels; ++l) {
+                const int64_t slot = (l * rings + radii[w]) * vec_w + x;
+                window_dist[l] = ring_dist[slot];
+                window_index[l] = ring_index[slot];  // int32 -> int64
+              }
+              const int64_t out = w * pixels + p;
+              write_pixel_scores<float, float>(window_dist.data(), window_index.data(), num_labels, fg_bias, bg_bias,
+                                               fg + out, bg + out, argmin + out, num_windows * pixels);
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor& query, const at::Tensor& previous,
                                                                const at::Tensor& prev_labels, int64_t num_labels,
                                                                const at::Tensor& fg_bias, const at::Tensor& bg_bias,
@@ -87,8 +175,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor&
   const int64_t num_windows = static_cast<int64_t>(windows.size());
   std::vector<int64_t> radii;
   for (const int64_t w : windows) radii.push_back(window_radius(w, atrous));
-  const at::Tensor query_cl = query.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor previous_cl = previous.permute({0, 2, 3, 1}).contiguous();
   const at::Tensor labels = prev_labels.to(at::kLong).contiguous();
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, num_windows, height, width};
   at::Tensor fg = at::empty(out_sizes, query.options());
@@ -99,6 +185,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor&
     using A = acc_t<scalar_t>;
     const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
     const int64_t out_batch = num_labels * num_windows * pixels;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const at::Tensor query_c = query.contiguous(), previous_c = previous.contiguous();
+      for (int64_t b = 0; b < batch; ++b) {
+        local_match_batch_float(query_c.data_ptr<float>() + b * channels * pixels,
+                                previous_c.data_ptr<float>() + b * channels * pixels,
+                                labels.data_ptr<int64_t>() + b * pixels, height, width, channels, num_labels, radii,
+                                atrous, fg_b, bg_b, fg.data_ptr<float>() + b * out_batch,
+                                bg.data_ptr<float>() + b * out_batch, argmin.data_ptr<int32_t>() + b * out_batch);
+      }
+      return;
+    }
+    const at::Tensor query_cl = query.permute({0, 2, 3, 1}).contiguous();
+    const at::Tensor previous_cl = previous.permute({0, 2, 3, 1}).contiguous();
     for (int64_t b = 0; b < batch; ++b) {
       local_match_batch<scalar_t>(query_cl.data_ptr<scalar_t>() + b * pixels * channels,
                                   previous_cl.data_ptr<scalar_t>() + b * pixels * channels,
@@ -115,10 +214,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& previous) {
   TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
-  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
-  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cpu(
-      grad_fg, grad_bg, fg, argmin, query, previous.reshape({previous.size(0), previous.size(1), -1}));
-  return {grad_query, grad_candidates.view(previous.sizes()), grad_fg_bias, grad_bg_bias};
+  const at::Tensor candidates = previous.reshape({previous.size(0), previous.size(1), -1});
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
+  check_argmin_range(argmin, candidates);
+  auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
+      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates);
+  return {like_input(grad_query, query), like_input(grad_candidates.view(previous.sizes()), previous), grad_fg_bias,
+          grad_bg_bias};
 }
 
 }  // namespace

@@ -1,0 +1,268 @@
+"""Kernel benchmark: cfbi_ops against its peers on the CFBI+ matching shapes.
+
+    python benchmarks/compare.py                       # CPU, all cases -> benchmarks/results/cpu.{md,json}
+    python benchmarks/compare.py --device cuda         # GPU -> benchmarks/results/cuda-<gpu>.{md,json}
+    python benchmarks/compare.py --cases s4 --labels 4 --quick
+
+Times are medians of repeated runs in one process (ratios are what count: the machines are noisy). Peak extra
+memory is measured in a fresh subprocess per (case, peer): max RSS growth on CPU, max allocated on CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.cases import (CASES, FORWARD_ONLY, PEERS, Case, has_faiss, make_inputs,  # noqa: E402
+                              mm_global_operands, mm_local_operands, outputs_bytes)
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], device: str, repeats: int, budget_s: float) -> float:
+    """Median wall time of fn() in ms, after one warm-up; stops early once budget_s is spent."""
+    fn()
+    _sync(device)
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > budget_s and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def run_peer(case: Case, op: str, peer: str, num_labels: int, backward: bool, device: str):
+    """A closure running one forward (and backward) of the peer on fixed inputs."""
+    x = make_inputs(case, num_labels, device, grad=backward)
+    fn = PEERS[op][peer]
+    if not backward:
+        def forward():
+            with torch.no_grad():
+                return fn(case, x)
+        return forward
+
+    leaves = [x.query, x.reference if op == "global" else x.previous, x.fg_bias, x.bg_bias]
+
+    def forward_backward():
+        fg, bg = fn(case, x)
+        torch.autograd.grad((fg.sum() + bg.sum(),), leaves, allow_unused=True)
+    return forward_backward
+
+
+def mm_peer(case: Case, op: str, device: str, tf32: bool = False):
+    a, b = (mm_global_operands if op == "global" else mm_local_operands)(case, device)
+
+    def mm():
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        return torch.mm(a, b)
+    return mm
+
+
+def peak_memory_mb(case: str, op: str, peer: str, labels: int, backward: bool, device: str) -> float | None:
+    """Peak extra memory of one call, in a fresh process."""
+    code = f"""
+import sys, resource, torch
+sys.path.insert(0, {str(ROOT)!r})
+from benchmarks.compare import run_peer, mm_peer
+from benchmarks.cases import CASES
+case = CASES[{case!r}]
+fn = mm_peer(case, {op!r}, {device!r}) if {peer!r} == "torch.mm" else run_peer(case, {op!r}, {peer!r}, {labels}, {backward}, {device!r})
+if {device!r} == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+    fn(); torch.cuda.synchronize(); print((torch.cuda.max_memory_allocated() - base) / 2**20)
+else:
+    def rss(): return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
+    base = rss(); fn(); print(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+
+
+def thread_scaling(case: Case, op: str, labels: int, repeats: int, budget: float) -> tuple[float, float, bool]:
+    """(ms with 1 thread, ms with 2 threads, outputs and gradients bit-identical)."""
+    results, times = [], []
+    saved = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        x = make_inputs(case, labels, grad=True)
+        fn = PEERS[op]["cfbi_ops"]
+        times.append(median_ms(lambda: fn(case, x), "cpu", repeats, budget))
+        fg, bg = fn(case, x)
+        grads = torch.autograd.grad(fg.sum() + 2 * bg.sum(), [x.query, x.reference if op == "global" else x.previous])
+        results.append([fg, bg, *grads])
+    torch.set_num_threads(saved)
+    identical = all(torch.equal(a, b) for a, b in zip(*results))
+    return times[0], times[1], identical
+
+
+def machine_info(device: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "device": device}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--cases", nargs="+", default=["s4", "s8", "s16", "s4-480p"], choices=sorted(CASES))
+    parser.add_argument("--labels", nargs="+", type=int, default=[2, 4, 11])
+    parser.add_argument("--peers", nargs="+", default=None, help="subset of peers (default: all available)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds per measurement at most")
+    parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
+    parser.add_argument("--quick", action="store_true", help="one repeat, no memory or thread runs (smoke test)")
+    parser.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/results/<device>)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    if args.quick:
+        args.repeats, args.budget, args.no_memory = 1, 0.0, True
+
+    rows = []
+    for case_name in args.cases:
+        case = CASES[case_name]
+        for op in ("global", "local"):
+            peers = [p for p in PEERS[op] if args.peers is None or p in args.peers]
+            if "faiss" in peers and (not has_faiss() or args.device != "cpu"):
+                peers.remove("faiss")
+            for labels in args.labels:
+                for backward in (False, True):
+                    mode = "fwd+bwd" if backward else "fwd"
+                    for peer in peers:
+                        if backward and peer in FORWARD_ONLY:
+                            continue
+                        if peer == "naive" and op == "local" and case_name.startswith("s4") and labels != 4:
+                            continue  # ~2 GB and seconds per call: measured at L = 4 only
+                        ms = median_ms(run_peer(case, op, peer, labels, backward, args.device), args.device,
+                                       args.repeats, args.budget)
+                        mem = None
+                        if not args.no_memory and labels == 4:
+                            mem = peak_memory_mb(case_name, op, peer, labels, backward, args.device)
+                        rows.append(dict(case=case_name, op=op, labels=labels, mode=mode, peer=peer, ms=ms,
+                                         peak_mb=mem))
+                        print(f"{case_name:8s} {op:6s} L={labels:<2d} {mode:7s} {peer:10s} {ms:9.2f} ms"
+                              + (f"  {mem:8.1f} MB" if mem is not None else ""), flush=True)
+            if args.peers is None or "torch.mm" in args.peers:
+                variants = [("torch.mm", False)] + ([("torch.mm-tf32", True)] if args.device == "cuda" else [])
+                for name, tf32 in variants:
+                    ms = median_ms(mm_peer(case, op, args.device, tf32), args.device, args.repeats, args.budget)
+                    mem = None if args.no_memory or tf32 else peak_memory_mb(case_name, op, "torch.mm", 4, False,
+                                                                             args.device)
+                    rows.append(dict(case=case_name, op=op, labels=None, mode="fwd", peer=name, ms=ms, peak_mb=mem))
+                    print(f"{case_name:8s} {op:6s}      fwd     {name:10s} {ms:9.2f} ms", flush=True)
+
+    scaling = []
+    if args.device == "cpu" and not args.quick:
+        for case_name in args.cases:
+            for op in ("global", "local"):
+                t1, t2, same = thread_scaling(CASES[case_name], op, 4, args.repeats, args.budget)
+                scaling.append(dict(case=case_name, op=op, ms_1_thread=t1, ms_2_threads=t2, speedup=t1 / t2,
+                                    bit_identical=same))
+                print(f"{case_name:8s} {op:6s} threads 1: {t1:.2f} ms  2: {t2:.2f} ms  x{t1 / t2:.2f}  "
+                      f"identical={same}", flush=True)
+
+    info = machine_info(args.device)
+    stem = args.out or RESULTS / (args.device if args.device == "cpu"
+                                  else "cuda-" + info["gpu"].replace(" ", "-").lower())
+    write_results(stem, info, rows, scaling, args)
+    print(f"wrote {stem}.md and {stem}.json")
+    return 0
+
+
+def _ms(rows, **key) -> float | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in key.items()):
+            return row["ms"]
+    return None
+
+
+def targets(rows: list[dict], args) -> list[tuple[str, str]]:
+    """The issue's target ratios, from the measured rows."""
+    out = []
+    for case in args.cases:
+        fwd = _ms(rows, case=case, op="global", labels=4, mode="fwd", peer="cfbi_ops")
+        mm = _ms(rows, case=case, op="global", peer="torch.mm")
+        if fwd and mm:
+            out.append((f"{case} global fwd L=4 / torch.mm", f"{fwd / mm:.2f}"))
+        faiss_ms = _ms(rows, case=case, op="global", labels=4, mode="fwd", peer="faiss")
+        if fwd and faiss_ms:
+            out.append((f"{case} global fwd L=4 / faiss", f"{fwd / faiss_ms:.2f}"))
+        l11 = _ms(rows, case=case, op="global", labels=11, mode="fwd", peer="cfbi_ops")
+        l2 = _ms(rows, case=case, op="global", labels=2, mode="fwd", peer="cfbi_ops")
+        if l11 and l2:
+            out.append((f"{case} global fwd L=11 / L=2", f"{l11 / l2:.2f}"))
+        lfwd = _ms(rows, case=case, op="local", labels=4, mode="fwd", peer="cfbi_ops")
+        naive = _ms(rows, case=case, op="local", labels=4, mode="fwd", peer="naive")
+        lmm = _ms(rows, case=case, op="local", peer="torch.mm")
+        if lfwd and naive:
+            out.append((f"{case} local fwd L=4: naive / cfbi_ops", f"{naive / lfwd:.1f}"))
+        if lfwd and lmm:
+            out.append((f"{case} local fwd L=4 / torch.mm (same MACs)", f"{lfwd / lmm:.2f}"))
+        for op in ("global", "local"):
+            f = _ms(rows, case=case, op=op, labels=4, mode="fwd", peer="cfbi_ops")
+            fb = _ms(rows, case=case, op=op, labels=4, mode="fwd+bwd", peer="cfbi_ops")
+            if f and fb:
+                out.append((f"{case} {op} backward / forward L=4", f"{(fb - f) / f:.2f}"))
+    return out
+
+
+def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict], args) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    ratios = targets(rows, args)
+    stem.with_suffix(".json").write_text(json.dumps(dict(machine=info, rows=rows, thread_scaling=scaling,
+                                                         ratios=dict(ratios)), indent=1))
+    lines = [f"# cfbi_ops benchmark ({info['device']})", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+             "Command: `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`", "",
+             "Median ms per call; peak extra memory (MB) measured at L = 4 in a fresh process.", "",
+             "| case | op | L | mode | peer | ms | peak MB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mem = "" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+        lines.append(f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['mode']} | {r['peer']} | {r['ms']:.2f} | {mem} |")
+    if ratios:
+        lines += ["", "## Ratios", "", "| ratio | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in ratios]
+    if scaling:
+        lines += ["", "## Threads (cfbi_ops forward, L = 4)", "", "| case | op | 1 thread ms | 2 threads ms | speed-up | "
+                  "bit-identical |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s['case']} | {s['op']} | {s['ms_1_thread']:.2f} | {s['ms_2_threads']:.2f} | {s['speedup']:.2f} | "
+                  f"{s['bit_identical']} |" for s in scaling]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Per-frame CFBI+ inference time at 480p and the share of it spent in the matching operators.
+
+Runs the VideoSegmenter (the authors' protocol: a 480x854 frame is resized to 481x849) on a synthetic clip
+with random weights, times every `step` after warm-up, and times the cfbi_ops.global_match / local_match
+calls made inside it (wrappers around the public functions; CUDA is synchronised around each call).
+Writes a Markdown table to benchmarks/results/model.md (or --output).
+
+    PYTHONPATH=. python benchmarks/model_speed.py                         # resnet101 and small, CPU
+    PYTHONPATH=. python benchmarks/model_speed.py --configs small --frames 5 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+import cfbi_ops
+import cfbi_model.matching as matching_module
+from cfbi_model import CFBIPlus, VideoSegmenter
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class OpTimer:
+    """Wraps cfbi_ops.global_match / local_match (as seen by cfbi_model.matching) with wall-clock timers."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._originals = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> "OpTimer":
+        ops = matching_module.cfbi_ops
+        for name in ("global_match", "local_match"):
+            original = getattr(ops, name)
+            self._originals[name] = original
+
+            def timed(*args, _name=name, _fn=original, **kwargs):
+                self._sync()
+                start = time.perf_counter()
+                out = _fn(*args, **kwargs)
+                self._sync()
+                self.totals[_name] += time.perf_counter() - start
+                self.calls[_name] += 1
+                return out
+
+            setattr(ops, name, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, fn in self._originals.items():
+            setattr(matching_module.cfbi_ops, name, fn)
+
+    def reset(self) -> None:
+        self.totals.clear()
+        self.calls.clear()
+
+
+def synthetic_clip(count: int, height: int, width: int, objects: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for t in range(count):
+        img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        for k in range(objects):
+            y, x = (k + 1) * height // (objects + 2) + 3 * t, (k + 1) * width // (objects + 2) + 5 * t
+            img[y:y + height // 5, x:x + width // 6] = (40 * k, 200, 255 - 40 * k)
+        frames.append(img)
+    labels = np.zeros((height, width), np.uint8)
+    for k in range(objects):
+        y, x = (k + 1) * height // (objects + 2), (k + 1) * width // (objects + 2)
+        labels[y:y + height // 5, x:x + width // 6] = k + 1
+    return frames, labels
+
+
+def measure(config: str, args: argparse.Namespace, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = CFBIPlus(config).to(device).eval()
+    frames, labels = synthetic_clip(args.frames + args.warmup + 1, args.height, args.width, args.objects)
+    seg = VideoSegmenter(model, global_atrous=args.global_atrous, min_matching_pixels=args.min_matching_pixels,
+                         amp=args.amp)
+    timer = OpTimer(device)
+    step_times = []
+    with timer:
+        seg.start(frames[0], labels)
+        for t, frame in enumerate(frames[1:]):
+            if t == args.warmup:
+                timer.reset()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            seg.step(frame)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if t >= args.warmup:
+                step_times.append(time.perf_counter() - start)
+    total = sum(step_times)
+    n = len(step_times)
+    return {
+        "config": config,
+        "input": seg._augs[0].size,
+        "labels": seg.num_labels,
+        "median": statistics.median(step_times),
+        "mean": total / n,
+        "min": min(step_times),
+        "global": timer.totals["global_match"] / n,
+        "local": timer.totals["local_match"] / n,
+        "share": (timer.totals["global_match"] + timer.totals["local_match"]) / total,
+        "frames": n,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def machine_info(device: torch.device) -> list[str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "log", "-1", "--format=%h %s", "--", "csrc", "cfbi_ops"], cwd=REPO,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    lines = [
+        f"- machine: {platform.machine()} {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
+        f"- torch {torch.__version__}, intra-op threads {torch.get_num_threads()}, Python {platform.python_version()}",
+        f"- device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        f"- cfbi_ops compiled extension: {cfbi_ops.HAS_EXTENSION}; last csrc/cfbi_ops commit: {commit}",
+    ]
+    if hasattr(os, "getloadavg"):
+        lines.append("- load average before the run (1/5/15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["resnet101", "small"])
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=854)
+    parser.add_argument("--objects", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=3, help="timed frames per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed frames after the first")
+    parser.add_argument("--global-atrous", type=int, default=2)
+    parser.add_argument("--min-matching-pixels", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results", "model.md"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    header = machine_info(device)
+    rows = []
+    for config in args.configs:
+        result = measure(config, args, device)
+        rows.append(result)
+        print(f"{config}: {result['median'] * 1000:.0f} ms/frame (median of {result['frames']}), matching "
+              f"{100 * result['share']:.1f}% (global {result['global'] * 1000:.0f} ms, local "
+              f"{result['local'] * 1000:.0f} ms)", file=sys.stderr)
+
+    lines = [
+        "# CFBI+ per-frame inference time",
+        "",
+        f"Frame {args.height}x{args.width} (DAVIS 480p), {args.objects} objects + background, single scale, no flip, "
+        f"4x global atrous {args.global_atrous}, min matching pixels {args.min_matching_pixels}"
+        + (", AMP" if args.amp else "") + "; random weights; "
+        f"{args.warmup} warm-up frame(s), then {args.frames} timed frames (`VideoSegmenter.step`). Matching = "
+        "time inside `cfbi_ops.global_match` + `cfbi_ops.local_match` (3 scales each).",
+        "",
+        *header,
+        "",
+        "| config | params | network input | ms/frame (median) | mean | min | global match ms | local match ms "
+        "| matching share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f} M | {r['input'][0]}x{r['input'][1]} | "
+                     f"{r['median'] * 1000:.0f} | {r['mean'] * 1000:.0f} | {r['min'] * 1000:.0f} | "
+                     f"{r['global'] * 1000:.0f} | {r['local'] * 1000:.0f} | {100 * r['share']:.1f}% |")
+    lines += ["", "Command: `PYTHONPATH=. python benchmarks/model_speed.py "
+              + " ".join(argv if argv is not None else sys.argv[1:]) + "`", ""]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Shared helpers of the cfbi_ops tests: skip markers, tolerances and random case builders.
+
+Embeddings are small (0.1 * randn): with unit-variance embeddings the squared distances are ~2C and
+the score 1 - 2 / (1 + exp(d + b)) saturates to 1 (no gradient), which would hide most bugs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import cfbi_ops
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+# Output tolerances (values) and gradient tolerances, per dtype.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+}
+GRAD_TOL = {
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float64: dict(rtol=1e-9, atol=1e-10),
+}
+
+DTYPES = [torch.float32, torch.float64]
+IGNORE = 255
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def embeddings(shape, dtype, g: torch.Generator, scale: float = 0.1) -> torch.Tensor:
+    """Small random embeddings (drawn in float64 so float32 and float64 cases see the same numbers)."""
+    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+
+
+def random_labels(shape, num_labels: int, g: torch.Generator, *, absent=(), ignore_fraction: float = 0.1,
+                  out_of_range_fraction: float = 0.05, dtype=torch.int64, skew: float | None = None) -> torch.Tensor:
+    """Labels in [0, num_labels) with some pixels ignored: value 255 and value num_labels + 1 (>= L).
+
+    Labels listed in `absent` never appear (their pixels are turned into ignored / other labels).
+    skew: label l is drawn with probability proportional to skew**l (objects of very different sizes,
+    so that atrous_min_pixels keeps some labels whole and subsamples others).
+    """
+    if skew is None:
+        labels = torch.randint(0, num_labels, shape, generator=g)
+    else:
+        probs = torch.tensor([skew ** l for l in range(num_labels)], dtype=torch.float64)
+        numel = 1
+        for n in shape:
+            numel *= n
+        labels = torch.multinomial(probs, numel, replacement=True, generator=g).reshape(shape)
+    u = torch.rand(shape, generator=g, dtype=torch.float64)
+    labels[u < ignore_fraction] = IGNORE
+    labels[(u >= ignore_fraction) & (u < ignore_fraction + out_of_range_fraction)] = num_labels + 1
+    present = [l for l in range(num_labels) if l not in absent]
+    for label in absent:
+        mask = labels == label
+        if present:
+            replacement = torch.tensor(present)[torch.randint(0, len(present), (int(mask.sum()),), generator=g)]
+            labels[mask] = replacement
+        else:
+            labels[mask] = IGNORE
+    if dtype == torch.uint8:
+        labels = labels.clamp(max=255)
+    return labels.to(dtype)
+
+
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
+    """A non-contiguous view holding the same values as t: every other element of a wider last dim,
+    viewed through a transposed buffer (so neither the channel nor the pixel stride is 1)."""
+    shape = list(t.shape)
+    wide = shape[:-1] + [2 * shape[-1]]
+    buf = torch.full(wide, 7, dtype=t.dtype)  # garbage in the gaps
+    buf = buf.transpose(-1, -2).contiguous().transpose(-1, -2)
+    view = buf[..., ::2]
+    view.copy_(t)
+    assert not view.is_contiguous()
+    return view
+
+
+def make_bias(value: float, dtype, shape=(1,), requires_grad: bool = True) -> torch.Tensor:
+    return torch.full(shape, value, dtype=dtype).requires_grad_(requires_grad)
+
+
+@dataclass
+class GlobalCase:
+    query: torch.Tensor
+    reference: torch.Tensor  # [B, C, Hr, Wr] or [B, T, C, Hr, Wr]
+    labels: torch.Tensor
+    num_labels: int
+    fg_bias: torch.Tensor
+    bg_bias: torch.Tensor
+    atrous: int = 1
+    atrous_min_pixels: int = 0
+    absent: tuple = field(default_factory=tuple)
+
+    def kwargs(self):
+        return dict(atrous=self.atrous, atrous_min_pixels=self.atrous_min_pixels)
+
+    def leaves(self):
+        return [self.query, self.reference, self.fg_bias, self.bg_bias]
+
+
+@dataclass
+class LocalCase:
+    query: torch.Tensor
+    previous: torch.Tensor
+    labels: torch.Tensor
+    num_labels: int
+    fg_bias: torch.Tensor
+    bg_bias: torch.Tensor
+    windows: tuple = (4, 8, 12, 16, 20, 24)
+    atrous: int = 1
+    absent: tuple = field(default_factory=tuple)
+
+    def kwargs(self):
+        return dict(windows=self.windows, atrous=self.atrous)
+
+    def leaves(self):
+        return [self.query, self.previous, self.fg_bias, self.bg_bias]
+
+
+def make_global_case(*, B=1, C=4, H=6, W=7, T=1, Hr=None, Wr=None, L=3, atrous=1, min_pixels=0, absent=(),
+                     dtype=torch.float64, ref_5d=None, noncontig=False, label_dtype=torch.int64, seed=0,
+                     fg_bias=-0.3, bg_bias=0.2, bias_shape=(1,), requires_grad=True, skew=None) -> GlobalCase:
+    Hr = H if Hr is None else Hr
+    Wr = W if Wr is None else Wr
+    ref_5d = (T > 1) if ref_5d is None else ref_5d
+    assert ref_5d or T == 1
+    g = generator(seed)
+    query = embeddings((B, C, H, W), dtype, g)
+    reference = embeddings((B, T, C, Hr, Wr), dtype, g)
+    labels = random_labels((B, T, Hr, Wr), L, g, absent=absent, dtype=label_dtype, skew=skew)
+    if not ref_5d:
+        reference, labels = reference[:, 0], labels[:, 0]
+    if noncontig:
+        query, reference, labels = noncontiguous(query), noncontiguous(reference), noncontiguous(labels)
+    query.requires_grad_(requires_grad)
+    reference.requires_grad_(requires_grad)
+    return GlobalCase(query, reference, labels, L, make_bias(fg_bias, dtype, bias_shape, requires_grad),
+                      make_bias(bg_bias, dtype, bias_shape, requires_grad), atrous, min_pixels, tuple(absent))
+
+
+def make_local_case(*, B=1, C=4, H=6, W=7, L=3, windows=(4, 8, 12, 16, 20, 24), atrous=1, absent=(),
+                    dtype=torch.float64, noncontig=False, label_dtype=torch.int64, seed=0, fg_bias=-0.3,
+                    bg_bias=0.2, bias_shape=(1,), requires_grad=True) -> LocalCase:
+    g = generator(seed)
+    query = embeddings((B, C, H, W), dtype, g)
+    previous = embeddings((B, C, H, W), dtype, g)
+    labels = random_labels((B, H, W), L, g, absent=absent, dtype=label_dtype)
+    if noncontig:
+        query, previous, labels = noncontiguous(query), noncontiguous(previous), noncontiguous(labels)
+    query.requires_grad_(requires_grad)
+    previous.requires_grad_(requires_grad)
+    return LocalCase(query, previous, labels, L, make_bias(fg_bias, dtype, bias_shape, requires_grad),
+                     make_bias(bg_bias, dtype, bias_shape, requires_grad), tuple(windows), atrous, tuple(absent))
+
+
+def run_global(case: GlobalCase, impl=None):
+    impl = cfbi_ops.global_match if impl is None else impl
+    return impl(case.query, case.reference, case.labels, case.num_labels, case.fg_bias, case.bg_bias,
+                **case.kwargs())
+
+
+def run_local(case: LocalCase, impl=None):
+    impl = cfbi_ops.local_match if impl is None else impl
+    return impl(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias,
+                **case.kwargs())
+
+
+def weighted_loss(fg: torch.Tensor, bg: torch.Tensor, seed: int = 123) -> torch.Tensor:
+    """Random upstream weights on both outputs (fixed by seed, independent of the outputs' values)."""
+    g = generator(seed)
+    wf = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype)
+    wb = torch.randn(bg.shape, generator=g, dtype=torch.float64).to(bg.dtype)
+    return (fg * wf).sum() + (bg * wb).sum()
+
+
+def grads(loss: torch.Tensor, leaves) -> list[torch.Tensor]:
+    """Gradients of loss w.r.t. leaves; an input the loss does not reach gets an explicit zero."""
+    out = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [torch.zeros_like(x) if gx is None else gx for x, gx in zip(leaves, out)]
+
+
+def run_isolated(code: str, timeout: float = 120) -> subprocess.Popen:
+    """Starts `code` in a fresh interpreter (for calls that may crash the process); returns the Popen."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def restore_threads():
+    """Restores torch's intra-op thread count after a test that changes it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: tiny ops (gradcheck) stay fast when other processes load the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_deterministic():
+    mode = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(mode)

@@ -1,7 +1,8 @@
 // CUDA backward shared by cfbi::global_match and cfbi::local_match (mirrors csrc/cpu/backward_cpu.cpp).
 //
 // Entries e = (b, l, k, p) of the outputs, P = K * N entries per label, per_batch = L * P.
-// 1. coef[e] = d loss / d (min distance + bias) via pixel_distance_grads (one thread per (b, k, p)).
+// 1. coef[e] = d loss / d (min distance + bias) via pixel_distance_grads (one thread per (b, k, p)); every
+//    argmin is checked to be -1 or a candidate (device-side assert).
 // 2. Bias gradients: fixed-shape two-stage block reduction (deterministic).
 // 3. Query gradient: one thread per (b, c, p) gathers its selected candidates, entries in increasing order.
 // 4. Candidate gradient:
@@ -25,11 +26,16 @@ constexpr int64_t kMaxBiasBlocks = 1024;
 template <typename T>
 __global__ void coef_kernel(const T* __restrict__ grad_fg, const T* __restrict__ grad_bg, const T* __restrict__ fg,
                             const int32_t* __restrict__ argmin, int64_t batch, int64_t num_labels, int64_t plane,
-                            acc_t<T>* __restrict__ coef) {
+                            int64_t num_candidates, acc_t<T>* __restrict__ coef) {
   using A = acc_t<T>;
   const int64_t per_batch = num_labels * plane;
   for (int64_t i = global_thread_index(); i < batch * plane; i += grid_thread_count()) {
     const int64_t offset = (i / plane) * per_batch + i % plane;
+    for (int64_t l = 0; l < num_labels; ++l) {
+      const int64_t index = argmin[offset + l * plane];
+      CFBI_DEVICE_CHECK(index >= -1 && index < num_candidates,
+                        "argmin holds indices outside the reference / previous frame");
+    }
     pixel_distance_grads<T, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset, num_labels, plane,
                                coef + offset);
   }
@@ -220,7 +226,7 @@ cudaError_t run_backward(const BackwardArgs& a, cudaStream_t stream) {
 
   coef_kernel<T><<<grid_stride_blocks(a.batch * plane, kThreads), kThreads, 0, stream>>>(
       static_cast<const T*>(a.grad_fg), static_cast<const T*>(a.grad_bg), static_cast<const T*>(a.fg), a.argmin,
-      a.batch, a.num_labels, plane, coef);
+      a.batch, a.num_labels, plane, a.num_candidates, coef);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
   const int64_t bias_blocks = backward_bias_blocks(entries);

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cassert>
 #include <cstdint>
 
 #include "../matching.h"
@@ -53,6 +54,13 @@ __device__ __forceinline__ int64_t grid_thread_count() {
 
 }  // namespace cuda
 }  // namespace cfbi
+
+// Device-side check of an argument the host cannot see without synchronising (like torch's
+// CUDA_KERNEL_ASSERT: a failure is reported as "device-side assert triggered"). Active under NDEBUG too.
+#define CFBI_DEVICE_CHECK(cond, message)                                                  \
+  do {                                                                                    \
+    if (!(cond)) __assert_fail(message, __FILE__, static_cast<unsigned int>(__LINE__), __func__); \
+  } while (0)
 
 // Runs `...` with scalar_t bound to the storage type of `dtype`; returns cudaErrorInvalidValue for an
 // unknown dtype.

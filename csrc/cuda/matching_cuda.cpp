@@ -162,15 +162,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cuda(const at::Tensor
 }
 
 // Backward of both ops. candidates [B, C, M]. Returns grad_query [B, C, H, W], grad_candidates [B, C, M]
-// and the two bias gradients [1].
+// (both contiguous) and the two bias gradients [1]. The argmin range is checked in the kernel (a device-side
+// assert) rather than on the host, which would synchronise.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cuda(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& candidates) {
+  check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_cuda(query);
-  TORCH_CHECK(fg.is_cuda() && argmin.is_cuda() && grad_fg.is_cuda() && grad_bg.is_cuda() && candidates.is_cuda(),
-              "grad_fg, grad_bg, fg, argmin and the candidates must be CUDA tensors");
-  TORCH_CHECK(fg.scalar_type() == query.scalar_type() && candidates.scalar_type() == query.scalar_type(),
-              "fg and the candidates must have the dtype of query");
   const c10::cuda::CUDAGuard device_guard(query.device());
   const int64_t batch = fg.size(0), num_labels = fg.size(1);
   const int64_t channels = query.size(1), pixels = query.size(2) * query.size(3);
@@ -250,10 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& reference) {
   TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
-  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
   TORCH_CHECK(fg.dim() == 4, "fg must be [B, L, H, W]");
-  TORCH_CHECK(reference.size(0) == query.size(0) && reference.size(2) == query.size(1),
-              "reference must match query in batch and channels");
   const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
   // [B, T, C, Hr, Wr] -> [B, C, T * Hr * Wr], the candidate order of the argmin indices.
   const at::Tensor candidates =
@@ -264,19 +259,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward
       grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})
           .transpose(1, 2)
           .contiguous();
-  return {grad_query, grad_reference, grad_fg_bias, grad_bg_bias};
+  return {like_input(grad_query, query), like_input(grad_reference, reference), grad_fg_bias, grad_bg_bias};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_cuda(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& previous) {
   TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
-  check_backward_args(grad_fg, grad_bg, fg, argmin, query);
   TORCH_CHECK(fg.dim() == 5, "fg must be [B, L, K, H, W]");
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cuda(
       grad_fg, grad_bg, fg, argmin, query,
       previous.reshape({previous.size(0), previous.size(1), previous.size(2) * previous.size(3)}));
-  return {grad_query, grad_candidates.view(previous.sizes()), grad_fg_bias, grad_bg_bias};
+  return {like_input(grad_query, query), like_input(grad_candidates.view(previous.sizes()), previous), grad_fg_bias,
+          grad_bg_bias};
 }
 
 }  // namespace

@@ -34,9 +34,12 @@ def generate() -> Path:
     (src / "cuda").mkdir(parents=True)
     for header in ("matching.h", "checks.h"):
         shutil.copy(ROOT / "csrc" / header, src / header)
+    # The schemas of the four matching ops, from the m.def("...") string literals of csrc/ops.cpp.
     ops = (ROOT / "csrc" / "ops.cpp").read_text()
-    schemas = ops[ops.index("TORCH_LIBRARY(cfbi, m) {"):]
-    schemas = schemas[:schemas.index("\n}") + 2].replace("TORCH_LIBRARY(cfbi, m)", "TORCH_LIBRARY(cfbi_emu, m)")
+    defs = ["".join(re.findall(r'"([^"]*)"', call)) for call in re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", ops)]
+    defs = [d for d in defs if re.match(r"(global|local)_match(_backward)?\(", d)]
+    assert len(defs) == 4, defs
+    schemas = "TORCH_LIBRARY(cfbi_emu, m) {\n" + "".join(f'  m.def("{d}");\n' for d in defs) + "}\n"
     for path in sorted((ROOT / "csrc" / "cuda").iterdir()):
         text = path.read_text()
         if path.suffix == ".cu":

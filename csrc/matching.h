@@ -81,13 +81,30 @@ CFBI_HD int64_t offset_ring(int64_t i, int64_t j) {
   return ai > aj ? ai : aj;
 }
 
-// Squared L2 distance between two strided vectors of length c, accumulated in A.
+// One step of a squared distance: sum + diff * diff, rounded after the product and after the sum.
+// Device code would otherwise contract it into a fused multiply-add; with both roundings the CPU and
+// CUDA kernels compute bit-identical distances (and so pick the same argmin).
+CFBI_HD float add_square(float sum, float diff) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(sum, __fmul_rn(diff, diff));
+#else
+  return sum + diff * diff;
+#endif
+}
+CFBI_HD double add_square(double sum, double diff) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(sum, __dmul_rn(diff, diff));
+#else
+  return sum + diff * diff;
+#endif
+}
+
+// Squared L2 distance between two strided vectors of length c, accumulated in A, channel by channel.
 template <typename T, typename A = acc_t<T>>
 CFBI_HD A squared_distance(const T* a, int64_t a_stride, const T* b, int64_t b_stride, int64_t c) {
   A sum = A(0);
   for (int64_t k = 0; k < c; ++k) {
-    const A diff = static_cast<A>(a[k * a_stride]) - static_cast<A>(b[k * b_stride]);
-    sum += diff * diff;
+    sum = add_square(sum, static_cast<A>(a[k * a_stride]) - static_cast<A>(b[k * b_stride]));
   }
   return sum;
 }
@@ -120,23 +137,34 @@ struct TwoSmallest {
 };
 
 // Epilogue of one query pixel (and one window): turns the per-label min distances into the fg scores,
-// the background maps and the saved argmin. Arrays indexed by label; outputs strided by `stride`.
-template <typename T, typename A>
-CFBI_HD void write_pixel_scores(const A* best_dist, const int64_t* best_index, int64_t num_labels,
-                                A fg_bias, A bg_bias, T* fg, T* bg, int32_t* argmin, int64_t stride) {
+// the background maps and the saved argmin. Inputs indexed by label with stride in_stride (best_index may
+// be the argmin output itself); outputs strided by `stride`.
+template <typename T, typename A, typename I>
+CFBI_HD void write_pixel_scores_strided(const A* best_dist, const I* best_index, int64_t in_stride,
+                                        int64_t num_labels, A fg_bias, A bg_bias, T* fg, T* bg, int32_t* argmin,
+                                        int64_t stride) {
   TwoSmallest<A> smallest;
   for (int64_t l = 0; l < num_labels; ++l) {
-    const bool found = best_index[l] >= 0;
-    const T score = static_cast<T>(found ? distance_to_score(best_dist[l], label_bias(l, fg_bias, bg_bias))
+    const int64_t index = static_cast<int64_t>(best_index[l * in_stride]);
+    const bool found = index >= 0;
+    const T score = static_cast<T>(found ? distance_to_score(best_dist[l * in_stride], label_bias(l, fg_bias, bg_bias))
                                          : empty_score<A>());
     fg[l * stride] = score;
-    argmin[l * stride] = found ? static_cast<int32_t>(best_index[l]) : kNoCandidate;
+    argmin[l * stride] = found ? static_cast<int32_t>(index) : kNoCandidate;
     smallest.push(static_cast<A>(score), l);
   }
   for (int64_t l = 0; l < num_labels; ++l) {
     const int64_t source = background_source(l, smallest.first, smallest.second);
     bg[l * stride] = fg[source * stride];
   }
+}
+
+// The same with the per-label minima in contiguous arrays.
+template <typename T, typename A>
+CFBI_HD void write_pixel_scores(const A* best_dist, const int64_t* best_index, int64_t num_labels,
+                                A fg_bias, A bg_bias, T* fg, T* bg, int32_t* argmin, int64_t stride) {
+  write_pixel_scores_strided<T, A, int64_t>(best_dist, best_index, 1, num_labels, fg_bias, bg_bias, fg, bg,
+                                            argmin, stride);
 }
 
 // Backward epilogue of one query pixel (and one window): the gradient with respect to

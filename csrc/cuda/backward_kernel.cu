@@ -1,0 +1,306 @@
+// CUDA backward shared by cfbi::global_match and cfbi::local_match (mirrors csrc/cpu/backward_cpu.cpp).
+//
+// Entries e = (b, l, k, p) of the outputs, P = K * N entries per label, per_batch = L * P.
+// 1. coef[e] = d loss / d (min distance + bias) via pixel_distance_grads (one thread per (b, k, p)); every
+//    argmin is checked to be -1 or a candidate (device-side assert).
+// 2. Bias gradients: fixed-shape two-stage block reduction (deterministic).
+// 3. Query gradient: one thread per (b, c, p) gathers its selected candidates, entries in increasing order.
+// 4. Candidate gradient:
+//    - default: one thread per entry, atomicAdd into an acc-typed buffer;
+//    - deterministic (torch.use_deterministic_algorithms): a stable radix sort of the entries by
+//      (b, argmin) (entries without gradient sort last), then one thread per (b, c, candidate) finds its
+//      run by binary search and sums it in increasing entry order, as the CPU kernel does.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "common.cuh"
+
+namespace cfbi {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kBiasThreads = 256;
+constexpr int64_t kBiasItemsPerBlock = 16 * 1024;
+constexpr int64_t kMaxBiasBlocks = 1024;
+
+template <typename T>
+__global__ void coef_kernel(const T* __restrict__ grad_fg, const T* __restrict__ grad_bg, const T* __restrict__ fg,
+                            const int32_t* __restrict__ argmin, int64_t batch, int64_t num_labels, int64_t plane,
+                            int64_t num_candidates, acc_t<T>* __restrict__ coef) {
+  using A = acc_t<T>;
+  const int64_t per_batch = num_labels * plane;
+  for (int64_t i = global_thread_index(); i < batch * plane; i += grid_thread_count()) {
+    const int64_t offset = (i / plane) * per_batch + i % plane;
+    for (int64_t l = 0; l < num_labels; ++l) {
+      const int64_t index = argmin[offset + l * plane];
+      CFBI_DEVICE_CHECK(index >= -1 && index < num_candidates,
+                        "argmin holds indices outside the reference / previous frame");
+    }
+    pixel_distance_grads<T, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset, num_labels, plane,
+                               coef + offset);
+  }
+}
+
+// Stage 1: block g sums items [g * chunk, (g + 1) * chunk) into partials[g] (rows of label 0) and
+// partials[blocks + g] (other labels). Fixed assignment of items to threads, fixed tree: deterministic.
+template <typename A>
+__global__ void __launch_bounds__(kBiasThreads)
+    bias_partials_kernel(const A* __restrict__ coef, int64_t total, int64_t plane, int64_t num_labels, int64_t chunk,
+                         A* __restrict__ partials) {
+  __shared__ A shared_bg[kBiasThreads];
+  __shared__ A shared_fg[kBiasThreads];
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
+  const int64_t end = begin + chunk < total ? begin + chunk : total;
+  A bg_sum = A(0), fg_sum = A(0);
+  for (int64_t e = begin + threadIdx.x; e < end; e += kBiasThreads) {
+    const A c = coef[e];
+    if ((e / plane) % num_labels == 0) {
+      bg_sum += c;
+    } else {
+      fg_sum += c;
+    }
+  }
+  shared_bg[threadIdx.x] = bg_sum;
+  shared_fg[threadIdx.x] = fg_sum;
+  __syncthreads();
+  for (int width = kBiasThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) {
+      shared_bg[threadIdx.x] += shared_bg[threadIdx.x + width];
+      shared_fg[threadIdx.x] += shared_fg[threadIdx.x + width];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = shared_bg[0];
+    partials[gridDim.x + blockIdx.x] = shared_fg[0];
+  }
+}
+
+// Stage 2: one block adds the partials of stage 1.
+template <typename T>
+__global__ void __launch_bounds__(kBiasThreads)
+    bias_total_kernel(const acc_t<T>* __restrict__ partials, int64_t blocks, T* __restrict__ grad_fg_bias,
+                      T* __restrict__ grad_bg_bias) {
+  using A = acc_t<T>;
+  __shared__ A shared_bg[kBiasThreads];
+  __shared__ A shared_fg[kBiasThreads];
+  A bg_sum = A(0), fg_sum = A(0);
+  for (int64_t g = threadIdx.x; g < blocks; g += kBiasThreads) {
+    bg_sum += partials[g];
+    fg_sum += partials[blocks + g];
+  }
+  shared_bg[threadIdx.x] = bg_sum;
+  shared_fg[threadIdx.x] = fg_sum;
+  __syncthreads();
+  for (int width = kBiasThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) {
+      shared_bg[threadIdx.x] += shared_bg[threadIdx.x + width];
+      shared_fg[threadIdx.x] += shared_fg[threadIdx.x + width];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    *grad_bg_bias = static_cast<T>(shared_bg[0]);
+    *grad_fg_bias = static_cast<T>(shared_fg[0]);
+  }
+}
+
+// grad_query[b, c, p] = sum over the entries (l, k) of p, in order, of 2 coef (q - r[argmin]).
+template <typename T>
+__global__ void grad_query_kernel(const acc_t<T>* __restrict__ coef, const int32_t* __restrict__ argmin,
+                                  const T* __restrict__ query, const T* __restrict__ candidates, int64_t batch,
+                                  int64_t channels, int64_t pixels, int64_t entries_per_pixel,
+                                  int64_t num_candidates, T* __restrict__ grad_query) {
+  using A = acc_t<T>;
+  const int64_t total = batch * channels * pixels;
+  for (int64_t i = global_thread_index(); i < total; i += grid_thread_count()) {
+    const int64_t p = i % pixels;
+    const int64_t bc = i / pixels;  // b * channels + c
+    const int64_t b = bc / channels;
+    const A q = static_cast<A>(query[i]);
+    const T* r = candidates + bc * num_candidates;
+    A grad = A(0);
+    for (int64_t e = b * entries_per_pixel * pixels + p; e < (b + 1) * entries_per_pixel * pixels; e += pixels) {
+      const A c = coef[e];
+      if (c == A(0)) continue;
+      grad += A(2) * c * (q - static_cast<A>(r[argmin[e]]));
+    }
+    grad_query[i] = static_cast<T>(grad);
+  }
+}
+
+// Atomic path: every entry with a gradient adds -2 coef (q - r) to its candidate, for every channel.
+template <typename T>
+__global__ void grad_candidates_atomic_kernel(const acc_t<T>* __restrict__ coef, const int32_t* __restrict__ argmin,
+                                              const T* __restrict__ query, const T* __restrict__ candidates,
+                                              int64_t batch, int64_t channels, int64_t pixels, int64_t per_batch,
+                                              int64_t num_candidates, acc_t<T>* __restrict__ grad) {
+  using A = acc_t<T>;
+  for (int64_t e = global_thread_index(); e < batch * per_batch; e += grid_thread_count()) {
+    const A c = coef[e];
+    if (c == A(0)) continue;
+    const int64_t b = e / per_batch, p = e % pixels;
+    const int64_t a = argmin[e];
+    const T* q = query + b * channels * pixels + p;
+    const T* r = candidates + b * channels * num_candidates + a;
+    A* g = grad + b * channels * num_candidates + a;
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      atomicAdd(g + ch * num_candidates,
+                -(A(2) * c * (static_cast<A>(q[ch * pixels]) - static_cast<A>(r[ch * num_candidates]))));
+    }
+  }
+}
+
+template <typename T>
+__global__ void cast_kernel(const acc_t<T>* __restrict__ in, int64_t total, T* __restrict__ out) {
+  for (int64_t i = global_thread_index(); i < total; i += grid_thread_count()) out[i] = static_cast<T>(in[i]);
+}
+
+// Deterministic path, step 1: sort keys (b * M + argmin, or B * M for entries without gradient) and values
+// (the entry itself).
+template <typename A>
+__global__ void sort_keys_kernel(const A* __restrict__ coef, const int32_t* __restrict__ argmin, int64_t total,
+                                 int64_t per_batch, int64_t num_candidates, int64_t sentinel,
+                                 uint64_t* __restrict__ keys, int64_t* __restrict__ values) {
+  for (int64_t e = global_thread_index(); e < total; e += grid_thread_count()) {
+    const bool used = coef[e] != A(0) && argmin[e] >= 0;
+    keys[e] = static_cast<uint64_t>(used ? (e / per_batch) * num_candidates + argmin[e] : sentinel);
+    values[e] = e;
+  }
+}
+
+__device__ __forceinline__ int64_t lower_bound(const uint64_t* __restrict__ keys, int64_t n, uint64_t key) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (keys[mid] < key) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// Deterministic path, step 2: thread (b, c, m) sums the run of key b * M + m, entries in increasing order.
+template <typename T>
+__global__ void grad_candidates_sorted_kernel(const acc_t<T>* __restrict__ coef, const uint64_t* __restrict__ keys,
+                                              const int64_t* __restrict__ entries, int64_t total_entries,
+                                              const T* __restrict__ query, const T* __restrict__ candidates,
+                                              int64_t batch, int64_t channels, int64_t pixels,
+                                              int64_t num_candidates, T* __restrict__ grad) {
+  using A = acc_t<T>;
+  const int64_t total = batch * channels * num_candidates;
+  for (int64_t i = global_thread_index(); i < total; i += grid_thread_count()) {
+    const int64_t m = i % num_candidates;
+    const int64_t bc = i / num_candidates;  // b * channels + c
+    const int64_t b = bc / channels;
+    const uint64_t key = static_cast<uint64_t>(b * num_candidates + m);
+    const A r = static_cast<A>(candidates[i]);
+    const T* q = query + bc * pixels;
+    A sum = A(0);
+    for (int64_t k = lower_bound(keys, total_entries, key); k < total_entries && keys[k] == key; ++k) {
+      const int64_t e = entries[k];
+      sum -= A(2) * coef[e] * (static_cast<A>(q[e % pixels]) - r);
+    }
+    grad[i] = static_cast<T>(sum);
+  }
+}
+
+int sort_bits(int64_t sentinel) {
+  int bits = 1;
+  while (bits < 63 && (int64_t(1) << bits) <= sentinel) ++bits;
+  return bits;
+}
+
+template <typename T>
+cudaError_t run_backward(const BackwardArgs& a, cudaStream_t stream) {
+  using A = acc_t<T>;
+  const int64_t plane = a.windows * a.pixels;
+  const int64_t per_batch = a.num_labels * plane;
+  const int64_t entries = a.batch * per_batch;
+  A* coef = static_cast<A*>(a.coef);
+  const T* query = static_cast<const T*>(a.query);
+  const T* candidates = static_cast<const T*>(a.candidates);
+  cudaError_t err;
+
+  coef_kernel<T><<<grid_stride_blocks(a.batch * plane, kThreads), kThreads, 0, stream>>>(
+      static_cast<const T*>(a.grad_fg), static_cast<const T*>(a.grad_bg), static_cast<const T*>(a.fg), a.argmin,
+      a.batch, a.num_labels, plane, a.num_candidates, coef);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  const int64_t bias_blocks = backward_bias_blocks(entries);
+  const int64_t chunk = (entries + bias_blocks - 1) / bias_blocks;
+  A* partials = static_cast<A*>(a.bias_partials);
+  bias_partials_kernel<A><<<static_cast<unsigned int>(bias_blocks), kBiasThreads, 0, stream>>>(
+      coef, entries, plane, a.num_labels, chunk, partials);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  bias_total_kernel<T><<<1, kBiasThreads, 0, stream>>>(partials, bias_blocks, static_cast<T*>(a.grad_fg_bias),
+                                                       static_cast<T*>(a.grad_bg_bias));
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  const int64_t query_items = a.batch * a.channels * a.pixels;
+  if (query_items > 0) {
+    grad_query_kernel<T><<<grid_stride_blocks(query_items, kThreads), kThreads, 0, stream>>>(
+        coef, a.argmin, query, candidates, a.batch, a.channels, a.pixels, a.num_labels * a.windows,
+        a.num_candidates, static_cast<T*>(a.grad_query));
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+
+  const int64_t candidate_items = a.batch * a.channels * a.num_candidates;
+  if (candidate_items == 0) return cudaSuccess;
+  if (a.deterministic) {
+    const int64_t sentinel = a.batch * a.num_candidates;
+    sort_keys_kernel<A><<<grid_stride_blocks(entries, kThreads), kThreads, 0, stream>>>(
+        coef, a.argmin, entries, per_batch, a.num_candidates, sentinel, a.sort_keys, a.sort_values);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    size_t temp_bytes = a.sort_temp_bytes;
+    err = cub::DeviceRadixSort::SortPairs(a.sort_temp, temp_bytes, a.sort_keys, a.sort_keys_out, a.sort_values,
+                                          a.sort_values_out, entries, 0, sort_bits(sentinel), stream);
+    if (err != cudaSuccess) return err;
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    grad_candidates_sorted_kernel<T><<<grid_stride_blocks(candidate_items, kThreads), kThreads, 0, stream>>>(
+        coef, a.sort_keys_out, a.sort_values_out, entries, query, candidates, a.batch, a.channels, a.pixels,
+        a.num_candidates, static_cast<T*>(a.grad_candidates));
+    return cudaGetLastError();
+  }
+
+  A* grad_acc = static_cast<A*>(a.grad_candidates_acc);
+  err = cudaMemsetAsync(grad_acc, 0, sizeof(A) * candidate_items, stream);
+  if (err != cudaSuccess) return err;
+  grad_candidates_atomic_kernel<T><<<grid_stride_blocks(entries, kThreads), kThreads, 0, stream>>>(
+      coef, a.argmin, query, candidates, a.batch, a.channels, a.pixels, per_batch, a.num_candidates, grad_acc);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (static_cast<void*>(grad_acc) != a.grad_candidates) {
+    cast_kernel<T><<<grid_stride_blocks(candidate_items, kThreads), kThreads, 0, stream>>>(
+        grad_acc, candidate_items, static_cast<T*>(a.grad_candidates));
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+int64_t backward_bias_blocks(int64_t entries) {
+  int64_t blocks = (entries + kBiasItemsPerBlock - 1) / kBiasItemsPerBlock;
+  if (blocks < 1) blocks = 1;
+  return blocks < kMaxBiasBlocks ? blocks : kMaxBiasBlocks;
+}
+
+size_t backward_sort_temp_bytes(int64_t entries, int64_t batch, int64_t num_candidates, cudaError_t* error) {
+  size_t bytes = 0;
+  *error = cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                                           static_cast<uint64_t*>(nullptr), static_cast<const int64_t*>(nullptr),
+                                           static_cast<int64_t*>(nullptr), entries, 0,
+                                           sort_bits(batch * num_candidates), cudaStream_t(nullptr));
+  return bytes;
+}
+
+cudaError_t launch_matching_backward(const BackwardArgs& args, cudaStream_t stream) {
+  if (args.batch == 0 || args.num_labels == 0 || args.windows == 0 || args.pixels == 0) return cudaSuccess;
+  CFBI_CUDA_DISPATCH(args.dtype, return run_backward<scalar_t>(args, stream));
+  return cudaSuccess;
+}
+
+}  // namespace cuda
+}  // namespace cfbi

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -234,17 +232,6 @@ def test_usage_errors(dataset, capsys):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_checkpoint_without_inference_module(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "cfbi_model.inference", None)  # import fails: module not available
-    expect_error(capsys, ["--checkpoint", tmp_path / "m.pth", "--data", tmp_path],
-                 "needs the model package cfbi_model.inference")
-
-
-def test_checkpoint_with_inference_module_lacking_the_entry_point(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "cfbi_model.inference", types.ModuleType("cfbi_model.inference"))
-    expect_error(capsys, ["--checkpoint", tmp_path / "m.pth", "--data", tmp_path], "segment_split")
-
-
 def test_checkpoint_runs_segmenter_then_evaluates(monkeypatch, tmp_path, capsys):
     data = tmp_path / "DAVIS"
     annotations = data / "Annotations" / "480p"
@@ -261,9 +248,9 @@ def test_checkpoint_runs_segmenter_then_evaluates(monkeypatch, tmp_path, capsys)
             for t, labels in enumerate(np.where(perfect == 255, 0, perfect)):
                 write_png(Path(output_dir) / name / f"{t:05d}.png", labels)
 
-    fake = types.ModuleType("cfbi_model.inference")
-    fake.segment_split = segment_split
-    monkeypatch.setitem(sys.modules, "cfbi_model.inference", fake)
+    import cfbi_model.evaluation_run
+
+    monkeypatch.setattr(cfbi_model.evaluation_run, "segment_split", segment_split)
     out_json = tmp_path / "r.json"
     assert run_cli("--checkpoint", tmp_path / "m.pth", "--data", data, "--json", out_json, "--workers", "1") == 0
     assert calls == [("m.pth", "val", ["listed"])]

@@ -12,14 +12,13 @@ davis2017-evaluation tool:
 * a predicted id that is not one of the objects (255 included) is an error; an object never predicted counts as
   empty.
 
-See ``cfbi_model.metrics`` for the measures. ``--checkpoint/--data/--split`` first runs the segmenter of
-``cfbi_model.inference`` over a DAVIS split (see ``run_segmenter_on_split``) and then evaluates its output.
+See ``cfbi_model.metrics`` for the measures. ``--checkpoint/--data/--split`` first runs the segmenter
+(``cfbi_model.evaluation_run.segment_split``) over a DAVIS split and then evaluates its output.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import math
 import multiprocessing
@@ -194,27 +193,13 @@ def run_segmenter_on_split(
     """Segment a DAVIS split with a trained model and write DAVIS-layout palette PNGs under ``output_dir``
     (``output_dir/<sequence>/<frame>.png``); returns ``output_dir``.
 
-    HOOK, to be completed with the model package: this calls
-    ``cfbi_model.inference.segment_split(checkpoint=..., data_root=..., split=..., output_dir=...,
-    sequences=...)``, imported only now (so that ``cfbi evaluate --gt --pred`` needs neither torch nor the
-    model). Until that module exists it raises EvaluationError with a clear message.
+    Uses ``cfbi_model.evaluation_run.segment_split``, imported only now so that ``cfbi evaluate --gt --pred``
+    needs neither torch nor the model.
     """
-    try:
-        inference = importlib.import_module("cfbi_model.inference")
-    except ImportError as exc:
-        if getattr(exc, "name", None) != "cfbi_model.inference":
-            raise  # the module exists but something it imports is missing: show the real error
-        raise EvaluationError(
-            "segmentation-based evaluation (--checkpoint) needs the model package cfbi_model.inference, which is "
-            "not available in this installation; run the segmenter separately and evaluate its PNGs with "
-            "--gt DIR --pred DIR") from None
-    segment_split = getattr(inference, "segment_split", None)
-    if segment_split is None:
-        raise EvaluationError("cfbi_model.inference has no segment_split(checkpoint, data_root, split, output_dir, "
-                              "sequences) function yet, which `cfbi evaluate --checkpoint` needs; segment the "
-                              "split separately and evaluate its PNGs with --gt DIR --pred DIR")
-    segment_split(checkpoint=checkpoint, data_root=data_root, split=split, output_dir=output_dir,
-                  sequences=sequences)
+    from .. import evaluation_run
+
+    evaluation_run.segment_split(checkpoint=checkpoint, data_root=data_root, split=split, output_dir=output_dir,
+                                 sequences=sequences)
     return output_dir
 
 

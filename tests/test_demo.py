@@ -1,0 +1,20 @@
+"""`cfbi demo`: the shipped small checkpoint segments a synthetic clip offline."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cfbi_model.commands.demo import default_weights
+
+
+@pytest.mark.skipif(not os.path.isfile(default_weights()), reason="shipped weights not built")
+def test_demo_writes_masks_gif_and_prints_jf(tmp_path, capsys):
+    import torch
+    from cfbi_model.cli import main
+    torch.set_num_threads(1)
+    assert os.path.getsize(default_weights()) <= 20 * 2 ** 20
+    assert main(["demo", "--out", str(tmp_path), "--frames", "8", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "J&F" in out and "copying the first mask" in out
+    assert len(os.listdir(tmp_path / "masks")) == 8 and (tmp_path / "overlay.gif").stat().st_size > 0

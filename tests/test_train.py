@@ -1,0 +1,144 @@
+"""Training: loss, schedule, a few steps lower the loss, exact resume, DDP (2 gloo processes), CLI."""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cfbi_model.data import ClipConfig, collate_clips, davis_videos
+from cfbi_model.synthetic import SyntheticConfig, write_synthetic_davis
+from cfbi_model.train import (Trainer, TrainConfig, bootstrapped_cross_entropy, learning_rate_factor,
+                              top_k_fraction)
+
+TINY = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic_train")
+    write_synthetic_davis(root, num_train=3, num_val=1, seed=2, config=TINY)
+    return root
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    base = dict(model="small", steps=4, batch_size=1, lr=0.02, warmup_steps=1, sequential_start=2,
+                hard_mining_steps=2, clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
+                num_workers=0, checkpoint_every=0, log_every=1, amp=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_bootstrapped_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 11)
+    target = torch.randint(0, 3, (9, 11))
+    target[0, :5] = 255
+    full = bootstrapped_cross_entropy(logits, target, 1.0)
+    assert torch.allclose(full, F.cross_entropy(logits[None], target[None], ignore_index=255))
+    per_pixel = F.cross_entropy(logits[None], target[None], ignore_index=255, reduction="none")[0][target != 255]
+    k = int(0.3 * per_pixel.numel())
+    assert torch.allclose(bootstrapped_cross_entropy(logits, target, 0.3), per_pixel.sort(descending=True).values[:k].mean())
+    assert top_k_fraction(0, 0.15, 100) == 1.0 and top_k_fraction(50, 0.15, 100) == pytest.approx(0.575)
+    assert top_k_fraction(500, 0.15, 100) == pytest.approx(0.15)
+    assert learning_rate_factor(0, 100, 10, 0.9, 0.1, 1e-5) == pytest.approx(0.1)
+    assert learning_rate_factor(10, 100, 10, 0.9, 0.1, 1e-5) == pytest.approx(1.0)
+    assert learning_rate_factor(99, 100, 10, 0.9, 0.1, 1e-5) < 0.05
+
+
+def test_steps_lower_the_loss_on_a_fixed_batch(data_root, tmp_path):
+    torch.set_num_threads(1)
+    videos = davis_videos(data_root, "train")
+    config = tiny_config(steps=100, batch_size=2, lr=0.02, warmup_steps=1, sequential_start=1000,
+                         top_k_percent=1.0)
+    trainer = Trainer(config, videos, str(tmp_path), progress=False, tensorboard=False)
+    batch = collate_clips([trainer.dataset[0], trainer.dataset[1]])
+    losses = [trainer.train_step(batch)["loss"] for _ in range(10)]
+    assert all(np.isfinite(losses))
+    assert min(losses[-3:]) < 0.7 * losses[0], losses
+    # the backbone BN stays frozen (no trainable BN parameters, running statistics untouched)
+    assert not any("bn" in name for name, p in trainer.model.named_parameters() if p.requires_grad
+                   and "feature_extracter.backbone" in name)
+
+
+def _params(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_exact(data_root, tmp_path):
+    torch.set_num_threads(1)
+    videos = davis_videos(data_root, "train")
+    config = tiny_config(steps=4, checkpoint_every=2)
+    straight = Trainer(config, videos, str(tmp_path / "a"), progress=False, tensorboard=False)
+    straight.train()
+    first = Trainer(config, videos, str(tmp_path / "b"), progress=False, tensorboard=False)
+    first.train(until=2)
+    assert os.path.isfile(first.checkpoint_path)
+    torch.manual_seed(1234)  # the resumed run restores the RNG state itself
+    resumed = Trainer(config, videos, str(tmp_path / "b"), progress=False, tensorboard=False)
+    resumed.train(resume=True)
+    assert resumed.step == 4
+    a, b = _params(straight.model), _params(resumed.model)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for key in sa:
+        assert torch.equal(sa[key]["momentum_buffer"], sb[key]["momentum_buffer"])
+    # the checkpoint also loads as a plain model checkpoint
+    from cfbi_model.evaluation_run import model_from_checkpoint
+    model = model_from_checkpoint(resumed.checkpoint_path)
+    assert model.config.name == "small"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    videos = davis_videos(root, "train")
+    trainer = Trainer(tiny_config(steps=2), videos, out, progress=False, tensorboard=False)
+    assert trainer.world_size == world
+    trainer.train()
+    torch.save(_params(trainer.model), os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_keep_replicas_identical(data_root, tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data_root), str(tmp_path)), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    initial = _params(Trainer(tiny_config(), davis_videos(data_root, "train"), str(tmp_path / "x"),
+                              progress=False, tensorboard=False).model)
+    changed = 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        changed += int(not torch.equal(a[key], initial[key]))
+    assert changed > 0
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["step"] == 2
+
+
+def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
+    from cfbi_model.cli import main
+    out = tmp_path / "run"
+    common = ["train", "--config", "small", "--data", str(data_root), "--crop", "65", "--short-edge", "0",
+              "--batch-size", "1", "--num-current", "2", "--workers", "0", "--warmup", "1", "--threads", "1",
+              "--out", str(out)]
+    assert main(common + ["--steps", "2"]) == 0
+    assert main(common + ["--steps", "3", "--resume", "--val-every", "3", "--val-max-frames", "4"]) == 0
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert state["step"] == 3 and state["model_config"] == "small"
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pth"), "--data", str(data_root),
+                 "--split", "val", "--workers", "1"]) == 0
+    assert "J&F-Mean" in capsys.readouterr().out
+    assert main(["train", "--config", "small", "--data", str(tmp_path / "missing"), "--steps", "1"]) == 1

@@ -171,10 +171,12 @@ void global_match_batch<float>(const float* query, const float* reference, const
         for (int64_t i = 0; i < count; ++i) {
           const int64_t index = pos[i] < 0 ? kNoCandidate : packed_index[pos[i]];
           best_index[i * num_labels + l] = index;
-          best_dist[i * num_labels + l] =
-              index < 0 ? 0.0f
-                        : squared_distance<float, float>(tile.data() + i * channels, 1,
-                                                         view.at(reference, index), view.stride(), channels);
+          float exact = 0.0f;
+          if (index >= 0) {  // exact distance to the selected candidate, from its cache-resident packed copy
+            const float* candidate = packed.data() + (pos[i] / kLanes) * channels * kLanes + pos[i] % kLanes;
+            exact = squared_distance<float, float>(tile.data() + i * channels, 1, candidate, kLanes, channels);
+          }
+          best_dist[i * num_labels + l] = exact;
         }
       }
       for (int64_t i = 0; i < count; ++i) {

@@ -58,18 +58,37 @@ static void global_tile_min(const float* queries, const float* query_norms, cons
 
 static inline void store(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
+// Offsets handled together: each query vector loaded once feeds kOffsetBlock accumulators.
+constexpr int64_t kOffsetBlock = 8;
+
 static void local_row_distances(const float* query, const float* previous, int64_t channel_stride,
                                 int64_t channels, int64_t width, int64_t radius, float* dist) {
-  for (int64_t dx = -radius; dx <= radius; ++dx) {
-    float* out = dist + (dx + radius) * width;
-    const float* shifted = previous + dx;
-    for (int64_t x = 0; x < width; x += kLanes) {  // kLanes pixels at once, the channel sum in registers
-      vfloat acc = {};
-      for (int64_t c = 0; c < channels; ++c) {
-        const vfloat diff = load(query + c * channel_stride + x) - load(shifted + c * channel_stride + x);
-        acc += diff * diff;
+  const int64_t span = 2 * radius + 1;
+  for (int64_t x = 0; x < width; x += kLanes) {
+    for (int64_t first = 0; first < span; first += kOffsetBlock) {
+      const int64_t count = span - first < kOffsetBlock ? span - first : kOffsetBlock;
+      const float* shifted = previous + x + first - radius;
+      vfloat acc[kOffsetBlock] = {};
+      if (count == kOffsetBlock) {  // the common case, fully unrolled
+        for (int64_t c = 0; c < channels; ++c) {
+          const vfloat q = load(query + c * channel_stride + x);
+          const float* p = shifted + c * channel_stride;
+          for (int64_t k = 0; k < kOffsetBlock; ++k) {
+            const vfloat diff = q - load(p + k);
+            acc[k] += diff * diff;
+          }
+        }
+      } else {
+        for (int64_t c = 0; c < channels; ++c) {
+          const vfloat q = load(query + c * channel_stride + x);
+          const float* p = shifted + c * channel_stride;
+          for (int64_t k = 0; k < count; ++k) {
+            const vfloat diff = q - load(p + k);
+            acc[k] += diff * diff;
+          }
+        }
       }
-      store(out + x, acc);
+      for (int64_t k = 0; k < count; ++k) store(dist + (first + k) * width + x, acc[k]);
     }
   }
 }

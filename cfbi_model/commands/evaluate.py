@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import metrics
 from ..metrics import GLOBAL_MEASURES, DatasetResult, SequenceResult
+from . import positive_int
 
 __all__ = ["EvaluationError", "add_parser", "run", "evaluate_folders", "run_segmenter_on_split",
            "read_label_png", "list_sequences"]
@@ -281,13 +282,6 @@ def write_csv(result: DatasetResult, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
@@ -300,7 +294,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--pred", type=Path, metavar="DIR", help="folder of predicted masks, same layout and file names")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write global, per-sequence, per-object and per-frame results")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="write per-object, per-sequence and global measures")
-    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="sequences evaluated in parallel processes (default: number of CPUs)")
     parser.add_argument("--bound-th", type=float, default=metrics.DEFAULT_BOUND_TH,
                         help="boundary tolerance of F as a fraction of the image diagonal (default: 0.008)")

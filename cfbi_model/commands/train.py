@@ -9,14 +9,9 @@ import argparse
 import os
 import sys
 
+from . import positive_int
+
 __all__ = ["add_parser", "run"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,14 +34,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--val-sequences", type=int, default=None, metavar="N",
                         help="validate on the first N sequences of the split only")
     parser.add_argument("--val-max-frames", type=int, default=None, metavar="N", help="frames per validation video")
-    parser.add_argument("--steps", type=_positive_int, default=100_000, help="total optimizer steps")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="clips per step and process")
+    parser.add_argument("--steps", type=positive_int, default=100_000, help="total optimizer steps")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per step and process")
     parser.add_argument("--lr", type=float, default=0.01, help="base learning rate")
     parser.add_argument("--warmup", type=int, default=1000, help="warm-up steps")
-    parser.add_argument("--crop", type=_positive_int, default=465, help="square crop size (16k + 1)")
+    parser.add_argument("--crop", type=positive_int, default=465, help="square crop size (16k + 1)")
     parser.add_argument("--short-edge", type=int, default=480,
                         help="resize frames to this short edge before the random scale (0: keep the size)")
-    parser.add_argument("--num-current", type=_positive_int, default=3, help="current frames per clip")
+    parser.add_argument("--num-current", type=positive_int, default=3, help="current frames per clip")
     parser.add_argument("--sequential-start", type=int, default=None,
                         help="step from which the previous mask is the model's prediction (default: steps / 2)")
     parser.add_argument("--hard-mining-steps", type=int, default=None,

@@ -330,3 +330,19 @@ def test_local_tie_goes_to_lowest_candidate_index(dtype):
     assert torch.count_nonzero(got[1][0, :, 5, 9]) == 0
     rfg, _ = ref_impl.local_match(query, previous, labels, 2, fg_bias, bg_bias, windows=(24,))
     _compare_grads(GRAD_NAMES_LOCAL, got, grads(rfg[0, 1, 0, 3, 5], leaves), dtype)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5, 6), (2, 0, 5, 6)], ids=["batch-0", "channels-0"])
+def test_empty_batch_or_channels_backward(shape) -> None:
+    """Degenerate sizes: forward and backward run and give empty / zero gradients (no reshape error)."""
+    import cfbi_ops
+
+    query = torch.zeros(shape, requires_grad=True)
+    other = torch.zeros(shape, requires_grad=True)
+    labels = torch.zeros(shape[0], shape[2], shape[3], dtype=torch.long)
+    bias = torch.zeros(1, requires_grad=True)
+    for fn, kwargs in [(cfbi_ops.global_match, {}), (cfbi_ops.local_match, {"windows": (2,)})]:
+        fg, bg = fn(query, other, labels, 3, bias, bias, **kwargs)
+        grads = torch.autograd.grad((fg.sum() + bg.sum(),), [query, other], allow_unused=True)
+        for grad, like in zip(grads, [query, other]):
+            assert grad is None or (grad.shape == like.shape and not grad.any())

@@ -222,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
 
 at::Tensor global_reference_as_candidates(const at::Tensor& reference) {
   // [B, T, C, Hr, Wr] -> [B, C, T * Hr * Wr], the candidate order of the argmin indices.
-  const int64_t batch = reference.size(0), channels = reference.size(2);
-  return reference.transpose(1, 2).reshape({batch, channels, -1});
+  return reference.transpose(1, 2).reshape(
+      {reference.size(0), reference.size(2), reference.size(1) * reference.size(3) * reference.size(4)});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward_cpu(

@@ -214,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& previous) {
   TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
-  const at::Tensor candidates = previous.reshape({previous.size(0), previous.size(1), -1});
+  const at::Tensor candidates =
+      previous.reshape({previous.size(0), previous.size(1), previous.size(2) * previous.size(3)});
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_argmin_range(argmin, candidates);
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =

@@ -5,7 +5,7 @@
     python benchmarks/compare.py --cases s4 --labels 4 --quick
 
 Times are medians of repeated runs in one process (ratios are what count: the machines are noisy). Peak extra
-memory is measured in a fresh subprocess per (case, peer): max RSS growth on CPU, max allocated on CUDA.
+memory is measured in a fresh subprocess per (case, peer): peak RSS growth on CPU, max allocated on CUDA.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def mm_peer(case: Case, op: str, device: str, tf32: bool = False):
 def peak_memory_mb(case: str, op: str, peer: str, labels: int, backward: bool, device: str) -> float | None:
     """Peak extra memory of one call, in a fresh process."""
     code = f"""
-import sys, resource, torch
+import sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from benchmarks.compare import run_peer, mm_peer
 from benchmarks.cases import CASES
@@ -93,8 +93,10 @@ if {device!r} == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
     fn(); torch.cuda.synchronize(); print((torch.cuda.max_memory_allocated() - base) / 2**20)
 else:
-    def rss(): return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
-    base = rss(); fn(); print(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20)
+    # VmHWM after resetting it (clear_refs 5): ru_maxrss would carry the parent's peak across fork + exec.
+    def status(key): return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))
+    open('/proc/self/clear_refs', 'w').write('5')
+    base = status('VmRSS:'); fn(); print(max(0, status('VmHWM:') - base) / 1024)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))

@@ -3,8 +3,13 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <c10/util/ArrayRef.h>
+
+#include <algorithm>
+#include <tuple>
 
 namespace cfbi {
 
@@ -91,6 +96,46 @@ inline void check_argmin_range(const at::Tensor& argmin, const at::Tensor& candi
   if (argmin.numel() == 0) return;
   TORCH_CHECK(argmin.max().item<int32_t>() < candidates.size(2) && argmin.min().item<int32_t>() >= -1,
               "argmin holds indices outside the reference / previous frame");
+}
+
+// The backward ops' inputs made contiguous (upstream gradients in fg's dtype), their sizes, and the gradients
+// to fill: allocated, and zeroed when there is nothing to compute. Shared by the CPU and CUDA backward.
+struct BackwardProblem {
+  at::Tensor grad_fg, grad_bg, fg, argmin, query, candidates;
+  int64_t batch, num_labels, channels, pixels, windows, num_candidates;
+  at::Tensor grad_query, grad_candidates, grad_fg_bias, grad_bg_bias;
+  bool empty;
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gradients() const {
+    return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
+  }
+};
+
+inline BackwardProblem prepare_backward(const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg,
+                                        const at::Tensor& argmin, const at::Tensor& query,
+                                        const at::Tensor& candidates) {
+  BackwardProblem pb;
+  pb.grad_fg = grad_fg.to(fg.scalar_type()).contiguous();
+  pb.grad_bg = grad_bg.to(fg.scalar_type()).contiguous();
+  pb.fg = fg.contiguous();
+  pb.argmin = argmin.contiguous();
+  pb.query = query.contiguous();
+  pb.candidates = candidates.contiguous();
+  pb.batch = fg.size(0);
+  pb.num_labels = fg.size(1);
+  pb.channels = query.size(1);
+  pb.pixels = query.size(2) * query.size(3);
+  pb.windows = fg.numel() / std::max<int64_t>(pb.batch * pb.num_labels * pb.pixels, 1);
+  pb.num_candidates = candidates.size(2);
+  pb.grad_query = at::empty_like(pb.query);
+  pb.grad_candidates = at::empty_like(pb.candidates);
+  pb.grad_fg_bias = at::empty({1}, query.options());
+  pb.grad_bg_bias = at::empty({1}, query.options());
+  pb.empty = query.numel() == 0 || fg.numel() == 0;
+  if (pb.empty) {
+    pb.grad_query.zero_(), pb.grad_candidates.zero_(), pb.grad_fg_bias.zero_(), pb.grad_bg_bias.zero_();
+  }
+  return pb;
 }
 
 // A gradient in the layout of its input (the layout the fake kernels promise: empty_like).

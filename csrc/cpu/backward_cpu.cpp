@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "../checks.h"
 #include "../matching.h"
 
 namespace cfbi {
@@ -94,31 +95,17 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
     const at::Tensor& query, const at::Tensor& candidates) {
-  const int64_t batch = fg.size(0), num_labels = fg.size(1);
-  const int64_t channels = query.size(1), pixels = query.size(2) * query.size(3);
-  const int64_t windows = fg.numel() / std::max<int64_t>(batch * num_labels * pixels, 1);
-  const int64_t num_candidates = candidates.size(2);
-  const at::Tensor grad_fg_c = grad_fg.to(fg.scalar_type()).contiguous();
-  const at::Tensor grad_bg_c = grad_bg.to(fg.scalar_type()).contiguous();
-  const at::Tensor fg_c = fg.contiguous(), argmin_c = argmin.contiguous();
-  const at::Tensor query_c = query.contiguous(), candidates_c = candidates.contiguous();
-  at::Tensor grad_query = at::empty_like(query_c);
-  at::Tensor grad_candidates = at::empty_like(candidates_c);
-  at::Tensor grad_fg_bias = at::empty({1}, query.options());
-  at::Tensor grad_bg_bias = at::empty({1}, query.options());
-  if (query.numel() == 0 || fg.numel() == 0) {
-    grad_query.zero_(), grad_candidates.zero_(), grad_fg_bias.zero_(), grad_bg_bias.zero_();
-    return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
-  }
+  const BackwardProblem pb = prepare_backward(grad_fg, grad_bg, fg, argmin, query, candidates);
+  if (pb.empty) return pb.gradients();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "matching_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_fg_c.data_ptr<scalar_t>(), grad_bg_c.data_ptr<scalar_t>(),
-                              fg_c.data_ptr<scalar_t>(), argmin_c.data_ptr<int32_t>(),
-                              query_c.data_ptr<scalar_t>(), candidates_c.data_ptr<scalar_t>(), batch, num_labels,
-                              windows, pixels, channels, num_candidates, grad_query.data_ptr<scalar_t>(),
-                              grad_candidates.data_ptr<scalar_t>(), grad_fg_bias.data_ptr<scalar_t>(),
-                              grad_bg_bias.data_ptr<scalar_t>());
+    backward_kernel<scalar_t>(pb.grad_fg.data_ptr<scalar_t>(), pb.grad_bg.data_ptr<scalar_t>(),
+                              pb.fg.data_ptr<scalar_t>(), pb.argmin.data_ptr<int32_t>(),
+                              pb.query.data_ptr<scalar_t>(), pb.candidates.data_ptr<scalar_t>(), pb.batch,
+                              pb.num_labels, pb.windows, pb.pixels, pb.channels, pb.num_candidates,
+                              pb.grad_query.data_ptr<scalar_t>(), pb.grad_candidates.data_ptr<scalar_t>(),
+                              pb.grad_fg_bias.data_ptr<scalar_t>(), pb.grad_bg_bias.data_ptr<scalar_t>());
   });
-  return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
+  return pb.gradients();
 }
 
 }  // namespace cfbi

@@ -170,23 +170,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_cuda(query);
   const c10::cuda::CUDAGuard device_guard(query.device());
-  const int64_t batch = fg.size(0), num_labels = fg.size(1);
-  const int64_t channels = query.size(1), pixels = query.size(2) * query.size(3);
-  const int64_t windows = fg.numel() / std::max<int64_t>(batch * num_labels * pixels, 1);
-  const int64_t num_candidates = candidates.size(2);
+  const BackwardProblem pb = prepare_backward(grad_fg, grad_bg, fg, argmin, query, candidates);
+  if (pb.empty) return pb.gradients();
   const at::ScalarType acc = acc_type(query.scalar_type());
-  const at::Tensor grad_fg_c = grad_fg.to(fg.scalar_type()).contiguous();
-  const at::Tensor grad_bg_c = grad_bg.to(fg.scalar_type()).contiguous();
-  const at::Tensor fg_c = fg.contiguous(), argmin_c = argmin.contiguous();
-  const at::Tensor query_c = query.contiguous(), candidates_c = candidates.contiguous();
-  at::Tensor grad_query = at::empty_like(query_c);
-  at::Tensor grad_candidates = at::empty_like(candidates_c);
-  at::Tensor grad_fg_bias = at::empty({1}, query.options());
-  at::Tensor grad_bg_bias = at::empty({1}, query.options());
-  if (query.numel() == 0 || fg.numel() == 0) {
-    grad_query.zero_(), grad_candidates.zero_(), grad_fg_bias.zero_(), grad_bg_bias.zero_();
-    return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
-  }
 
   const int64_t entries = fg.numel();
   const bool deterministic = at::globalContext().deterministicAlgorithms();
@@ -198,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
   size_t sort_temp_bytes = 0;
   if (deterministic) {
     cudaError_t error = cudaSuccess;
-    sort_temp_bytes = cuda::backward_sort_temp_bytes(entries, batch, num_candidates, &error);
+    sort_temp_bytes = cuda::backward_sort_temp_bytes(entries, pb.batch, pb.num_candidates, &error);
     C10_CUDA_CHECK(error);
     const auto long_options = query.options().dtype(at::kLong);
     keys = at::empty({entries}, long_options);
@@ -207,27 +193,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
     values_out = at::empty({entries}, long_options);
     sort_temp = at::empty({static_cast<int64_t>(sort_temp_bytes)}, query.options().dtype(at::kByte));
   } else if (!direct_atomics) {
-    grad_acc = at::empty(candidates_c.sizes(), query.options().dtype(acc));
+    grad_acc = at::empty(pb.candidates.sizes(), query.options().dtype(acc));
   }
 
   cuda::BackwardArgs args{};
   args.dtype = kernel_dtype(query.scalar_type());
-  args.grad_fg = grad_fg_c.data_ptr();
-  args.grad_bg = grad_bg_c.data_ptr();
-  args.fg = fg_c.data_ptr();
-  args.argmin = argmin_c.data_ptr<int32_t>();
-  args.query = query_c.data_ptr();
-  args.candidates = candidates_c.data_ptr();
-  args.batch = batch;
-  args.num_labels = num_labels;
-  args.windows = windows;
-  args.pixels = pixels;
-  args.channels = channels;
-  args.num_candidates = num_candidates;
+  args.grad_fg = pb.grad_fg.data_ptr();
+  args.grad_bg = pb.grad_bg.data_ptr();
+  args.fg = pb.fg.data_ptr();
+  args.argmin = pb.argmin.data_ptr<int32_t>();
+  args.query = pb.query.data_ptr();
+  args.candidates = pb.candidates.data_ptr();
+  args.batch = pb.batch;
+  args.num_labels = pb.num_labels;
+  args.windows = pb.windows;
+  args.pixels = pb.pixels;
+  args.channels = pb.channels;
+  args.num_candidates = pb.num_candidates;
   args.deterministic = deterministic;
   args.coef = coef.data_ptr();
   args.bias_partials = bias_partials.data_ptr();
-  args.grad_candidates_acc = deterministic ? nullptr : (direct_atomics ? grad_candidates.data_ptr() : grad_acc.data_ptr());
+  args.grad_candidates_acc = deterministic ? nullptr : (direct_atomics ? pb.grad_candidates.data_ptr() : grad_acc.data_ptr());
   if (deterministic) {
     args.sort_keys = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
     args.sort_keys_out = reinterpret_cast<uint64_t*>(keys_out.data_ptr<int64_t>());
@@ -236,12 +222,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
     args.sort_temp = sort_temp.data_ptr();
     args.sort_temp_bytes = sort_temp_bytes;
   }
-  args.grad_query = grad_query.data_ptr();
-  args.grad_candidates = grad_candidates.data_ptr();
-  args.grad_fg_bias = grad_fg_bias.data_ptr();
-  args.grad_bg_bias = grad_bg_bias.data_ptr();
+  args.grad_query = pb.grad_query.data_ptr();
+  args.grad_candidates = pb.grad_candidates.data_ptr();
+  args.grad_fg_bias = pb.grad_fg_bias.data_ptr();
+  args.grad_bg_bias = pb.grad_bg_bias.data_ptr();
   C10_CUDA_CHECK(cuda::launch_matching_backward(args, c10::cuda::getCurrentCUDAStream().stream()));
-  return {grad_query, grad_candidates, grad_fg_bias, grad_bg_bias};
+  return pb.gradients();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward_cuda(

@@ -298,7 +298,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="sequences evaluated in parallel processes (default: number of CPUs)")
     parser.add_argument("--bound-th", type=float, default=metrics.DEFAULT_BOUND_TH,
                         help="boundary tolerance of F as a fraction of the image diagonal (default: 0.008)")
-    model = parser.add_argument_group("segment first (needs the model package cfbi_model.inference)")
+    model = parser.add_argument_group("segment a split first with a trained model, then evaluate it")
     model.add_argument("--checkpoint", type=Path, metavar="PATH", help="trained model to run over the split before evaluating")
     model.add_argument("--data", type=Path, metavar="DIR", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
     model.add_argument("--split", default="val", help="DAVIS-2017 split to segment (default: val)")

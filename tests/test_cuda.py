@@ -119,11 +119,12 @@ def _run_reference(case):
 
 
 def _assert_same_selection(got, expected, dtype, max_fraction=1e-3):
-    """argmin of the CUDA kernel vs the CPU kernel: identical, except (float32 only) a rare near-tie that the
-    CPU's dot-product search orders differently (the scores still agree, which the caller checks)."""
+    """argmin of the CUDA kernel vs the CPU kernel: identical, except a rare near-tie that a dot-product search
+    (the CPU's for float32, the GPU's global kernel for every type but float64) orders differently; the scores
+    still agree, which the caller checks."""
     got, expected = got.cpu(), expected.cpu()
     assert torch.equal(got < 0, expected < 0)
-    if dtype == torch.float32:
+    if dtype != torch.float64:
         mismatch = (got != expected).double().mean().item()
         assert mismatch <= max_fraction, f"argmin differs at {mismatch:.2%} of the entries"
     else:

@@ -2,16 +2,26 @@
 //
 // 1. Candidates of each batch element are bucketed by label (counting sort): count the valid pixels of
 //    every (frame, label) when the atrous rule needs them, count the kept candidates of every label,
-//    prefix-sum the counts into bucket offsets, and scatter the kept candidates (their flattened index,
-//    label and embedding, channels last) into label order. The order inside a bucket does not matter:
-//    every minimum below compares (distance, index) pairs with is_better, a total order.
-// 2. One thread per query pixel, a block of kQueries query pixels walks all buckets once, in tiles of
-//    kTile candidates staged in shared memory (kChunk channels at a time, zero padded; a zero channel adds
-//    exactly 0). Each thread keeps the distances to the tile's candidates in registers, then scans them in
-//    bucket order with a running minimum of the current label; when the label changes, the finished
-//    label's minimum is stored (distance in a scratch buffer, index in the argmin output). The cost is
-//    N x M x C whatever the number of labels.
-// 3. The same thread turns its per-label minima into fg, bg and argmin (write_pixel_scores_strided).
+//    prefix-sum the counts into bucket offsets, and scatter the kept candidates into label order: their
+//    flattened index, label, embedding (channel-major [C, M], so tiles load coalesced) and squared norm.
+//    The order inside a bucket does not matter: every minimum compares (distance, index) pairs with
+//    is_better, a total order.
+// 2. A block takes kQueries query pixels and a range of candidate tiles (the candidates are split across
+//    blockIdx.y when there are too few query blocks to fill the device). Per tile, the block computes the
+//    kQueries x tile products in registers from channel chunks staged in shared memory: on tensor cores
+//    (wmma, float accumulation) for float16 / bfloat16, as a register-blocked CUDA-core loop otherwise.
+//    float / 16-bit inputs use the dot-product form |r|^2 - 2 q.r (the |q|^2 term does not change the
+//    order); float64 keeps the exact direct differences. The products go to shared memory and each thread
+//    scans its query's row in bucket order with a running minimum of the current label.
+// 3. A finished label run is merged into a per-(label, pixel) 64-bit key (order-preserving score bits,
+//    candidate index) with atomicMin, so that splits merge in any order with the tie rule intact. float64
+//    runs one split and stores (distance, index) directly.
+// 4. One thread per query pixel recomputes the exact distance of each label's winner (direct differences,
+//    as the CPU kernel) and writes fg, bg and argmin (write_pixel_scores_strided). No [N x M] buffer exists.
+#include <type_traits>
+
+#include <mma.h>
+
 #include "common.cuh"
 
 namespace cfbi {
@@ -92,7 +102,8 @@ __global__ void scatter_candidates_kernel(const int64_t* __restrict__ labels, co
                                           int64_t frame_pixels, int64_t width, int64_t channels, int64_t num_labels,
                                           int64_t atrous, int64_t min_pixels, const int32_t* __restrict__ bucket_start,
                                           int32_t* __restrict__ bucket_cursor, int32_t* __restrict__ sorted_index,
-                                          int32_t* __restrict__ sorted_label, T* __restrict__ packed) {
+                                          int32_t* __restrict__ sorted_label, T* __restrict__ packed,
+                                          acc_t<T>* __restrict__ norms) {
   for (int64_t i = global_thread_index(); i < total; i += grid_thread_count()) {
     int64_t label;
     if (!kept_candidate(labels, frame_counts, i, frame_pixels, width, num_labels, atrous, min_pixels, &label)) {
@@ -105,120 +116,325 @@ __global__ void scatter_candidates_kernel(const int64_t* __restrict__ labels, co
     // reference [B, T, C, Hr, Wr]: pixel m = t * Hr * Wr + yx of batch b.
     const int64_t t = m / frame_pixels, yx = m % frame_pixels;
     const T* src = reference + ((b * (candidates / frame_pixels) + t) * channels) * frame_pixels + yx;
-    T* dst = packed + slot * channels;
-    for (int64_t c = 0; c < channels; ++c) dst[c] = src[c * frame_pixels];
+    T* dst = packed + b * channels * candidates + (slot - b * candidates);  // [B, C, M]: channel c at dst[c * M]
+    acc_t<T> norm = acc_t<T>(0);
+    for (int64_t c = 0; c < channels; ++c) {
+      dst[c * candidates] = src[c * frame_pixels];
+      norm = add_square(norm, static_cast<acc_t<T>>(src[c * frame_pixels]));
+    }
+    norms[slot] = norm;
   }
 }
 
 // ---- matching --------------------------------------------------------------------------------------
 
-template <typename T> struct GlobalTiling {
-  static constexpr int kQueries = 128;  // threads (query pixels) per block
-  static constexpr int kTile = 32;      // candidates per tile
-  static constexpr int kChunk = 32;     // channels per shared-memory chunk
-};
-template <> struct GlobalTiling<double> {
-  static constexpr int kQueries = 128;
-  static constexpr int kTile = 16;
+constexpr int kQueries = 128;           // query pixels (threads) per block
+constexpr int kQueryLanes = 16;         // CUDA-core micro-tile: thread t owns queries t % 16 + 16 i ...
+constexpr int kQueriesPerThread = kQueries / kQueryLanes;
+constexpr int kCandidateLanes = kQueries / kQueryLanes;  // ... and candidates t / 16 + 8 j
+constexpr int kScoreStride = kQueries + 4;  // products stored [candidate][query]: conflict-free row scans
+constexpr int kMaxSplits = 64;
+
+// float64 selects with exact distances; the other types with the dot-product form and an exact recompute.
+template <typename T> constexpr bool kDotForm = !std::is_same<T, double>::value;
+
+// Tensor cores: float16 from sm_70, bfloat16 from sm_80; older targets fall back to CUDA cores.
+template <typename T> struct MmaInput { using type = void; };
+template <> struct MmaInput<Float16> { using type = __half; };
+template <> struct MmaInput<BFloat16> { using type = __nv_bfloat16; };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
+template <typename T> constexpr bool kUseMma = false;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+template <typename T> constexpr bool kUseMma = std::is_same<T, Float16>::value;
+#else
+template <typename T> constexpr bool kUseMma = !std::is_void<typename MmaInput<T>::type>::value;
+#endif
+
+// CUDA-core tiling: channels per staged chunk and candidates per thread (tile = 8 x that).
+template <typename T> struct SimtTiling {
   static constexpr int kChunk = 16;
+  static constexpr int kCandidatesPerThread = 8;
+};
+template <> struct SimtTiling<double> {
+  static constexpr int kChunk = 8;
+  static constexpr int kCandidatesPerThread = 4;  // keeps the products tile in 48 KB of shared memory
 };
 
+// Tensor-core tiling: 4 warps x (32 queries x 64 candidates) of 16 x 16 x 16 fragments.
+constexpr int kMmaTile = 64;
+constexpr int kMmaChunk = 32;
+constexpr int kMmaQueryStride = kQueries + 8;   // leading dimensions: multiples of 16 bytes, and every
+constexpr int kMmaCandStride = kMmaTile + 8;    // fragment start 32-byte aligned
+
+// Candidates per tile; the same on both paths, so host code (which sees no __CUDA_ARCH__) agrees with every
+// device target.
 template <typename T>
-__global__ void __launch_bounds__(GlobalTiling<T>::kQueries)
-    global_match_kernel(const T* __restrict__ query, const T* __restrict__ packed,
-                        const int32_t* __restrict__ sorted_index, const int32_t* __restrict__ sorted_label,
-                        const int32_t* __restrict__ bucket_start, int64_t pixels, int64_t channels,
-                        int64_t candidates, int64_t num_labels, int64_t blocks_per_batch,
-                        const acc_t<T>* __restrict__ fg_bias, const acc_t<T>* __restrict__ bg_bias,
-                        acc_t<T>* __restrict__ dist, T* __restrict__ fg, T* __restrict__ bg,
-                        int32_t* __restrict__ argmin) {
-  using A = acc_t<T>;
-  constexpr int kQueries = GlobalTiling<T>::kQueries;
-  constexpr int kTile = GlobalTiling<T>::kTile;
-  constexpr int kChunk = GlobalTiling<T>::kChunk;
-  __shared__ A tile[kTile][kChunk];
-  __shared__ int32_t tile_label[kTile];
-  __shared__ int32_t tile_index[kTile];
+constexpr int kTileCandidates = kCandidateLanes * SimtTiling<T>::kCandidatesPerThread;
+static_assert(kTileCandidates<float> == kMmaTile, "16-bit tiles must not depend on the target");
 
-  const int64_t b = blockIdx.x / blocks_per_batch;
-  const int64_t p = (blockIdx.x % blocks_per_batch) * kQueries + threadIdx.x;
-  const bool active = p < pixels;
-  const T* q = query + b * channels * pixels + (active ? p : 0);  // channel c at q[c * pixels]
-  const T* cands = packed + b * candidates * channels;
-  const int64_t kept = bucket_start[b * (num_labels + 1) + num_labels];
-  const int64_t out = b * num_labels * pixels + p;  // label l at out + l * pixels
+// Shared memory of the matching kernel: the staged chunk, then (reusing it) the tile's products.
+template <typename T>
+constexpr size_t kStageBytes = kUseMma<T> ? kMmaChunk * (kMmaQueryStride + kMmaCandStride) * 2
+                                          : SimtTiling<T>::kChunk * (kQueries + kTileCandidates<T>) * sizeof(acc_t<T>);
+template <typename T>
+constexpr size_t kProductBytes = static_cast<size_t>(kTileCandidates<T>) * kScoreStride * sizeof(acc_t<T>);
+template <typename T>
+constexpr size_t kSharedBytes = kStageBytes<T> > kProductBytes<T> ? kStageBytes<T> : kProductBytes<T>;
 
-  if (active) {
-    for (int64_t l = 0; l < num_labels; ++l) {
-      argmin[out + l * pixels] = kNoCandidate;
-      dist[out + l * pixels] = A(0);
-    }
+// Where a tile's inputs are: queries p0.. of one batch element ([C, N]) and candidates start.. ([C, M]).
+template <typename T>
+struct TileInputs {
+  const T* query;
+  const T* cands;
+  int64_t p0, pixels, start, kept, candidates, channels;
+
+  __device__ __forceinline__ T query_at(int64_t c, int64_t i) const {
+    return (c < channels && p0 + i < pixels) ? query[c * pixels + p0 + i] : T(0.f);
   }
+  __device__ __forceinline__ T cand_at(int64_t c, int64_t k) const {
+    return (c < channels && start + k < kept) ? cands[c * candidates + start + k] : T(0.f);
+  }
+};
 
-  // Running minimum of the label being scanned (the same label in every thread of the block).
-  int64_t current = -1;
-  A best_dist = A(0);
-  int64_t best_index = kNoCandidate;
+// products[k * kScoreStride + i] = q_i . r_k (dot form) or |q_i - r_k|^2 for the tile, on CUDA cores.
+template <typename T>
+__device__ void tile_products_simt(const TileInputs<T>& in, unsigned char* smem, acc_t<T>* products) {
+  using A = acc_t<T>;
+  constexpr int kChunk = SimtTiling<T>::kChunk;
+  constexpr int kPer = SimtTiling<T>::kCandidatesPerThread;
+  constexpr int kTile = kTileCandidates<T>;
+  A* q_stage = reinterpret_cast<A*>(smem);  // [kChunk][kQueries]
+  A* c_stage = q_stage + kChunk * kQueries;  // [kChunk][kTile]
+  const int tq = threadIdx.x % kQueryLanes, tk = threadIdx.x / kQueryLanes;
 
-  for (int64_t start = 0; start < kept; start += kTile) {
-    __syncthreads();  // the previous tile's labels have been read
-    for (int k = threadIdx.x; k < kTile; k += kQueries) {
-      const int64_t j = start + k;
-      tile_label[k] = j < kept ? sorted_label[b * candidates + j] : -1;
-      tile_index[k] = j < kept ? sorted_index[b * candidates + j] : kNoCandidate;
+  A acc[kQueriesPerThread][kPer];
+#pragma unroll
+  for (int i = 0; i < kQueriesPerThread; ++i) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) acc[i][j] = A(0);
+  }
+  for (int64_t c0 = 0; c0 < in.channels; c0 += kChunk) {
+    __syncthreads();  // the previous chunk (or the previous tile's products) has been read
+    for (int e = threadIdx.x; e < kChunk * kQueries; e += kQueries) {
+      q_stage[e] = static_cast<A>(in.query_at(c0 + e / kQueries, e % kQueries));
     }
-    A acc[kTile];
-#pragma unroll
-    for (int k = 0; k < kTile; ++k) acc[k] = A(0);
-
-    for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
-      __syncthreads();  // the previous chunk has been used
-      for (int e = threadIdx.x; e < kTile * kChunk; e += kQueries) {
-        const int k = e / kChunk, c = e % kChunk;
-        const int64_t j = start + k, ch = c0 + c;
-        tile[k][c] = (j < kept && ch < channels) ? static_cast<A>(cands[j * channels + ch]) : A(0);
-      }
-      __syncthreads();
-      A qv[kChunk];
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c) {
-        qv[c] = (active && c0 + c < channels) ? static_cast<A>(q[(c0 + c) * pixels]) : A(0);
-      }
-#pragma unroll
-      for (int k = 0; k < kTile; ++k) {
-#pragma unroll
-        for (int c = 0; c < kChunk; ++c) acc[k] = add_square(acc[k], qv[c] - tile[k][c]);
-      }
+    for (int e = threadIdx.x; e < kChunk * kTile; e += kQueries) {
+      c_stage[e] = static_cast<A>(in.cand_at(c0 + e / kTile, e % kTile));
     }
-    __syncthreads();  // tile_label / tile_index visible even when channels == 0
-
+    __syncthreads();
+#pragma unroll 4
+    for (int c = 0; c < kChunk; ++c) {
+      A qv[kQueriesPerThread], cv[kPer];
 #pragma unroll
-    for (int k = 0; k < kTile; ++k) {
-      if (start + k < kept) {
-        const int64_t label = tile_label[k];
-        const int64_t index = tile_index[k];
-        if (label != current) {
-          if (current >= 0 && active) {
-            dist[out + current * pixels] = best_dist;
-            argmin[out + current * pixels] = static_cast<int32_t>(best_index);
+      for (int i = 0; i < kQueriesPerThread; ++i) qv[i] = q_stage[c * kQueries + tq + kQueryLanes * i];
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) cv[j] = c_stage[c * kTile + tk + kCandidateLanes * j];
+#pragma unroll
+      for (int i = 0; i < kQueriesPerThread; ++i) {
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) {
+          if constexpr (kDotForm<T>) {
+            acc[i][j] += qv[i] * cv[j];
+          } else {
+            acc[i][j] = add_square(acc[i][j], qv[i] - cv[j]);
           }
-          current = label;
-          best_dist = acc[k];
-          best_index = index;
-        } else if (is_better(acc[k], index, best_dist, best_index)) {
-          best_dist = acc[k];
-          best_index = index;
         }
       }
     }
   }
-  if (!active) return;
-  if (current >= 0) {
-    dist[out + current * pixels] = best_dist;
-    argmin[out + current * pixels] = static_cast<int32_t>(best_index);
+  __syncthreads();  // the stage (which the products overwrite) has been read
+#pragma unroll
+  for (int i = 0; i < kQueriesPerThread; ++i) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) products[(tk + kCandidateLanes * j) * kScoreStride + tq + kQueryLanes * i] = acc[i][j];
   }
-  write_pixel_scores_strided<T, A, int32_t>(dist + out, argmin + out, pixels, num_labels, *fg_bias, *bg_bias,
-                                            fg + out, bg + out, argmin + out, pixels);
+  __syncthreads();
+}
+
+// The same on tensor cores (dot products only): warp w computes queries 32 w.. x all 64 candidates.
+template <typename T>
+__device__ void tile_products_mma(const TileInputs<T>& in, unsigned char* smem, float* products) {
+  if constexpr (kUseMma<T>) {
+    namespace wmma = nvcuda::wmma;
+    using M16 = typename MmaInput<T>::type;
+    M16* q_stage = reinterpret_cast<M16*>(smem);            // [kMmaChunk][kMmaQueryStride]
+    M16* c_stage = q_stage + kMmaChunk * kMmaQueryStride;   // [kMmaChunk][kMmaCandStride]
+    const int warp = threadIdx.x / 32;
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) wmma::fill_fragment(acc[mi][ni], 0.0f);
+    }
+    for (int64_t c0 = 0; c0 < in.channels; c0 += kMmaChunk) {
+      __syncthreads();
+      for (int e = threadIdx.x; e < kMmaChunk * kQueries; e += kQueries) {
+        q_stage[(e / kQueries) * kMmaQueryStride + e % kQueries] = in.query_at(c0 + e / kQueries, e % kQueries).value;
+      }
+      for (int e = threadIdx.x; e < kMmaChunk * kMmaTile; e += kQueries) {
+        c_stage[(e / kMmaTile) * kMmaCandStride + e % kMmaTile] = in.cand_at(c0 + e / kMmaTile, e % kMmaTile).value;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kMmaChunk; kk += 16) {
+        // A = queries x channels, stored [channel][query]: col-major; B = channels x candidates: row-major.
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, M16, wmma::col_major> a[2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          wmma::load_matrix_sync(a[mi], q_stage + kk * kMmaQueryStride + warp * 32 + mi * 16, kMmaQueryStride);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, M16, wmma::row_major> b;
+          wmma::load_matrix_sync(b, c_stage + kk * kMmaCandStride + ni * 16, kMmaCandStride);
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) wmma::mma_sync(acc[mi][ni], a[mi], b, acc[mi][ni]);
+        }
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        wmma::store_matrix_sync(products + ni * 16 * kScoreStride + warp * 32 + mi * 16, acc[mi][ni], kScoreStride,
+                                wmma::mem_col_major);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Order-preserving key of (score, index): smaller score first, then smaller index (is_better's order).
+__device__ __forceinline__ unsigned long long selection_key(float score, int64_t index) {
+  const uint32_t bits = float_bits(score + 0.0f);  // + 0: -0 becomes +0
+  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return (static_cast<unsigned long long>(ordered) << 32) | static_cast<uint32_t>(index);
+}
+constexpr unsigned long long kNoSelection = ~0ull;
+
+template <typename T>
+__global__ void __launch_bounds__(kQueries)
+    global_match_kernel(const T* __restrict__ query, const T* __restrict__ packed, const acc_t<T>* __restrict__ norms,
+                        const int32_t* __restrict__ sorted_index, const int32_t* __restrict__ sorted_label,
+                        const int32_t* __restrict__ bucket_start, int64_t pixels, int64_t channels,
+                        int64_t candidates, int64_t num_labels, int64_t blocks_per_batch,
+                        unsigned long long* __restrict__ keys, acc_t<T>* __restrict__ dist,
+                        int32_t* __restrict__ argmin) {
+  using A = acc_t<T>;
+  constexpr int kTile = kTileCandidates<T>;
+  alignas(128) __shared__ unsigned char smem[kSharedBytes<T>];
+  __shared__ int32_t tile_label[kTile];
+  __shared__ int32_t tile_index[kTile];
+  __shared__ A tile_norm[kTile];
+  A* products = reinterpret_cast<A*>(smem);
+
+  const int64_t b = blockIdx.x / blocks_per_batch;
+  const int64_t p0 = (blockIdx.x % blocks_per_batch) * kQueries;
+  const int64_t p = p0 + threadIdx.x;
+  const bool active = p < pixels;
+  const int64_t kept = bucket_start[b * (num_labels + 1) + num_labels];
+  const int64_t tiles = (kept + kTile - 1) / kTile;
+  const int64_t per_split = (tiles + gridDim.y - 1) / gridDim.y;
+  const int64_t first_tile = blockIdx.y * per_split;
+  const int64_t last_tile = first_tile + per_split < tiles ? first_tile + per_split : tiles;
+  const int64_t out = b * num_labels * pixels + p;  // label l at out + l * pixels
+
+  int64_t current = -1;  // label of the running minimum (the same in every thread)
+  A best = A(0);
+  int64_t best_index = kNoCandidate;
+  auto flush = [&]() {
+    if (current < 0 || !active) return;
+    if constexpr (kDotForm<T>) {
+      atomicMin(&keys[out + current * pixels], selection_key(best, best_index));
+    } else {
+      dist[out + current * pixels] = best;
+      argmin[out + current * pixels] = static_cast<int32_t>(best_index);
+    }
+  };
+
+  for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+    const int64_t start = tile * kTile;
+    __syncthreads();  // the previous tile's scan is done with the shared arrays
+    for (int k = threadIdx.x; k < kTile; k += kQueries) {
+      const int64_t j = start + k;
+      tile_label[k] = j < kept ? sorted_label[b * candidates + j] : -1;
+      tile_index[k] = j < kept ? sorted_index[b * candidates + j] : kNoCandidate;
+      if constexpr (kDotForm<T>) tile_norm[k] = j < kept ? norms[b * candidates + j] : A(0);
+    }
+    const TileInputs<T> in{query + b * channels * pixels, packed + b * channels * candidates, p0, pixels, start,
+                           kept, candidates, channels};
+    if constexpr (kUseMma<T>) {
+      tile_products_mma<T>(in, smem, products);
+    } else {
+      tile_products_simt<T>(in, smem, products);
+    }
+    const int64_t count = kept - start < kTile ? kept - start : kTile;
+    for (int k = 0; k < count; ++k) {
+      const int64_t label = tile_label[k], index = tile_index[k];
+      const A product = products[k * kScoreStride + threadIdx.x];
+      const A score = kDotForm<T> ? tile_norm[k] - A(2) * product : product;
+      if (label != current) {
+        flush();
+        current = label;
+        best = score;
+        best_index = index;
+      } else if (is_better(score, index, best, best_index)) {
+        best = score;
+        best_index = index;
+      }
+    }
+  }
+  flush();
+}
+
+// One thread per query pixel: the exact distance of every label's winner, then fg, bg and argmin.
+template <typename T>
+__global__ void finish_kernel(const T* __restrict__ query, const T* __restrict__ reference,
+                              const unsigned long long* __restrict__ keys, int64_t batch, int64_t pixels,
+                              int64_t channels, int64_t frame_pixels, int64_t frames, int64_t num_labels,
+                              const acc_t<T>* __restrict__ fg_bias, const acc_t<T>* __restrict__ bg_bias,
+                              acc_t<T>* __restrict__ dist, T* __restrict__ fg, T* __restrict__ bg,
+                              int32_t* __restrict__ argmin) {
+  using A = acc_t<T>;
+  for (int64_t i = global_thread_index(); i < batch * pixels; i += grid_thread_count()) {
+    const int64_t b = i / pixels, p = i % pixels;
+    const int64_t out = b * num_labels * pixels + p;
+    if constexpr (kDotForm<T>) {
+      for (int64_t l = 0; l < num_labels; ++l) {
+        const unsigned long long key = keys[out + l * pixels];
+        if (key == kNoSelection) {
+          argmin[out + l * pixels] = kNoCandidate;
+          continue;
+        }
+        const int64_t index = static_cast<int64_t>(key & 0xffffffffull);
+        // reference [B, T, C, Hr, Wr]: candidate index = t * Hr * Wr + yx.
+        const T* r = reference + ((b * frames + index / frame_pixels) * channels) * frame_pixels + index % frame_pixels;
+        dist[out + l * pixels] = squared_distance<T, A>(query + b * channels * pixels + p, pixels, r, frame_pixels,
+                                                        channels);
+        argmin[out + l * pixels] = static_cast<int32_t>(index);
+      }
+    }
+    write_pixel_scores_strided<T, A, int32_t>(dist + out, argmin + out, pixels, num_labels, *fg_bias, *bg_bias,
+                                              fg + out, bg + out, argmin + out, pixels);
+  }
+}
+
+// Candidate splits: enough blocks for about two per multiprocessor, at least one tile per split.
+template <typename T>
+int64_t candidate_splits(int64_t query_blocks, int64_t candidates) {
+  if (!kDotForm<T>) return 1;  // float64 stores its minima directly
+  int device = 0, multiprocessors = 1;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 1;
+  }
+  const int64_t tiles = (candidates + kTileCandidates<T> - 1) / kTileCandidates<T>;
+  int64_t splits = (2 * multiprocessors + query_blocks - 1) / query_blocks;
+  splits = splits < tiles ? splits : tiles;
+  splits = splits < kMaxSplits ? splits : kMaxSplits;
+  return splits > 1 ? splits : 1;
 }
 
 template <typename T>
@@ -257,19 +473,30 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
     scatter_candidates_kernel<T><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
         a.labels, frame_counts, static_cast<const T*>(a.reference), total, candidates, frame_pixels, a.ref_width,
         a.channels, L, a.atrous, a.min_pixels, a.bucket_start, a.bucket_cursor, a.sorted_index, a.sorted_label,
-        static_cast<T*>(a.packed));
+        static_cast<T*>(a.packed), static_cast<A*>(a.norms));
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
 
-  constexpr int kQueries = GlobalTiling<T>::kQueries;
+  // Selections start empty: all-ones keys, or argmin -1 where float64 stores its minima directly.
+  const int64_t entries = a.batch * L * a.pixels;
+  err = kDotForm<T> ? cudaMemsetAsync(a.keys, 0xff, sizeof(unsigned long long) * entries, stream)
+                    : cudaMemsetAsync(a.argmin, 0xff, sizeof(int32_t) * entries, stream);
+  if (err != cudaSuccess) return err;
   const int64_t blocks_per_batch = (a.pixels + kQueries - 1) / kQueries;
   const int64_t blocks = blocks_per_batch * a.batch;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
-  global_match_kernel<T><<<static_cast<unsigned int>(blocks), kQueries, 0, stream>>>(
-      static_cast<const T*>(a.query), static_cast<const T*>(a.packed), a.sorted_index, a.sorted_label,
-      a.bucket_start, a.pixels, a.channels, candidates, L, blocks_per_batch, static_cast<const A*>(a.fg_bias),
-      static_cast<const A*>(a.bg_bias), static_cast<A*>(a.dist), static_cast<T*>(a.fg), static_cast<T*>(a.bg),
-      a.argmin);
+  if (total > 0) {
+    const dim3 grid(static_cast<unsigned int>(blocks), static_cast<unsigned int>(candidate_splits<T>(blocks, candidates)));
+    global_match_kernel<T><<<grid, kQueries, 0, stream>>>(
+        static_cast<const T*>(a.query), static_cast<const T*>(a.packed), static_cast<const A*>(a.norms),
+        a.sorted_index, a.sorted_label, a.bucket_start, a.pixels, a.channels, candidates, L, blocks_per_batch, a.keys,
+        static_cast<A*>(a.dist), a.argmin);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  finish_kernel<T><<<grid_stride_blocks(a.batch * a.pixels, kThreads), kThreads, 0, stream>>>(
+      static_cast<const T*>(a.query), static_cast<const T*>(a.reference), a.keys, a.batch, a.pixels, a.channels,
+      frame_pixels, a.frames, L, static_cast<const A*>(a.fg_bias), static_cast<const A*>(a.bg_bias),
+      static_cast<A*>(a.dist), static_cast<T*>(a.fg), static_cast<T*>(a.bg), a.argmin);
   return cudaGetLastError();
 }
 

@@ -34,7 +34,9 @@ struct GlobalMatchArgs {
   int32_t* bucket_cursor;  // [B, L]
   int32_t* sorted_index;   // [B, M]
   int32_t* sorted_label;   // [B, M]
-  void* packed;            // [B, M, C] of dtype: kept candidates, channels last, label-bucketed
+  void* packed;            // [B, C, M] of dtype: kept candidates in label order (first bucket_start[b][L])
+  void* norms;             // [B, M] acc: squared norm of each packed candidate
+  unsigned long long* keys;  // [B, L, N]: per-label selection keys; unused (may be null) for float64
   void* dist;              // [B, L, N] acc: per-label minimum distance
   // Outputs [B, L, N]:
   void* fg;

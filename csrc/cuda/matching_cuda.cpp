@@ -76,6 +76,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   at::Tensor sorted_index = at::empty({batch * candidates}, int_options);
   at::Tensor sorted_label = at::empty({batch * candidates}, int_options);
   at::Tensor packed = at::empty({batch * candidates * channels}, query.options());
+  at::Tensor norms = at::empty({batch * candidates}, query.options().dtype(acc));
+  const bool keyed = query.scalar_type() != at::kDouble;  // float64 stores its minima without keys
+  at::Tensor keys = at::empty({keyed ? batch * num_labels * pixels : 0}, query.options().dtype(at::kLong));
   at::Tensor dist = at::empty({batch * num_labels * pixels}, query.options().dtype(acc));
 
   cuda::GlobalMatchArgs args{};
@@ -101,6 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   args.sorted_index = sorted_index.data_ptr<int32_t>();
   args.sorted_label = sorted_label.data_ptr<int32_t>();
   args.packed = packed.data_ptr();
+  args.norms = norms.data_ptr();
+  args.keys = keyed ? reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>()) : nullptr;
   args.dist = dist.data_ptr();
   args.fg = fg.data_ptr();
   args.bg = bg.data_ptr();

@@ -29,6 +29,16 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
   return cudaSuccess;
 }
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+// A small device, so that work splitting across blocks happens on the small test cases.
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
+  *value = 4;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
 
 #define __global__
 #define __device__
@@ -99,4 +109,12 @@ inline void __syncthreads() { ::emu::tls.bar->arrive_and_wait(); }
 template <class T>
 inline T atomicAdd(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v);
+}
+template <class T>
+inline T atomicMin(T* p, T v) {
+  std::atomic_ref<T> ref(*p);
+  T old = ref.load();
+  while (v < old && !ref.compare_exchange_weak(old, v)) {
+  }
+  return old;
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cmath>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define CFBI_HD __host__ __device__ __forceinline__
@@ -61,6 +62,28 @@ CFBI_HD bool is_better(A dist, int64_t index, A best_dist, int64_t best_index) {
   if (index < 0) return false;
   return dist < best_dist || (dist == best_dist && index < best_index);
 }
+
+// is_better's order as one unsigned 64-bit key (float scores, indices in [0, 2^31)): the score's bits made
+// order-preserving in the high word, the index in the low word, so that the smaller key is the better pair
+// and minima can be merged with an integer atomicMin in any order. -0 is folded into +0 (they compare
+// equal as floats). Not for NaN scores.
+CFBI_HD uint32_t float_bits(float value) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(value);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+#endif
+}
+CFBI_HD unsigned long long selection_key(float score, int64_t index) {
+  const uint32_t bits = float_bits(score + 0.0f);
+  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return (static_cast<unsigned long long>(ordered) << 32) | static_cast<uint32_t>(index);
+}
+CFBI_HD int64_t selection_key_index(unsigned long long key) { return static_cast<int64_t>(key & 0xffffffffull); }
+// The key of "no candidate yet": larger than every real key.
+constexpr unsigned long long kNoSelectionKey = ~0ull;
 
 // Global atrous rule (eq. 8-9): a candidate at (y, x) of its frame counts when it lies on the atrous
 // grid, or when its label is small (at most min_pixels * atrous^2 pixels in that frame, min_pixels > 0).

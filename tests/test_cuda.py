@@ -208,17 +208,20 @@ def test_local_many_windows(dtype):
     _forward_parity(case, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_id)
 def test_ties_go_to_lowest_index(dtype):
-    """Integer-valued embeddings: many exact ties, all resolved to the lowest candidate index like the CPU."""
+    """Integer-valued embeddings (exact in every dtype): many exact ties, all resolved to the lowest candidate
+    index like the CPU, also when a label's candidates span many tiles and blocks (the second global case:
+    2400 candidates for 42 queries, so the candidates are split across blocks)."""
     g = generator(9)
-    q = torch.randint(-1, 2, (2, 2, 5, 6), generator=g).to(dtype)
-    r = torch.randint(-1, 2, (2, 2, 2, 4, 5), generator=g).to(dtype)
-    labels = torch.randint(0, 3, (2, 2, 4, 5), generator=g)
     fb, bb = torch.tensor([0.1], dtype=dtype), torch.tensor([-0.2], dtype=dtype)
-    cpu = torch.ops.cfbi.global_match(q, r, labels, 3, fb, bb, 1, 0)
-    got = torch.ops.cfbi.global_match(*(_cuda(x) for x in (q, r, labels, 3, fb, bb, 1, 0)))
-    assert torch.equal(got[2].cpu(), cpu[2])
+    for q_shape, r_shape in [((2, 2, 5, 6), (2, 2, 2, 4, 5)), ((1, 3, 6, 7), (1, 2, 3, 30, 40))]:
+        q = torch.randint(-1, 2, q_shape, generator=g).to(dtype)
+        r = torch.randint(-1, 2, r_shape, generator=g).to(dtype)
+        labels = torch.randint(0, 3, (r_shape[0], r_shape[1], r_shape[3], r_shape[4]), generator=g)
+        cpu = torch.ops.cfbi.global_match(q, r, labels, 3, fb, bb, 1, 0)
+        got = torch.ops.cfbi.global_match(*(_cuda(x) for x in (q, r, labels, 3, fb, bb, 1, 0)))
+        assert torch.equal(got[2].cpu(), cpu[2])
     p = torch.randint(-1, 2, (2, 2, 9, 11), generator=g).to(dtype)
     q2 = torch.randint(-1, 2, (2, 2, 9, 11), generator=g).to(dtype)
     labels2 = torch.randint(0, 3, (2, 9, 11), generator=g)

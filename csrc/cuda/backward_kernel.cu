@@ -157,19 +157,20 @@ __global__ void cast_kernel(const acc_t<T>* __restrict__ in, int64_t total, T* _
 }
 
 // Deterministic path, step 1: sort keys (b * M + argmin, or B * M for entries without gradient) and values
-// (the entry itself).
-template <typename A>
+// (the entry itself). K / V are 32-bit when the sizes allow (backward_sort_is_narrow), halving the memory.
+template <typename A, typename K, typename V>
 __global__ void sort_keys_kernel(const A* __restrict__ coef, const int32_t* __restrict__ argmin, int64_t total,
-                                 int64_t per_batch, int64_t num_candidates, int64_t sentinel,
-                                 uint64_t* __restrict__ keys, int64_t* __restrict__ values) {
+                                 int64_t per_batch, int64_t num_candidates, int64_t sentinel, K* __restrict__ keys,
+                                 V* __restrict__ values) {
   for (int64_t e = global_thread_index(); e < total; e += grid_thread_count()) {
     const bool used = coef[e] != A(0) && argmin[e] >= 0;
-    keys[e] = static_cast<uint64_t>(used ? (e / per_batch) * num_candidates + argmin[e] : sentinel);
-    values[e] = e;
+    keys[e] = static_cast<K>(used ? (e / per_batch) * num_candidates + argmin[e] : sentinel);
+    values[e] = static_cast<V>(e);
   }
 }
 
-__device__ __forceinline__ int64_t lower_bound(const uint64_t* __restrict__ keys, int64_t n, uint64_t key) {
+template <typename K>
+__device__ __forceinline__ int64_t lower_bound(const K* __restrict__ keys, int64_t n, K key) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
@@ -183,9 +184,9 @@ __device__ __forceinline__ int64_t lower_bound(const uint64_t* __restrict__ keys
 }
 
 // Deterministic path, step 2: thread (b, c, m) sums the run of key b * M + m, entries in increasing order.
-template <typename T>
-__global__ void grad_candidates_sorted_kernel(const acc_t<T>* __restrict__ coef, const uint64_t* __restrict__ keys,
-                                              const int64_t* __restrict__ entries, int64_t total_entries,
+template <typename T, typename K, typename V>
+__global__ void grad_candidates_sorted_kernel(const acc_t<T>* __restrict__ coef, const K* __restrict__ keys,
+                                              const V* __restrict__ entries, int64_t total_entries,
                                               const T* __restrict__ query, const T* __restrict__ candidates,
                                               int64_t batch, int64_t channels, int64_t pixels,
                                               int64_t num_candidates, T* __restrict__ grad) {
@@ -195,12 +196,12 @@ __global__ void grad_candidates_sorted_kernel(const acc_t<T>* __restrict__ coef,
     const int64_t m = i % num_candidates;
     const int64_t bc = i / num_candidates;  // b * channels + c
     const int64_t b = bc / channels;
-    const uint64_t key = static_cast<uint64_t>(b * num_candidates + m);
+    const K key = static_cast<K>(b * num_candidates + m);
     const A r = static_cast<A>(candidates[i]);
     const T* q = query + bc * pixels;
     A sum = A(0);
     for (int64_t k = lower_bound(keys, total_entries, key); k < total_entries && keys[k] == key; ++k) {
-      const int64_t e = entries[k];
+      const int64_t e = static_cast<int64_t>(entries[k]);
       sum -= A(2) * coef[e] * (static_cast<A>(q[e % pixels]) - r);
     }
     grad[i] = static_cast<T>(sum);
@@ -211,6 +212,31 @@ int sort_bits(int64_t sentinel) {
   int bits = 1;
   while (bits < 63 && (int64_t(1) << bits) <= sentinel) ++bits;
   return bits;
+}
+
+template <typename T, typename K, typename V>
+cudaError_t run_deterministic_candidates(const BackwardArgs& a, int64_t entries, int64_t per_batch, cudaStream_t stream) {
+  using A = acc_t<T>;
+  const A* coef = static_cast<const A*>(a.coef);
+  const int64_t sentinel = a.batch * a.num_candidates;
+  K* keys = static_cast<K*>(a.sort_keys);
+  K* keys_out = static_cast<K*>(a.sort_keys_out);
+  V* values = static_cast<V*>(a.sort_values);
+  V* values_out = static_cast<V*>(a.sort_values_out);
+  sort_keys_kernel<A, K, V><<<grid_stride_blocks(entries, kThreads), kThreads, 0, stream>>>(
+      coef, a.argmin, entries, per_batch, a.num_candidates, sentinel, keys, values);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  size_t temp_bytes = a.sort_temp_bytes;
+  err = cub::DeviceRadixSort::SortPairs(a.sort_temp, temp_bytes, keys, keys_out, values, values_out, entries, 0,
+                                        sort_bits(sentinel), stream);
+  if (err != cudaSuccess) return err;
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  const int64_t candidate_items = a.batch * a.channels * a.num_candidates;
+  grad_candidates_sorted_kernel<T, K, V><<<grid_stride_blocks(candidate_items, kThreads), kThreads, 0, stream>>>(
+      coef, keys_out, values_out, entries, static_cast<const T*>(a.query), static_cast<const T*>(a.candidates),
+      a.batch, a.channels, a.pixels, a.num_candidates, static_cast<T*>(a.grad_candidates));
+  return cudaGetLastError();
 }
 
 template <typename T>
@@ -250,19 +276,9 @@ cudaError_t run_backward(const BackwardArgs& a, cudaStream_t stream) {
   const int64_t candidate_items = a.batch * a.channels * a.num_candidates;
   if (candidate_items == 0) return cudaSuccess;
   if (a.deterministic) {
-    const int64_t sentinel = a.batch * a.num_candidates;
-    sort_keys_kernel<A><<<grid_stride_blocks(entries, kThreads), kThreads, 0, stream>>>(
-        coef, a.argmin, entries, per_batch, a.num_candidates, sentinel, a.sort_keys, a.sort_values);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    size_t temp_bytes = a.sort_temp_bytes;
-    err = cub::DeviceRadixSort::SortPairs(a.sort_temp, temp_bytes, a.sort_keys, a.sort_keys_out, a.sort_values,
-                                          a.sort_values_out, entries, 0, sort_bits(sentinel), stream);
-    if (err != cudaSuccess) return err;
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    grad_candidates_sorted_kernel<T><<<grid_stride_blocks(candidate_items, kThreads), kThreads, 0, stream>>>(
-        coef, a.sort_keys_out, a.sort_values_out, entries, query, candidates, a.batch, a.channels, a.pixels,
-        a.num_candidates, static_cast<T*>(a.grad_candidates));
-    return cudaGetLastError();
+    return backward_sort_is_narrow(entries, a.batch, a.num_candidates)
+               ? run_deterministic_candidates<T, uint32_t, int32_t>(a, entries, per_batch, stream)
+               : run_deterministic_candidates<T, uint64_t, int64_t>(a, entries, per_batch, stream);
   }
 
   A* grad_acc = static_cast<A*>(a.grad_candidates_acc);
@@ -287,13 +303,23 @@ int64_t backward_bias_blocks(int64_t entries) {
   return blocks < kMaxBiasBlocks ? blocks : kMaxBiasBlocks;
 }
 
-size_t backward_sort_temp_bytes(int64_t entries, int64_t batch, int64_t num_candidates, cudaError_t* error) {
+bool backward_sort_is_narrow(int64_t entries, int64_t batch, int64_t num_candidates) {
+  return entries < (int64_t(1) << 31) && batch * num_candidates < (int64_t(1) << 32) - 1;
+}
+
+template <typename K, typename V>
+size_t sort_temp_bytes(int64_t entries, int64_t sentinel, cudaError_t* error) {
   size_t bytes = 0;
-  *error = cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
-                                           static_cast<uint64_t*>(nullptr), static_cast<const int64_t*>(nullptr),
-                                           static_cast<int64_t*>(nullptr), entries, 0,
-                                           sort_bits(batch * num_candidates), cudaStream_t(nullptr));
+  *error = cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const K*>(nullptr), static_cast<K*>(nullptr),
+                                           static_cast<const V*>(nullptr), static_cast<V*>(nullptr), entries, 0,
+                                           sort_bits(sentinel), cudaStream_t(nullptr));
   return bytes;
+}
+
+size_t backward_sort_temp_bytes(int64_t entries, int64_t batch, int64_t num_candidates, cudaError_t* error) {
+  return backward_sort_is_narrow(entries, batch, num_candidates)
+             ? sort_temp_bytes<uint32_t, int32_t>(entries, batch * num_candidates, error)
+             : sort_temp_bytes<uint64_t, int64_t>(entries, batch * num_candidates, error);
 }
 
 cudaError_t launch_matching_backward(const BackwardArgs& args, cudaStream_t stream) {

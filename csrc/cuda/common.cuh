@@ -8,7 +8,6 @@
 
 #include <cassert>
 #include <cstdint>
-#include <cstring>
 
 #include "../matching.h"
 #include "launchers.h"
@@ -34,17 +33,6 @@ struct BFloat16 {
 };
 static_assert(sizeof(Float16) == 2 && alignof(Float16) == 2, "Float16 must be 2 bytes");
 static_assert(sizeof(BFloat16) == 2 && alignof(BFloat16) == 2, "BFloat16 must be 2 bytes");
-
-// The bits of a float (for order-preserving integer keys).
-__host__ __device__ __forceinline__ uint32_t float_bits(float value) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(value);
-#else
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-#endif
-}
 
 constexpr int64_t kMaxGridBlocks = int64_t(1) << 20;
 

@@ -306,14 +306,6 @@ __device__ void tile_products_mma(const TileInputs<T>& in, unsigned char* smem, 
   }
 }
 
-// Order-preserving key of (score, index): smaller score first, then smaller index (is_better's order).
-__device__ __forceinline__ unsigned long long selection_key(float score, int64_t index) {
-  const uint32_t bits = float_bits(score + 0.0f);  // + 0: -0 becomes +0
-  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return (static_cast<unsigned long long>(ordered) << 32) | static_cast<uint32_t>(index);
-}
-constexpr unsigned long long kNoSelection = ~0ull;
-
 template <typename T>
 __global__ void __launch_bounds__(kQueries)
     global_match_kernel(const T* __restrict__ query, const T* __restrict__ packed, const acc_t<T>* __restrict__ norms,
@@ -404,11 +396,11 @@ __global__ void finish_kernel(const T* __restrict__ query, const T* __restrict__
     if constexpr (kDotForm<T>) {
       for (int64_t l = 0; l < num_labels; ++l) {
         const unsigned long long key = keys[out + l * pixels];
-        if (key == kNoSelection) {
+        if (key == kNoSelectionKey) {
           argmin[out + l * pixels] = kNoCandidate;
           continue;
         }
-        const int64_t index = static_cast<int64_t>(key & 0xffffffffull);
+        const int64_t index = selection_key_index(key);
         // reference [B, T, C, Hr, Wr]: candidate index = t * Hr * Wr + yx.
         const T* r = reference + ((b * frames + index / frame_pixels) * channels) * frame_pixels + index % frame_pixels;
         dist[out + l * pixels] = squared_distance<T, A>(query + b * channels * pixels + p, pixels, r, frame_pixels,

@@ -88,10 +88,10 @@ struct BackwardArgs {
   void* coef;                // [B, L, P] acc
   void* bias_partials;       // [2 * backward_bias_blocks(B * L * P)] acc
   void* grad_candidates_acc; // [B, C, M] acc; atomic path only (may alias grad_candidates for float32/64)
-  uint64_t* sort_keys;       // deterministic path only: 4 arrays of [B * L * P]
-  uint64_t* sort_keys_out;
-  int64_t* sort_values;
-  int64_t* sort_values_out;
+  void* sort_keys;           // deterministic path only: 4 arrays of [B * L * P], of uint32 / int32 (keys /
+  void* sort_keys_out;       // values) when backward_sort_is_narrow(), else uint64 / int64
+  void* sort_values;
+  void* sort_values_out;
   void* sort_temp;           // deterministic path only: backward_sort_temp_bytes(...) bytes
   size_t sort_temp_bytes;
   // Outputs:
@@ -102,6 +102,8 @@ struct BackwardArgs {
 };
 
 int64_t backward_bias_blocks(int64_t entries);
+// Whether the deterministic path sorts 32-bit keys and values (entries < 2^31 and B * M < 2^32 - 1).
+bool backward_sort_is_narrow(int64_t entries, int64_t batch, int64_t num_candidates);
 // Temporary storage of the deterministic path's radix sort (entries = B * L * P).
 size_t backward_sort_temp_bytes(int64_t entries, int64_t batch, int64_t num_candidates, cudaError_t* error);
 cudaError_t launch_matching_backward(const BackwardArgs& args, cudaStream_t stream);

@@ -191,11 +191,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
     cudaError_t error = cudaSuccess;
     sort_temp_bytes = cuda::backward_sort_temp_bytes(entries, pb.batch, pb.num_candidates, &error);
     C10_CUDA_CHECK(error);
-    const auto long_options = query.options().dtype(at::kLong);
-    keys = at::empty({entries}, long_options);
-    keys_out = at::empty({entries}, long_options);
-    values = at::empty({entries}, long_options);
-    values_out = at::empty({entries}, long_options);
+    const bool narrow = cuda::backward_sort_is_narrow(entries, pb.batch, pb.num_candidates);
+    const auto sort_options = query.options().dtype(narrow ? at::kInt : at::kLong);
+    keys = at::empty({entries}, sort_options);
+    keys_out = at::empty({entries}, sort_options);
+    values = at::empty({entries}, sort_options);
+    values_out = at::empty({entries}, sort_options);
     sort_temp = at::empty({static_cast<int64_t>(sort_temp_bytes)}, query.options().dtype(at::kByte));
   } else if (!direct_atomics) {
     grad_acc = at::empty(pb.candidates.sizes(), query.options().dtype(acc));
@@ -220,10 +221,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
   args.bias_partials = bias_partials.data_ptr();
   args.grad_candidates_acc = deterministic ? nullptr : (direct_atomics ? pb.grad_candidates.data_ptr() : grad_acc.data_ptr());
   if (deterministic) {
-    args.sort_keys = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
-    args.sort_keys_out = reinterpret_cast<uint64_t*>(keys_out.data_ptr<int64_t>());
-    args.sort_values = values.data_ptr<int64_t>();
-    args.sort_values_out = values_out.data_ptr<int64_t>();
+    args.sort_keys = keys.data_ptr();
+    args.sort_keys_out = keys_out.data_ptr();
+    args.sort_values = values.data_ptr();
+    args.sort_values_out = values_out.data_ptr();
     args.sort_temp = sort_temp.data_ptr();
     args.sort_temp_bytes = sort_temp_bytes;
   }

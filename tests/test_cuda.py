@@ -175,6 +175,8 @@ LOCAL_CASES = {
     "l60_state_in_global_memory": dict(B=1, C=4, H=6, W=35, L=60, windows=(1, 2)),
     "l1": dict(B=2, C=3, H=5, W=5, L=1, windows=(1, 3)),
     "thin_frame": dict(B=1, C=4, H=1, W=17, L=3, windows=(0, 2, 30)),
+    "radius_over_12_atrous2": dict(B=1, C=40, H=9, W=70, L=3, windows=(26, 4, 30, 0), atrous=2),
+    "radius_capped_over_12": dict(B=2, C=5, H=6, W=40, L=19, windows=(60, 13, 1)),
     "noncontiguous": dict(B=2, C=6, H=6, W=7, L=3, windows=(2, 1), noncontig=True),
 }
 

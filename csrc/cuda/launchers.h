@@ -51,24 +51,27 @@ cudaError_t launch_global_match(const GlobalMatchArgs& args, cudaStream_t stream
 
 struct LocalMatchArgs {
   DType dtype;
-  const void* query;      // [B, H, W, C]
-  const void* previous;   // [B, H, W, C]
+  const void* query;      // [B, C, H, W]
+  const void* previous;   // [B, C, H, W]
   const int64_t* labels;  // [B, H, W]
   const void* fg_bias;    // one acc element
   const void* bg_bias;    // one acc element
   int64_t batch, channels, height, width, num_labels, atrous;
   const int64_t* windows;  // host array of num_windows window sizes (>= 0)
   int64_t num_windows;
-  // Workspace, only when !local_match_state_in_shared(dtype, num_labels), else may be null:
+  // Workspace (no initialisation needed). Per-label minima of the current candidate row, only when
+  // !local_match_state_in_shared(dtype, num_labels), else may be null:
   void* state_dist;       // [L, B * H * W] acc
   int32_t* state_index;   // [L, B * H * W]
+  // Per-window minimum distances; may be fg itself when dtype is the accumulation type:
+  void* dist;             // [B, L, K, H, W] acc
   // Outputs [B, L, K, H, W]:
   void* fg;
   void* bg;
   int32_t* argmin;
 };
 
-// Whether the per-label running minima of a thread block fit in shared memory.
+// Whether the per-label row minima of a thread block fit in shared memory.
 bool local_match_state_in_shared(DType dtype, int64_t num_labels);
 cudaError_t launch_local_match(const LocalMatchArgs& args, cudaStream_t stream);
 

@@ -127,9 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cuda(const at::Tensor
   const at::ScalarType acc = acc_type(query.scalar_type());
   const cuda::DType dtype = kernel_dtype(query.scalar_type());
 
-  // Channels-last copies: one embedding is a contiguous vector.
-  const at::Tensor query_cl = query.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor previous_cl = previous.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor query_c = query.contiguous();
+  const at::Tensor previous_c = previous.contiguous();
   const at::Tensor labels = prev_labels.to(at::kLong).contiguous();
   const at::Tensor fg_b = device_bias(fg_bias, acc), bg_b = device_bias(bg_bias, acc);
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, num_windows, height, width};
@@ -141,11 +140,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cuda(const at::Tensor
   const bool shared_state = cuda::local_match_state_in_shared(dtype, num_labels);
   at::Tensor state_dist = at::empty({shared_state ? 0 : num_labels * batch * pixels}, query.options().dtype(acc));
   at::Tensor state_index = at::empty({shared_state ? 0 : num_labels * batch * pixels}, query.options().dtype(at::kInt));
+  // Per-window minimum distances: fg itself when it has the accumulation type (each entry is read before
+  // its score overwrites it).
+  at::Tensor dist = query.scalar_type() == acc ? fg : at::empty(out_sizes, query.options().dtype(acc));
 
   cuda::LocalMatchArgs args{};
   args.dtype = dtype;
-  args.query = query_cl.data_ptr();
-  args.previous = previous_cl.data_ptr();
+  args.query = query_c.data_ptr();
+  args.previous = previous_c.data_ptr();
   args.labels = labels.data_ptr<int64_t>();
   args.fg_bias = fg_b.data_ptr();
   args.bg_bias = bg_b.data_ptr();
@@ -159,6 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cuda(const at::Tensor
   args.num_windows = num_windows;
   args.state_dist = shared_state ? nullptr : state_dist.data_ptr();
   args.state_index = shared_state ? nullptr : state_index.data_ptr<int32_t>();
+  args.dist = dist.data_ptr();
   args.fg = fg.data_ptr();
   args.bg = bg.data_ptr();
   args.argmin = argmin.data_ptr<int32_t>();

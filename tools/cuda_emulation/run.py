@@ -187,8 +187,18 @@ def compare(lib: str) -> int:
         local_case(1, 33, 10, 37, 4, (4, 0, 2, 4, 8), 2, dtype, 5)
         local_case(1, 70, 6, 8, 2, (3, 1), 1, dtype, 6)
         local_case(2, 2, 9, 11, 3, (2, 1, 3), 1, dtype, 7, ints=True)
-    local_case(1, 4, 6, 35, 50, (1, 2), 1, torch.float32, 8)    # per-label state in global memory
-    local_case(1, 4, 6, 35, 40, (1, 2), 1, torch.float64, 9)
+    # Per-label row state: the largest L in shared memory, then the smallest in the global workspace.
+    local_case(1, 4, 6, 35, 17, (1, 2), 1, torch.float32, 8)
+    local_case(1, 4, 6, 35, 18, (3, 2), 1, torch.float32, 8)
+    local_case(1, 4, 6, 35, 11, (1, 2), 1, torch.float64, 9)
+    local_case(1, 4, 6, 35, 12, (2, 1), 1, torch.float64, 9)
+    # Radii over 12 (further dx segments), capped radii, atrous 2 / 3 with H, W not multiples of the rate.
+    local_case(1, 6, 9, 45, 3, (13, 4, 25), 1, torch.float32, 14)
+    local_case(1, 3, 7, 40, 3, (60, 2, 0), 1, torch.float64, 15)
+    local_case(1, 5, 13, 61, 4, (30, 6, 0), 2, torch.float16, 16)
+    local_case(2, 4, 11, 44, 3, (9, 3, 40), 3, torch.bfloat16, 17)
+    local_case(1, 2, 10, 50, 3, (26, 4, 0, 26), 2, torch.float32, 18, ints=True)
+    local_case(1, 40, 6, 30, 22, (14, 1), 1, torch.float64, 19)  # several chunks, state in global memory
     global_case(1, 1, 4, 6, 7, 8, 9, 60, 1, 0, torch.float32, 10)
     rng = random.Random(1)
     local_case(1, 3, 5, 6, 3, tuple(rng.randint(0, 9) for _ in range(70)) + (100, 0, 100), 1, torch.float32, 11)
@@ -218,6 +228,14 @@ def compare(lib: str) -> int:
         check.close(f"global degenerate {tuple(q.shape)} {tuple(r.shape)} fg", fg, expected[0])
         grads = ops_emu.global_match_backward(fg, fg, fg, argmin, q, r)
         check.close("global degenerate grads", torch.tensor([float(x.abs().sum()) for x in grads]), torch.zeros(4))
+
+    for q, labels in [(torch.randn(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long)),
+                      (torch.randn(1, 3, 0, 4), torch.zeros(1, 0, 4, dtype=torch.long)),
+                      (torch.randn(2, 0, 4, 5), torch.randint(0, 3, (2, 4, 5)))]:
+        got = ops_emu.local_match(q, q, labels, 3, fb, bb, [1, 2], 1)
+        expected = ops_cpu.local_match(q, q, labels, 3, fb, bb, [1, 2], 1)
+        for name, a, b in zip(("fg", "bg", "argmin"), got, expected):
+            check.close(f"local degenerate {tuple(q.shape)} {name}", a, b)
 
     # opcheck and torch.compile through the CUDA registration code (fake kernels as in cfbi_ops/ops.py).
     sys.path.insert(0, str(ROOT / "tests"))

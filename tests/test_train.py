@@ -142,3 +142,37 @@ def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
                  "--split", "val", "--workers", "1"]) == 0
     assert "J&F-Mean" in capsys.readouterr().out
     assert main(["train", "--config", "small", "--data", str(tmp_path / "missing"), "--steps", "1"]) == 1
+
+
+def test_tensorboard_logs_the_history(data_root, tmp_path):
+    """The TensorBoard event file holds the logged scalars (equal to the returned history) and the overlay."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    trainer = Trainer(tiny_config(steps=10, log_every=1), davis_videos(data_root, "train"), str(tmp_path),
+                      progress=False, tensorboard=True)
+    history = trainer.train()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [r["step"] for r in history] == list(range(1, 11))
+    np.testing.assert_allclose([e.value for e in losses], [r["loss"] for r in history], rtol=1e-6)
+    np.testing.assert_allclose([e.value for e in events.Scalars("train/lr")], [r["lr"] for r in history], rtol=1e-6)
+    overlays = events.Images("train/overlay")
+    assert [e.step for e in overlays] == [10]
+    assert overlays[0].height > 65 and overlays[0].width > 65  # ground-truth row over prediction row
+
+
+def test_torchrun_two_processes(data_root, tmp_path):
+    """`torchrun --nproc_per_node=2 -m cfbi_model.cli train`: both ranks join one gloo group and train."""
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+               str(_free_port()), "-m", "cfbi_model.cli", "train", "--config", "small", "--data", str(data_root),
+               "--crop", "65", "--short-edge", "0", "--batch-size", "1", "--num-current", "2", "--workers", "0",
+               "--warmup", "1", "--threads", "1", "--steps", "2", "--log-every", "1", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert state["step"] == 2
+    assert not any(k.startswith("module.") for k in state["state_dict"])  # saved unwrapped: loads without DDP

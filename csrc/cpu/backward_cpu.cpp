@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../checks.h"
@@ -69,23 +70,34 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
     }
   });
 
-  // 4. Candidate gradient: one task per (b, channel) walks all entries in a fixed order, so there is no
-  //    race and the sum order never depends on the thread count.
-  at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> grad(num_candidates);
+  // 4. Candidate gradient: one task per (b, block of channels) walks the entries of b in a fixed order, so
+  //    there is no race and the sum order never depends on the thread count. A block of channels per walk
+  //    reads coef and argmin once for kChannelBlock channels.
+  constexpr int64_t kChannelBlock = 8;
+  const int64_t channel_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, batch * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> grad(kChannelBlock * num_candidates);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / channels, ch = i % channels;
-      const scalar_t* q = query + (b * channels + ch) * pixels;
-      const scalar_t* r = candidates + (b * channels + ch) * num_candidates;
+      const int64_t b = i / channel_blocks, c0 = (i % channel_blocks) * kChannelBlock;
+      const int64_t width = std::min(kChannelBlock, channels - c0);
+      const scalar_t* q = query + (b * channels + c0) * pixels;             // channel c0 + k at q[k * pixels]
+      const scalar_t* r = candidates + (b * channels + c0) * num_candidates;  // ... at r[k * num_candidates]
       std::fill(grad.begin(), grad.end(), A(0));
-      for (int64_t e = b * per_batch; e < (b + 1) * per_batch; ++e) {
-        const A c = coef[e];
-        if (c == A(0)) continue;
-        const int32_t a = argmin[e];
-        grad[a] -= A(2) * c * (static_cast<A>(q[e % pixels]) - static_cast<A>(r[a]));
+      const A* coef_b = coef.data() + b * per_batch;
+      const int32_t* argmin_b = argmin + b * per_batch;
+      for (int64_t row = 0; row < num_labels * windows; ++row) {
+        for (int64_t p = 0; p < pixels; ++p) {
+          const A c = coef_b[row * pixels + p];
+          if (c == A(0)) continue;
+          const int64_t a = argmin_b[row * pixels + p];
+          for (int64_t k = 0; k < width; ++k) {
+            grad[k * num_candidates + a] -=
+                A(2) * c * (static_cast<A>(q[k * pixels + p]) - static_cast<A>(r[k * num_candidates + a]));
+          }
+        }
       }
-      scalar_t* out = grad_candidates + (b * channels + ch) * num_candidates;
-      for (int64_t k = 0; k < num_candidates; ++k) out[k] = static_cast<scalar_t>(grad[k]);
+      scalar_t* out = grad_candidates + (b * channels + c0) * num_candidates;
+      for (int64_t k = 0; k < width * num_candidates; ++k) out[k] = static_cast<scalar_t>(grad[k]);
     }
   });
 }

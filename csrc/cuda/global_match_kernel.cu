@@ -3,7 +3,9 @@
 // 1. Candidates of each batch element are bucketed by label (counting sort): count the valid pixels of
 //    every (frame, label) when the atrous rule needs them, count the kept candidates of every label,
 //    prefix-sum the counts into bucket offsets, and scatter the kept candidates into label order: their
-//    flattened index, label, embedding (channel-major [C, M], so tiles load coalesced) and squared norm.
+//    flattened index, label, embedding (channel-major, so tiles load coalesced) and squared norm. The
+//    buffers hold `capacity` candidates per batch element: with atrous > 1 and no small-label rule that is
+//    the atrous grid, known on the host, so stride-4 matching packs a quarter of the reference.
 //    The order inside a bucket does not matter: every minimum compares (distance, index) pairs with
 //    is_better, a total order.
 // 2. A block takes kQueries query pixels and a range of candidate tiles (the candidates are split across
@@ -99,6 +101,7 @@ __global__ void __launch_bounds__(kScanThreads)
 template <typename T>
 __global__ void scatter_candidates_kernel(const int64_t* __restrict__ labels, const int32_t* __restrict__ frame_counts,
                                           const T* __restrict__ reference, int64_t total, int64_t candidates,
+                                          int64_t capacity,
                                           int64_t frame_pixels, int64_t width, int64_t channels, int64_t num_labels,
                                           int64_t atrous, int64_t min_pixels, const int32_t* __restrict__ bucket_start,
                                           int32_t* __restrict__ bucket_cursor, int32_t* __restrict__ sorted_index,
@@ -110,16 +113,16 @@ __global__ void scatter_candidates_kernel(const int64_t* __restrict__ labels, co
       continue;
     }
     const int64_t b = i / candidates, m = i % candidates;
-    const int64_t slot = b * candidates + atomicAdd(&bucket_cursor[b * num_labels + label], 1);
+    const int64_t slot = b * capacity + atomicAdd(&bucket_cursor[b * num_labels + label], 1);
     sorted_index[slot] = static_cast<int32_t>(m);
     sorted_label[slot] = static_cast<int32_t>(label);
     // reference [B, T, C, Hr, Wr]: pixel m = t * Hr * Wr + yx of batch b.
     const int64_t t = m / frame_pixels, yx = m % frame_pixels;
     const T* src = reference + ((b * (candidates / frame_pixels) + t) * channels) * frame_pixels + yx;
-    T* dst = packed + b * channels * candidates + (slot - b * candidates);  // [B, C, M]: channel c at dst[c * M]
+    T* dst = packed + b * channels * capacity + (slot - b * capacity);  // [B, C, cap]: channel c at dst[c * cap]
     acc_t<T> norm = acc_t<T>(0);
     for (int64_t c = 0; c < channels; ++c) {
-      dst[c * candidates] = src[c * frame_pixels];
+      dst[c * capacity] = src[c * frame_pixels];
       norm = add_square(norm, static_cast<acc_t<T>>(src[c * frame_pixels]));
     }
     norms[slot] = norm;
@@ -181,18 +184,18 @@ constexpr size_t kProductBytes = static_cast<size_t>(kTileCandidates<T>) * kScor
 template <typename T>
 constexpr size_t kSharedBytes = kStageBytes<T> > kProductBytes<T> ? kStageBytes<T> : kProductBytes<T>;
 
-// Where a tile's inputs are: queries p0.. of one batch element ([C, N]) and candidates start.. ([C, M]).
+// Where a tile's inputs are: queries p0.. of one batch element ([C, N]) and candidates start.. ([C, capacity]).
 template <typename T>
 struct TileInputs {
   const T* query;
   const T* cands;
-  int64_t p0, pixels, start, kept, candidates, channels;
+  int64_t p0, pixels, start, kept, capacity, channels;
 
   __device__ __forceinline__ T query_at(int64_t c, int64_t i) const {
     return (c < channels && p0 + i < pixels) ? query[c * pixels + p0 + i] : T(0.f);
   }
   __device__ __forceinline__ T cand_at(int64_t c, int64_t k) const {
-    return (c < channels && start + k < kept) ? cands[c * candidates + start + k] : T(0.f);
+    return (c < channels && start + k < kept) ? cands[c * capacity + start + k] : T(0.f);
   }
 };
 
@@ -311,7 +314,7 @@ __global__ void __launch_bounds__(kQueries)
     global_match_kernel(const T* __restrict__ query, const T* __restrict__ packed, const acc_t<T>* __restrict__ norms,
                         const int32_t* __restrict__ sorted_index, const int32_t* __restrict__ sorted_label,
                         const int32_t* __restrict__ bucket_start, int64_t pixels, int64_t channels,
-                        int64_t candidates, int64_t num_labels, int64_t blocks_per_batch,
+                        int64_t capacity, int64_t num_labels, int64_t blocks_per_batch,
                         unsigned long long* __restrict__ keys, acc_t<T>* __restrict__ dist,
                         int32_t* __restrict__ argmin) {
   using A = acc_t<T>;
@@ -351,12 +354,12 @@ __global__ void __launch_bounds__(kQueries)
     __syncthreads();  // the previous tile's scan is done with the shared arrays
     for (int k = threadIdx.x; k < kTile; k += kQueries) {
       const int64_t j = start + k;
-      tile_label[k] = j < kept ? sorted_label[b * candidates + j] : -1;
-      tile_index[k] = j < kept ? sorted_index[b * candidates + j] : kNoCandidate;
-      if constexpr (kDotForm<T>) tile_norm[k] = j < kept ? norms[b * candidates + j] : A(0);
+      tile_label[k] = j < kept ? sorted_label[b * capacity + j] : -1;
+      tile_index[k] = j < kept ? sorted_index[b * capacity + j] : kNoCandidate;
+      if constexpr (kDotForm<T>) tile_norm[k] = j < kept ? norms[b * capacity + j] : A(0);
     }
-    const TileInputs<T> in{query + b * channels * pixels, packed + b * channels * candidates, p0, pixels, start,
-                           kept, candidates, channels};
+    const TileInputs<T> in{query + b * channels * pixels, packed + b * channels * capacity, p0, pixels, start,
+                           kept, capacity, channels};
     if constexpr (kUseMma<T>) {
       tile_products_mma<T>(in, smem, products);
     } else {
@@ -463,7 +466,8 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (total > 0) {
     scatter_candidates_kernel<T><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
-        a.labels, frame_counts, static_cast<const T*>(a.reference), total, candidates, frame_pixels, a.ref_width,
+        a.labels, frame_counts, static_cast<const T*>(a.reference), total, candidates, a.capacity, frame_pixels,
+        a.ref_width,
         a.channels, L, a.atrous, a.min_pixels, a.bucket_start, a.bucket_cursor, a.sorted_index, a.sorted_label,
         static_cast<T*>(a.packed), static_cast<A*>(a.norms));
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -478,10 +482,10 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
   const int64_t blocks = blocks_per_batch * a.batch;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
   if (total > 0) {
-    const dim3 grid(static_cast<unsigned int>(blocks), static_cast<unsigned int>(candidate_splits<T>(blocks, candidates)));
+    const dim3 grid(static_cast<unsigned int>(blocks), static_cast<unsigned int>(candidate_splits<T>(blocks, a.capacity)));
     global_match_kernel<T><<<grid, kQueries, 0, stream>>>(
         static_cast<const T*>(a.query), static_cast<const T*>(a.packed), static_cast<const A*>(a.norms),
-        a.sorted_index, a.sorted_label, a.bucket_start, a.pixels, a.channels, candidates, L, blocks_per_batch, a.keys,
+        a.sorted_index, a.sorted_label, a.bucket_start, a.pixels, a.channels, a.capacity, L, blocks_per_batch, a.keys,
         static_cast<A*>(a.dist), a.argmin);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
@@ -495,6 +499,14 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
 }  // namespace
 
 bool global_match_needs_frame_counts(int64_t atrous, int64_t min_pixels) { return atrous > 1 && min_pixels > 0; }
+
+int64_t global_match_capacity(int64_t frames, int64_t ref_height, int64_t ref_width, int64_t atrous,
+                              int64_t min_pixels) {
+  if (atrous > 1 && min_pixels == 0) {  // the atrous grid alone: keeps_global_candidate
+    return frames * ((ref_height + atrous - 1) / atrous) * ((ref_width + atrous - 1) / atrous);
+  }
+  return frames * ref_height * ref_width;
+}
 
 cudaError_t launch_global_match(const GlobalMatchArgs& args, cudaStream_t stream) {
   if (args.batch == 0) return cudaSuccess;

@@ -27,15 +27,16 @@ struct GlobalMatchArgs {
   const void* fg_bias;    // one acc element
   const void* bg_bias;    // one acc element
   int64_t batch, channels, pixels, frames, ref_height, ref_width, num_labels, atrous, min_pixels;
-  // Workspace (no initialisation needed), M = T * Hr * Wr:
+  int64_t capacity;        // global_match_capacity(...): kept candidates per batch element at most
+  // Workspace (no initialisation needed), M = T * Hr * Wr, cap = capacity:
   int32_t* frame_counts;   // [B, T, L]; only read when global_match_needs_frame_counts(), else may be null
   int32_t* bucket_counts;  // [B, L]
   int32_t* bucket_start;   // [B, L + 1]
   int32_t* bucket_cursor;  // [B, L]
-  int32_t* sorted_index;   // [B, M]
-  int32_t* sorted_label;   // [B, M]
-  void* packed;            // [B, C, M] of dtype: kept candidates in label order (first bucket_start[b][L])
-  void* norms;             // [B, M] acc: squared norm of each packed candidate
+  int32_t* sorted_index;   // [B, cap]
+  int32_t* sorted_label;   // [B, cap]
+  void* packed;            // [B, C, cap] of dtype: kept candidates in label order (first bucket_start[b][L])
+  void* norms;             // [B, cap] acc: squared norm of each packed candidate
   unsigned long long* keys;  // [B, L, N]: per-label selection keys; unused (may be null) for float64
   void* dist;              // [B, L, N] acc: per-label minimum distance
   // Outputs [B, L, N]:
@@ -45,6 +46,9 @@ struct GlobalMatchArgs {
 };
 
 bool global_match_needs_frame_counts(int64_t atrous, int64_t min_pixels);
+// Kept candidates per batch element at most: the atrous grid when small labels keep nothing more, else M.
+int64_t global_match_capacity(int64_t frames, int64_t ref_height, int64_t ref_width, int64_t atrous,
+                              int64_t min_pixels);
 cudaError_t launch_global_match(const GlobalMatchArgs& args, cudaStream_t stream);
 
 // ---- local_match ---------------------------------------------------------------------------------

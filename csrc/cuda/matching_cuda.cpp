@@ -54,7 +54,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   const int64_t batch = query.size(0), channels = query.size(1);
   const int64_t pixels = query.size(2) * query.size(3);
   const int64_t frames = reference.size(1), ref_height = reference.size(3), ref_width = reference.size(4);
-  const int64_t candidates = frames * ref_height * ref_width;
   const at::ScalarType acc = acc_type(query.scalar_type());
 
   const at::Tensor query_c = query.contiguous();
@@ -73,10 +72,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   at::Tensor bucket_counts = at::empty({batch * num_labels}, int_options);
   at::Tensor bucket_start = at::empty({batch * (num_labels + 1)}, int_options);
   at::Tensor bucket_cursor = at::empty({batch * num_labels}, int_options);
-  at::Tensor sorted_index = at::empty({batch * candidates}, int_options);
-  at::Tensor sorted_label = at::empty({batch * candidates}, int_options);
-  at::Tensor packed = at::empty({batch * candidates * channels}, query.options());
-  at::Tensor norms = at::empty({batch * candidates}, query.options().dtype(acc));
+  const int64_t capacity = cuda::global_match_capacity(frames, ref_height, ref_width, atrous, atrous_min_pixels);
+  at::Tensor sorted_index = at::empty({batch * capacity}, int_options);
+  at::Tensor sorted_label = at::empty({batch * capacity}, int_options);
+  at::Tensor packed = at::empty({batch * capacity * channels}, query.options());
+  at::Tensor norms = at::empty({batch * capacity}, query.options().dtype(acc));
   const bool keyed = query.scalar_type() != at::kDouble;  // float64 stores its minima without keys
   at::Tensor keys = at::empty({keyed ? batch * num_labels * pixels : 0}, query.options().dtype(at::kLong));
   at::Tensor dist = at::empty({batch * num_labels * pixels}, query.options().dtype(acc));
@@ -97,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   args.num_labels = num_labels;
   args.atrous = atrous;
   args.min_pixels = atrous_min_pixels;
+  args.capacity = capacity;
   args.frame_counts = counts ? frame_counts.data_ptr<int32_t>() : nullptr;
   args.bucket_counts = bucket_counts.data_ptr<int32_t>();
   args.bucket_start = bucket_start.data_ptr<int32_t>();

@@ -223,6 +223,16 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """One intra-op thread for a whole module: tiny tensors gain nothing from intra-op threads, and
+    busy-waiting OpenMP workers make such tests many times slower on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def restore_deterministic():
     mode = torch.are_deterministic_algorithms_enabled()

@@ -10,14 +10,7 @@ from cfbi_model import CFBIPlus, StepResult, VideoSegmenter
 from cfbi_model.inference import inference_size, preprocess
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and busy-waiting OpenMP workers make these tests
-    many times slower on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 H, W = 65, 81
 

@@ -13,14 +13,7 @@ from cfbi_model.config import config_names
 from cfbi_model.layers import GCT, FrozenBatchNorm2d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and busy-waiting OpenMP workers make these tests
-    many times slower on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 SPEC = Path(__file__).parent / "data" / "cfbip_r101_state_dict.txt"
 

@@ -11,14 +11,7 @@ import cfbi_model.matching as matching_module
 from benchmarks import model_speed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and busy-waiting OpenMP workers make these tests
-    many times slower on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 def test_model_speed_smoke(tmp_path: Path) -> None:

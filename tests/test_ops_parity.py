@@ -146,6 +146,17 @@ def _check(name, got: torch.Tensor, expected, dtype):
     torch.testing.assert_close(got.detach().double(), expected, msg=lambda m: f"{name}: {m}", **TOL[dtype])
 
 
+def _check_all(case, op, reference, brute, dtype):
+    """The op's and the reference's (fg, bg) against the brute force and each other; absent labels give
+    exactly 1.0 everywhere."""
+    for part, got_op, got_ref, expected in zip(("fg", "bg"), op, reference, brute):
+        _check(f"op {part} vs brute", got_op, expected, dtype)
+        _check(f"reference {part} vs brute", got_ref, expected, dtype)
+        torch.testing.assert_close(got_op, got_ref, **TOL[dtype])
+    for label in case.absent:
+        assert torch.all(op[0][:, label] == 1.0), f"absent label {label} must score exactly 1.0"
+
+
 # --------------------------------------------------------------------------------------------------
 # Sanity of the brute force itself on a hand-made case (so that it cannot silently agree with a bug)
 # --------------------------------------------------------------------------------------------------
@@ -202,15 +213,7 @@ def test_global_match_parity(name, dtype, noncontig):
     rfg, rbg = run_global(case, ref_impl.global_match)
     bfg, bbg = brute_global(case.query, case.reference, case.labels, case.num_labels, case.fg_bias,
                             case.bg_bias, case.atrous, case.atrous_min_pixels)
-    _check("op fg vs brute", fg, bfg, dtype)
-    _check("op bg vs brute", bg, bbg, dtype)
-    _check("reference fg vs brute", rfg, bfg, dtype)
-    _check("reference bg vs brute", rbg, bbg, dtype)
-    torch.testing.assert_close(fg, rfg, **TOL[dtype])
-    torch.testing.assert_close(bg, rbg, **TOL[dtype])
-    # Absent labels give exactly 1.0 everywhere.
-    for label in case.absent:
-        assert torch.all(fg[:, label] == 1.0), f"absent label {label} must score exactly 1.0"
+    _check_all(case, (fg, bg), (rfg, rbg), (bfg, bbg), dtype)
 
 
 def test_global_match_without_any_candidate_is_one():
@@ -322,14 +325,7 @@ def test_local_match_parity(name, dtype, noncontig):
     rfg, rbg = run_local(case, ref_impl.local_match)
     bfg, bbg = brute_local(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias,
                            case.windows, case.atrous)
-    _check("op fg vs brute", fg, bfg, dtype)
-    _check("op bg vs brute", bg, bbg, dtype)
-    _check("reference fg vs brute", rfg, bfg, dtype)
-    _check("reference bg vs brute", rbg, bbg, dtype)
-    torch.testing.assert_close(fg, rfg, **TOL[dtype])
-    torch.testing.assert_close(bg, rbg, **TOL[dtype])
-    for label in case.absent:
-        assert torch.all(fg[:, label] == 1.0), f"absent label {label} must score exactly 1.0"
+    _check_all(case, (fg, bg), (rfg, rbg), (bfg, bbg), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

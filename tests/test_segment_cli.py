@@ -13,14 +13,7 @@ from cfbi_model import CFBIPlus
 from cfbi_model.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and busy-waiting OpenMP workers make these tests
-    many times slower on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 H, W = 64, 80  # even sides (libx264); not 16k + 1, so the engine's resizing path runs too
 PALETTE = [0, 0, 0, 250, 10, 10, 10, 250, 10, 10, 10, 250] + [7] * (768 - 12)

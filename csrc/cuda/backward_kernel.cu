@@ -41,14 +41,32 @@ __global__ void coef_kernel(const T* __restrict__ grad_fg, const T* __restrict__
   }
 }
 
+// Sums *bg and *fg over the kBiasThreads threads of the block with a fixed tree (deterministic); every
+// thread gets the totals back.
+template <typename A>
+__device__ void block_sum_pair(A* bg, A* fg) {
+  __shared__ A shared_bg[kBiasThreads];
+  __shared__ A shared_fg[kBiasThreads];
+  shared_bg[threadIdx.x] = *bg;
+  shared_fg[threadIdx.x] = *fg;
+  __syncthreads();
+  for (int width = kBiasThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) {
+      shared_bg[threadIdx.x] += shared_bg[threadIdx.x + width];
+      shared_fg[threadIdx.x] += shared_fg[threadIdx.x + width];
+    }
+    __syncthreads();
+  }
+  *bg = shared_bg[0];
+  *fg = shared_fg[0];
+}
+
 // Stage 1: block g sums items [g * chunk, (g + 1) * chunk) into partials[g] (rows of label 0) and
 // partials[blocks + g] (other labels). Fixed assignment of items to threads, fixed tree: deterministic.
 template <typename A>
 __global__ void __launch_bounds__(kBiasThreads)
     bias_partials_kernel(const A* __restrict__ coef, int64_t total, int64_t plane, int64_t num_labels, int64_t chunk,
                          A* __restrict__ partials) {
-  __shared__ A shared_bg[kBiasThreads];
-  __shared__ A shared_fg[kBiasThreads];
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < total ? begin + chunk : total;
   A bg_sum = A(0), fg_sum = A(0);
@@ -60,19 +78,10 @@ __global__ void __launch_bounds__(kBiasThreads)
       fg_sum += c;
     }
   }
-  shared_bg[threadIdx.x] = bg_sum;
-  shared_fg[threadIdx.x] = fg_sum;
-  __syncthreads();
-  for (int width = kBiasThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) {
-      shared_bg[threadIdx.x] += shared_bg[threadIdx.x + width];
-      shared_fg[threadIdx.x] += shared_fg[threadIdx.x + width];
-    }
-    __syncthreads();
-  }
+  block_sum_pair(&bg_sum, &fg_sum);
   if (threadIdx.x == 0) {
-    partials[blockIdx.x] = shared_bg[0];
-    partials[gridDim.x + blockIdx.x] = shared_fg[0];
+    partials[blockIdx.x] = bg_sum;
+    partials[gridDim.x + blockIdx.x] = fg_sum;
   }
 }
 
@@ -82,26 +91,15 @@ __global__ void __launch_bounds__(kBiasThreads)
     bias_total_kernel(const acc_t<T>* __restrict__ partials, int64_t blocks, T* __restrict__ grad_fg_bias,
                       T* __restrict__ grad_bg_bias) {
   using A = acc_t<T>;
-  __shared__ A shared_bg[kBiasThreads];
-  __shared__ A shared_fg[kBiasThreads];
   A bg_sum = A(0), fg_sum = A(0);
   for (int64_t g = threadIdx.x; g < blocks; g += kBiasThreads) {
     bg_sum += partials[g];
     fg_sum += partials[blocks + g];
   }
-  shared_bg[threadIdx.x] = bg_sum;
-  shared_fg[threadIdx.x] = fg_sum;
-  __syncthreads();
-  for (int width = kBiasThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) {
-      shared_bg[threadIdx.x] += shared_bg[threadIdx.x + width];
-      shared_fg[threadIdx.x] += shared_fg[threadIdx.x + width];
-    }
-    __syncthreads();
-  }
+  block_sum_pair(&bg_sum, &fg_sum);
   if (threadIdx.x == 0) {
-    *grad_bg_bias = static_cast<T>(shared_bg[0]);
-    *grad_fg_bias = static_cast<T>(shared_fg[0]);
+    *grad_bg_bias = static_cast<T>(bg_sum);
+    *grad_fg_bias = static_cast<T>(fg_sum);
   }
 }
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cfbi_model.commands.demo import default_weights
+from cfbi_model.cli.demo import default_weights
 
 
 @pytest.mark.skipif(not os.path.isfile(default_weights()), reason="shipped weights not built")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cfbi_ops
-import cfbi_model.matching as matching_module
+import cfbi_model.modeling.matching as matching_module
 from benchmarks import model_speed
 
 

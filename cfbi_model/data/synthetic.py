@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .media import write_mask
+from ..io.masks import write_mask
 
 __all__ = ["SyntheticConfig", "render_video", "write_synthetic_davis"]
 

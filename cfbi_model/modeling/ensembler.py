@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import IAGate
-from .config import HeadConfig
+from ..config import HeadConfig
 from .layers import GCT
 
 __all__ = ["GCTBottleneck", "EnsemblerASPP", "CollaborativeEnsembler"]

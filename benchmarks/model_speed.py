@@ -22,8 +22,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-import cfbi_ops
 import cfbi_model.modeling.matching as matching_module
+import cfbi_ops
 from cfbi_model import CFBIPlus, VideoSegmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ class PartTimer:
         else:
             self._restore.append(lambda: setattr(owner, attribute, original))
 
-    def __enter__(self) -> "PartTimer":
+    def __enter__(self) -> PartTimer:
         self._wrap(matching_module.cfbi_ops, "global_match", "global_match", instance=False)
         self._wrap(matching_module.cfbi_ops, "local_match", "local_match", instance=False)
         self._wrap(self.model, "extract_features", "features", instance=True)

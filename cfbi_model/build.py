@@ -13,7 +13,8 @@ hold no configuration and load as "resnet101"; files of earlier versions that na
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["IGNORE_LABEL", "BackboneConfig", "HeadConfig", "ModelConfig", "CONFIGS", "get_config", "config_names",
            "InferenceConfig", "ClipConfig", "TrainConfig", "config_differences"]
@@ -150,7 +151,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Inverse of to_dict (lists are accepted wherever tuples are expected); ValueError on unknown keys."""
         return _from_dict(cls, data)
 

@@ -12,7 +12,6 @@ from PIL import Image
 from cfbi_model import CFBIPlus
 from cfbi_model.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 H, W = 64, 80  # even sides (libx264); not 16k + 1, so the engine's resizing path runs too

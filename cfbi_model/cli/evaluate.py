@@ -26,15 +26,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "are not scored; the objects are ids 1..max of the first ground-truth frame.",
         formatter_class=HelpFormatter)
     parser.add_argument("--gt", type=Path, metavar="DIR", help="ground-truth folder (e.g. DAVIS/Annotations/480p)")
-    parser.add_argument("--pred", type=Path, metavar="DIR", help="folder of predicted masks, same layout and file names")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write global, per-sequence, per-object and per-frame results")
+    parser.add_argument("--pred", type=Path, metavar="DIR",
+                        help="folder of predicted masks, same layout and file names")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="write global, per-sequence, per-object and per-frame results")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="write per-object, per-sequence and global measures")
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="sequences evaluated in parallel processes (None: number of CPUs)")
     parser.add_argument("--bound-th", type=float, default=metrics.DEFAULT_BOUND_TH,
                         help="boundary tolerance of F as a fraction of the image diagonal")
     model = parser.add_argument_group("segment a split first with a trained model, then evaluate it")
-    model.add_argument("--checkpoint", type=Path, metavar="PATH", help="trained model to run over the split before evaluating")
+    model.add_argument("--checkpoint", type=Path, metavar="PATH",
+                       help="trained model to run over the split before evaluating")
     model.add_argument("--data", type=Path, metavar="DIR", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
     model.add_argument("--split", default="val", help="DAVIS-2017 split to segment")
     add_config_argument(model, "(only for checkpoints without one; default: theirs, or resnet101)")

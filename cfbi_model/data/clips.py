@@ -12,7 +12,7 @@ uninterrupted run would have drawn, whatever the number of loader workers.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -9,15 +9,16 @@ instance-level attention and the collaborative ensembler.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ModelConfig, get_config
 from .attention import atrous_subsampled, attention_vectors
 from .backbone import FeatureExtractor
-from ..config import ModelConfig, get_config
 from .ensembler import CollaborativeEnsembler
 from .fpn import FPN
 from .matching import ensembler_input, one_hot_labels, resize_labels

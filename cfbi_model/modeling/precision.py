@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -14,7 +14,7 @@ def amp_dtype(enabled: bool) -> torch.dtype:
     return torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(enabled: bool, dtype: torch.dtype) -> ContextManager:
+def autocast(enabled: bool, dtype: torch.dtype) -> AbstractContextManager:
     """torch.autocast on CUDA with `dtype` when enabled, else a context that does nothing."""
     if enabled:
         return torch.autocast(device_type="cuda", dtype=dtype)

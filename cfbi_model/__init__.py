@@ -1,6 +1,6 @@
 """cfbi_model: the CFBI+ network around cfbi_ops, video inference, training, data and evaluation.
 
-Layout (dependencies point down): cli -> training, evaluation -> inference, data -> build -> modeling ->
+Layout (dependencies point down): cli -> training -> evaluation -> inference, data -> build -> modeling ->
 config; io (frames, masks, videos, overlays) and config at the bottom. docs/design.md describes the model.
 The public names below load on first use, so that light modules (cfbi_model.evaluation.metrics, the command
 line's argument parsing) do not import torch and the network.

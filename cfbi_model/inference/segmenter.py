@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import IGNORE_LABEL, InferenceConfig
+from ..modeling.matching import one_hot_labels
 from ..modeling.network import CFBIPlus, FrameFeatures
 from ..modeling.precision import amp_dtype, autocast
 from ..modeling.preprocess import preprocess
@@ -148,7 +149,7 @@ class VideoSegmenter:
                 aug.previous_labels = scaled
                 self._augs.append(aug)
         self.frame_index = 0
-        return StepResult(_one_hot_probs(labels, self.num_labels), labels)
+        return StepResult(one_hot_labels(labels, self.num_labels), labels)
 
     @torch.inference_mode()
     def step(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> StepResult:
@@ -188,7 +189,7 @@ class VideoSegmenter:
             new_count = max(self.num_labels, _count_labels(annotation))
             if new_count > self.num_labels:
                 probs = torch.cat([probs, probs.new_zeros((new_count - self.num_labels,) + probs.shape[1:])])
-            one_hot = _one_hot_probs(prediction, new_count)
+            one_hot = one_hot_labels(prediction, new_count)
             probs = torch.where(annotated.unsqueeze(0), one_hot, probs)
             self.num_labels = new_count
 
@@ -246,8 +247,3 @@ def _count_labels(labels: Tensor) -> int:
     """L = largest object id + 1 (255 = ignored does not count)."""
     valid = labels[labels != IGNORE_LABEL]
     return int(valid.max().item()) + 1 if valid.numel() else 1
-
-
-def _one_hot_probs(labels: Tensor, num_labels: int) -> Tensor:
-    ids = torch.arange(num_labels, device=labels.device).reshape(-1, 1, 1)
-    return (labels.unsqueeze(0) == ids).float()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import IGNORE_LABEL
 from ..io.frames import MediaError
 from ..io.masks import read_mask
 from . import metrics
@@ -104,7 +105,8 @@ def _evaluate_job(job: _Job) -> SequenceResult:
         unknown = present[~np.isin(present, allowed)]
         if unknown.size:
             objects = ", ".join(map(str, object_ids)) or "none"
-            hint = " (255 marks void pixels in ground truths; it is not a valid prediction)" if 255 in unknown else ""
+            hint = (f" ({IGNORE_LABEL} marks void pixels in ground truths; it is not a valid prediction)"
+                    if IGNORE_LABEL in unknown else "")
             raise EvaluationError(
                 f"{path}: predicted object id(s) {', '.join(str(int(u)) for u in unknown)} are not in the ground "
                 f"truth of sequence {job.name!r} (objects: {objects}, from {first_path}){hint}")

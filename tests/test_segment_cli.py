@@ -187,6 +187,9 @@ def test_video_errors(data, tmp_path, capsys):
         broken = tmp_path / "broken.mp4"
         broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage")
         _fails(capsys, "--video", broken, *args, expect=["broken.mp4", "cannot read video"])
+        code = segment("--video", broken, *args)
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "ffmpeg version" not in err, err
 
 
 def test_overlay_extension_and_usage(data, capsys):

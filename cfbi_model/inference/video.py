@@ -10,6 +10,7 @@ a folder named after a video is always complete (`cfbi evaluate` and `cfbi predi
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -60,8 +61,8 @@ def _folder_frames(paths: list[str]) -> Iterator[np.ndarray]:
 
 def open_source(source: str | os.PathLike | Iterable[np.ndarray | Tensor], *, check: bool = True) -> FrameSource:
     """A frame folder (image files sorted by name), a video file (decoded as a stream) or any iterable of RGB
-    frames [H, W, 3] uint8. For a folder, `check` reads every frame's header first: a missing, unreadable or
-    differently sized frame is a MediaError before any work is done."""
+    frames [H, W, 3] uint8. With `check`, a folder's frame headers are all read (a missing, unreadable or
+    differently sized frame is a MediaError before any work is done) and a video's first frame is decoded."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         name = os.path.basename(os.path.normpath(path))
@@ -84,7 +85,14 @@ def open_source(source: str | os.PathLike | Iterable[np.ndarray | Tensor], *, ch
             return FrameSource(_folder_frames(paths), stems, paths, name, 24.0, size)
         if not os.path.isfile(path):
             raise MediaError(f"video {path!r} does not exist")
-        return FrameSource(iter_video(path), None, None, os.path.splitext(name)[0], video_fps(path))
+        frames, size = iter_video(path), None
+        if check:  # decode the first frame now: an unreadable file fails before any work, and the size is known
+            try:
+                first = next(frames)
+            except StopIteration:
+                raise MediaError(f"video {path!r} holds no frames") from None
+            frames, size = itertools.chain([first], frames), first.shape[:2]
+        return FrameSource(frames, None, None, os.path.splitext(name)[0], video_fps(path), size)
     if isinstance(source, np.ndarray) and source.ndim == 4:
         return FrameSource(iter(source), [f"{i:05d}" for i in range(len(source))])
     names = [f"{i:05d}" for i in range(len(source))] if hasattr(source, "__len__") else None

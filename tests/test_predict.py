@@ -215,3 +215,19 @@ def test_predict_errors(davis, youtube, tmp_path, capsys):
 
 class _Payload:
     """Any class: pickling it makes a file that weights_only loading refuses."""
+
+
+@pytest.mark.parametrize("command", ["segment", "demo", "evaluate", "predict"])
+def test_every_computing_command_has_threads_device_and_inference_options(command):
+    import dataclasses
+
+    from cfbi_model import InferenceConfig
+    from cfbi_model.cli import build_parser
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    defaults = {a.dest: a.default for a in sub._actions}
+    assert defaults["threads"] is None and defaults["device"] is None
+    for f in dataclasses.fields(InferenceConfig):
+        expected = list(f.default) if isinstance(f.default, tuple) else f.default
+        assert defaults[f.name] == expected, (command, f.name)

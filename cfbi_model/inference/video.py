@@ -134,13 +134,13 @@ def load_annotations(annotations: Annotations, source: FrameSource) -> tuple[dic
             index = int(key)
         by_index[index] = value
     files = [(i, v) for i, v in sorted(by_index.items()) if isinstance(v, (str, os.PathLike))]
-    for _, path in files:
-        width, height = image_size(path, "mask")
+    for _, path in files:  # every mask read once now: unreadable files and bad ids fail before any work
+        labels, found = read_mask(path)
+        palette = palette or found
+        height, width = labels.shape
         if source.size is not None and (height, width) != source.size:
             raise AnnotationError(f"mask {os.fspath(path)!r} is {width}x{height} (WxH) but the frames are "
                                   f"{source.size[1]}x{source.size[0]}")
-    if files:
-        palette = read_mask(files[0][1])[1]
     return by_index, palette
 
 

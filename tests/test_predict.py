@@ -177,6 +177,24 @@ def test_torchrun_two_processes_write_each_video_once(davis, tmp_path):
     assert len(names) == len(set(names)) == expected
 
 
+def test_torchrun_a_failing_rank_stops_every_rank(davis, tmp_path):
+    """A bad frame in one video: every rank reaches the final gather and exits, the error names the file."""
+    import shutil
+
+    data = tmp_path / "davis"
+    shutil.copytree(davis, data)
+    bad = data / "JPEGImages" / "480p" / "synth_val_0001" / "00002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "cfbi_model.cli", "predict", "--data", str(data), "--checkpoint", str(CHECKPOINT),
+               "--out", str(tmp_path / "out"), "--zip", str(tmp_path / "sub.zip"), "--threads", "1", "--quiet"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "00002.jpg" in done.stderr and "cfbi predict: error: rank" in done.stderr
+    assert not (tmp_path / "sub.zip").exists()
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_predict_errors(davis, youtube, tmp_path, capsys):
     def fails(*args, code, expect, checkpoint=CHECKPOINT):
@@ -195,6 +213,8 @@ def test_predict_errors(davis, youtube, tmp_path, capsys):
     fails("--data", youtube, "--layout", "youtube", "--split", "valid", "--all-frames", "--out", out,
           "--scales", "inf", code=2, expect=["scales"])
     fails("--data", davis, "--out", out, code=1, expect=["does not exist"], checkpoint=tmp_path / "none.pth")
+    if not torch.cuda.is_available():
+        fails("--data", davis, "--out", out, "--device", "cuda", code=2, expect=["CUDA is not available"])
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
     fails("--data", davis, "--out", out, code=1, expect=["corrupt.pth", "cannot read checkpoint"],

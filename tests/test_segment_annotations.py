@@ -119,6 +119,25 @@ def test_propagate_is_lazy(model):
     assert consumed == [0, 1]
 
 
+def test_propagate_keeps_no_frame(model):
+    """Memory does not grow with the video: a frame is released once the next one is segmented."""
+    import gc
+    import weakref
+
+    refs = []
+
+    def reader():
+        for frame in frames(6):
+            tensor = torch.from_numpy(frame)
+            refs.append(weakref.ref(tensor))
+            yield tensor
+
+    for prediction in VideoSegmenter(model).propagate(reader(), {0: FIRST}):
+        gc.collect()
+        alive = [i for i, ref in enumerate(refs) if ref() is not None]
+        assert alive[0] >= prediction.index - 1, (prediction.index, alive)
+
+
 def test_propagate_errors(model):
     seg = VideoSegmenter(model)
     with pytest.raises(AnnotationError, match="no annotation"):
@@ -199,11 +218,15 @@ def segment(*args) -> int:
 
 def test_cli_masks_folder_late_object_and_correction(clip_dir, capsys):
     args = ["--frames", clip_dir["frames"], "--masks", clip_dir["masks"], "--out", clip_dir["out"], "--config",
-            "small", "--allow-random", "--quiet", "--threads", "1", "--device", "cpu"]
+            "small", "--allow-random", "--quiet", "--threads", "1", "--device", "cpu", "--per-object"]
     assert segment(*args) == 0
     err = capsys.readouterr().err
     assert "6 frames, 2 object(s)" in err and "frames/s" in err
     out = clip_dir["out"] / "walk"
+    assert sorted(p.name for p in (out / "objects").iterdir()) == ["007", "200"]
+    assert len(list((out / "objects" / "007").iterdir())) == 6
+    assert segment(*args, "--name", "renamed") == 0 and (clip_dir["out"] / "renamed" / "00005.png").is_file()
+    assert segment(*args, "--name", "a/b") == 2 and "is not a folder name" in capsys.readouterr().err
     labels = [np.asarray(Image.open(out / f"{t:05d}.png")) for t in range(6)]
     assert all(set(np.unique(lab)) <= {0, 7, 200} for lab in labels)
     assert not any((lab == 200).any() for lab in labels[:3])

@@ -438,7 +438,8 @@ def render_gpu_markdown(data: dict) -> str:
              "Median ms per call (CUDA synchronised); peak MB: the CUDA allocator's peak during one call beyond what "
              "was allocated before (inputs excluded, outputs included); outputs MB: fg + bg + int32 argmin in "
              "float32. torch.mm: [N, C] x [C, M] with the search's multiply-adds.", "",
-             "| case | op | L | dtype | mode | peer | ms | peak MB | outputs MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| case | op | L | dtype | mode | peer | ms | peak MB | outputs MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.2f}"
         out = "" if r["outputs_mb"] is None else f"{r['outputs_mb']:.2f}"

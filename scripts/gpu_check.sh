@@ -39,7 +39,14 @@ cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd) || exit 2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 2
-PY=${PYTHON:-$(command -v python3 || command -v python)}
+# The first of $PYTHON, python3, python that imports torch (the machine's own environment).
+PY=""
+for candidate in ${PYTHON:-} python3 python; do
+  if command -v "$candidate" > /dev/null && "$candidate" -c "import torch" > /dev/null 2>&1; then
+    PY=$(command -v "$candidate")
+    break
+  fi
+done
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 START=$(date +%s)
@@ -93,8 +100,8 @@ timed() {
 # ---- env -------------------------------------------------------------------------------------------------
 BUILD_LOG=$WORK/env-build.log
 if [ -z "$PY" ]; then
-  echo "no python3 on PATH" > "$BUILD_LOG"
-  record env fail 0 "no python3 on PATH"
+  echo "no python3 / python on PATH imports torch" > "$BUILD_LOG"
+  record env fail 0 "no Python with torch on PATH"
 fi
 # ninja from the Python package when its binary is not on PATH
 if [ -n "$PY" ] && ! command -v ninja > /dev/null; then
@@ -169,7 +176,8 @@ BUILD_OK=0
 if [ "$ENV_OK" -eq 1 ]; then
   if [ "$DRY_RUN" -eq 1 ]; then
     # No compile in a dry run (the CPU build of this checkout is used): show the command and check the import.
-    echo "dry run: would run FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<GPU arch> MAX_JOBS=$JOBS $PY scripts/parallel_build.py --jobs $JOBS build_ext --inplace" >> "$BUILD_LOG"
+    echo "dry run: would run FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<GPU arch> MAX_JOBS=$JOBS" \
+      "$PY scripts/parallel_build.py --jobs $JOBS build_ext --inplace" >> "$BUILD_LOG"
     BUILD_CMD=(true)
   else
     export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=$JOBS
@@ -217,10 +225,9 @@ if [ "$BUILD_OK" -eq 1 ]; then
     elif [ "$tool" = memcheck ]; then
       # Without the caching allocator every tensor is its own allocation, so out-of-bounds accesses show.
       timed "$out" "$seconds" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 9 \
-        --print-limit 20 "$PY" tests/cuda_sanitizer_case.py
+        "$PY" tests/cuda_sanitizer_case.py
     else
-      timed "$out" "$seconds" "$SANITIZER" --tool "$tool" --error-exitcode 9 --print-limit 20 "$PY" \
-        tests/cuda_sanitizer_case.py
+      timed "$out" "$seconds" "$SANITIZER" --tool "$tool" --error-exitcode 9 "$PY" tests/cuda_sanitizer_case.py
     fi
     echo "$RC $ELAPSED" > "$WORK/san-$tool.rc"
   }
@@ -249,7 +256,9 @@ if [ "$BUILD_OK" -eq 1 ]; then
   for tool in $TOOLS; do
     read -r rc secs < "$WORK/san-$tool.rc"
     [ "$secs" -le "$SAN_TIME" ] || SAN_TIME=$secs
-    errors=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$WORK/san-$tool.log" | tail -n 1 | grep -oE '[0-9]+')
+    # "ERROR SUMMARY: N errors", or racecheck's "RACECHECK SUMMARY: H hazards displayed (N errors, W warnings)"
+    errors=$(grep -oE 'ERROR SUMMARY: [0-9]+ error|SUMMARY: .*\([0-9]+ error' "$WORK/san-$tool.log" | tail -n 1 \
+      | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
     ok=$(grep -c '^ok: ' "$WORK/san-$tool.log")
     if [ "$DRY_RUN" -eq 1 ] || [ -z "$SANITIZER" ]; then
       label="driver without compute-sanitizer"
@@ -262,6 +271,8 @@ if [ "$BUILD_OK" -eq 1 ]; then
       fi
     elif [ "$rc" -eq 124 ]; then
       SAN_STATUS=fail SAN_NOTE="$SAN_NOTE $tool: timed out${errors:+ ($errors errors)};"
+    elif [ -z "$errors" ] && [ "$rc" -eq 0 ] && [ "$ok" -eq 1 ]; then
+      SAN_NOTE="$SAN_NOTE $tool: exit 0, no summary line;"  # --error-exitcode: 9 had it found any error
     elif [ -z "$errors" ]; then
       SAN_STATUS=fail SAN_NOTE="$SAN_NOTE $tool: no report (refused?) exit $rc;"
     elif [ "$errors" -ne 0 ] || [ "$rc" -ne 0 ] || [ "$ok" -ne 1 ]; then
@@ -319,6 +330,8 @@ publish "$STEM.json"
 "$PY" - "$STATUS_FILE" "$STEM.json" "$DRY_RUN" "$(($(date +%s) - START))" "$WORK/env-build.log" > "$WORK/summary.txt" 2>&1 <<'PY'
 import json, os, sys
 status_file, table, dry_run, total, env_log = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+SHORT = {"global fwd / float32 torch.mm": "global/mm", "local fwd: naive / cfbi_ops": "naive/local",
+         " fwd peak memory / outputs": " memory/outputs", " 2 objects": "", " float32": "", " frames/s": " fps"}
 lines = ["cfbi GPU check" + (" (DRY RUN on the CPU: tiny sizes, the targets do not apply)" if dry_run else "")]
 with open(env_log) as f:
     lines += ["  " + l.rstrip() for l in f if l.startswith(("python ", "GPU:", "nvcc:", "ninja:", "compute-sanitizer:"))]
@@ -332,11 +345,13 @@ if os.path.exists(table):
     for t in targets:
         if t["ok"] is not None or t["name"].startswith("model"):
             groups.setdefault(t["name"].split(" ")[0], []).append(t)
-    lines += ["", "targets (float32, L = 4; ok / NO):"]
+    lines += ["", "targets (float32, L = 4; value, target, ok / NO):"]
     for name, group in groups.items():
         parts = []
         for t in group:
-            short = t["name"][len(name) + 1:].replace(" fwd", "").replace("float32 ", "").replace(" / outputs", "/out")
+            short = t["name"][len(name) + 1:]
+            for long, abbreviation in SHORT.items():
+                short = short.replace(long, abbreviation)
             verdict = "" if t["ok"] is None else (" ok" if t["ok"] else " NO")
             parts.append(f"{short} {t['value']:.2f}{' ' + t['target'] if t['target'] else ''}{verdict}")
         lines.append(f"  {name:8s} " + " | ".join(parts))
@@ -347,7 +362,8 @@ print("\n".join(lines))
 PY
 publish "$WORK/summary.txt"
 cat "$WORK/summary.txt"
+STATUS=0
+grep -q $'\tfail\t' "$STATUS_FILE" && STATUS=1
 rm -rf "$WORK"
 log "results in $RESULTS"
-grep -q $'\tfail\t' "$STATUS_FILE" && exit 1
-exit 0
+exit "$STATUS"

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import compare
 from conftest import REPO_ROOT
@@ -56,6 +57,17 @@ def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
     assert sorted(os.listdir(ROOT / "benchmarks" / "results")) == before  # a dry run writes nothing there
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run on a machine without a GPU")
+def test_without_gpu_stops_after_env(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--results", str(tmp_path)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    summary = (tmp_path / "summary.txt").read_text()
+    assert proc.returncode == 1
+    assert "no CUDA device visible" in (tmp_path / "env-build.log").read_text()
+    rows = {words[0]: words[1] for words in map(str.split, summary.splitlines()) if words and words[0] in STAGES}
+    assert rows == dict(env="FAIL", build="skip", tests="skip", sanitizer="skip", benchmark="skip", model="skip")
+
+
 def test_usage_without_results_folder() -> None:
     proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
@@ -70,9 +82,9 @@ def _parallel_build(folder: Path, sources: list[str], **env: str) -> subprocess.
         setup(name="tiny_ext", ext_modules=[Extension("tiny_ext", {sources!r}, language="c++")],
               cmdclass={{"build_ext": BuildExtension}})
     """))
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "parallel_build.py"), "--jobs", "2", "--no-ninja",
-                           "--setup", str(folder / "setup.py"), "build_ext", "--inplace"], cwd=ROOT, env={**_env(), **env},
-                          capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(ROOT / "scripts" / "parallel_build.py"), "--jobs", "2", "--no-ninja", "--setup",
+               str(folder / "setup.py"), "build_ext", "--inplace"]
+    return subprocess.run(command, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
 
 
 def test_parallel_build_without_ninja(tmp_path: Path) -> None:
@@ -102,7 +114,7 @@ def test_parallel_build_reports_a_compile_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-def test_parallel_build_compiles_cuda_sources_with_nvcc(tmp_path: Path) -> None:
+def test_parallel_build_sends_cu_files_to_nvcc(tmp_path: Path) -> None:
     """BuildExtension swaps in nvcc for a .cu file: each forked child has its own compiler, so the .cpp compiled
     alongside still goes to the C++ compiler."""
     (tmp_path / "kernel.cu").write_text("__global__ void add_one(int* x) { *x += 1; }\nint host() { return 1; }\n")

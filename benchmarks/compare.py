@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -338,13 +339,24 @@ def device_peak_mb(fn: Callable[[], object], device: str) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def gpu_rows(args) -> list[dict]:
-    """Measures every row of the GPU table (printing each) and returns them."""
-    device, rows = args.device, []
+def gpu_rows(args) -> tuple[list[dict], list[str]]:
+    """Measures every row of the GPU table (printing each); returns the rows and the calls that failed (a
+    RuntimeError such as running out of memory loses that row only)."""
+    device, rows, errors = args.device, [], []
 
-    def measure(case_name, op, labels, dtype_name, mode, peer, fn):
-        ms = median_ms(fn, device, args.repeats, args.budget)
-        peak = device_peak_mb(fn, device)
+    def measure(case_name, op, labels, dtype_name, mode, peer, make):
+        try:
+            fn = make()
+            ms = median_ms(fn, device, args.repeats, args.budget)
+            peak = device_peak_mb(fn, device)
+        except RuntimeError as error:
+            errors.append(f"{case_name} {op} L={labels} {dtype_name} {mode} {peer}: {(str(error).splitlines() or [repr(error)])[0]}")
+            print("failed: " + errors[-1], flush=True)
+            return
+        finally:
+            fn = None
+            if device == "cuda":
+                torch.cuda.empty_cache()
         out_mb = outputs_bytes(CASES[case_name], labels, op) / 2**20 if labels else None
         rows.append(dict(case=case_name, op=op, labels=labels, dtype=dtype_name, mode=mode, peer=peer, ms=ms,
                          peak_mb=peak, outputs_mb=out_mb))
@@ -358,15 +370,16 @@ def gpu_rows(args) -> list[dict]:
                 for dtype_name in args.dtypes:
                     for backward in (False, True):
                         measure(case_name, op, labels, dtype_name, "fwd+bwd" if backward else "fwd", "cfbi_ops",
-                                gpu_call(case, op, "cfbi_ops", labels, backward, device, GPU_DTYPES[dtype_name]))
+                                partial(gpu_call, case, op, "cfbi_ops", labels, backward, device,
+                                        GPU_DTYPES[dtype_name]))
                 for backward in (False, True) if labels == 4 else (False,):
                     measure(case_name, op, labels, "float32", "fwd+bwd" if backward else "fwd", "naive",
-                            gpu_call(case, op, "naive", labels, backward, device, torch.float32))
+                            partial(gpu_call, case, op, "naive", labels, backward, device, torch.float32))
             for dtype_name, tf32 in [("float32", False), ("float32", True)] + [(d, False) for d in args.dtypes
                                                                                if d != "float32"]:
                 measure(case_name, op, None, dtype_name, "fwd", "torch.mm-tf32" if tf32 else "torch.mm",
-                        gpu_mm(case, op, device, GPU_DTYPES[dtype_name], tf32))
-    return rows
+                        partial(gpu_mm, case, op, device, GPU_DTYPES[dtype_name], tf32))
+    return rows, errors
 
 
 def _gpu_ms(rows: list[dict], **key) -> float | None:
@@ -457,6 +470,8 @@ def render_gpu_markdown(data: dict) -> str:
             lines.append(f"| {r['config']} | {r['input'][0]}x{r['input'][1]} | {r['median'] * 1000:.1f} | "
                          f"{1 / r['median']:.1f} | {r['global'] * 1000:.1f} | {r['local'] * 1000:.1f} | "
                          f"{100 * r['share']:.1f}% | {r['features'] * 1000:.1f} | {r['ensembler'] * 1000:.1f} |")
+    if data.get("errors"):
+        lines += ["", "## Failed calls", ""] + [f"- {e}" for e in data["errors"]]
     if data["targets"]:
         lines += ["", "## Targets and ratios", "", "| ratio | value | target | met |", "|---|---|---|---|"]
         for t in data["targets"]:
@@ -475,14 +490,14 @@ def run_gpu_protocol(args) -> int:
     """Measures the GPU table and writes <stem>.{md,json} (default benchmarks/results/cuda-<gpu>)."""
     if args.quick:
         args.repeats, args.budget = 1, 0.0
-    rows = gpu_rows(args)
+    rows, errors = gpu_rows(args)
     info = machine_info(args.device)
     stem = args.out or RESULTS / ("cuda-" + info.get("gpu", args.device).replace(" ", "-").lower())
     data = dict(machine=info, command="python benchmarks/compare.py " + " ".join(sys.argv[1:]), rows=rows,
-                targets=gpu_targets(rows, args.cases), model=[])
+                errors=errors, targets=gpu_targets(rows, args.cases), model=[])
     _write_gpu(stem, data)
-    print(f"wrote {stem}.md and {stem}.json")
-    return 0
+    print(f"wrote {stem}.md and {stem}.json" + (f"; {len(errors)} call(s) failed" if errors else ""))
+    return 1 if errors else 0
 
 
 def add_model_results(stem: Path, model_jsons: list[Path]) -> None:

@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import runpy
+import shutil
 import sys
 import tempfile
 
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         distutils.ccompiler.CCompiler.compile = parallel_compile(args.jobs)
         print(f"parallel_build: no ninja; {args.jobs} compile processes", flush=True)
     setup = os.path.abspath(args.setup)
-    folder = os.path.dirname(setup)
+    folder, shadow = os.path.dirname(setup), None
     if _setuptools_major() < 77 and os.path.exists(os.path.join(folder, "pyproject.toml")):
-        folder = shadow_without_pyproject(folder)
+        folder = shadow = shadow_without_pyproject(folder)
         setup = os.path.join(folder, os.path.basename(setup))
         print(f"parallel_build: setuptools {setuptools.__version__} rejects this pyproject.toml (a license string "
               f"needs >= 77); building from {folder}, which links everything else", flush=True)
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         if exit.code not in (None, 0):
             print(exit.code, file=sys.stderr)
             return 1
+    finally:
+        if shadow is not None:
+            os.chdir("/")
+            shutil.rmtree(shadow)  # removes the links and the build folder, never what they point to
     return 0
 
 

@@ -20,6 +20,17 @@ ROOT = Path(REPO_ROOT)
 STAGES = ["env", "build", "tests", "sanitizer", "benchmark", "model"]
 
 
+# A Python module tiny_ext with one function, twice(), defined in another source file.
+MODULE_SOURCE = textwrap.dedent("""
+    #include <Python.h>
+    long twice(long x);
+    static PyObject* call(PyObject*, PyObject* arg) { return PyLong_FromLong(twice(PyLong_AsLong(arg))); }
+    static PyMethodDef methods[] = {{"twice", call, METH_O, nullptr}, {nullptr, nullptr, 0, nullptr}};
+    static PyModuleDef module = {PyModuleDef_HEAD_INIT, "tiny_ext", nullptr, -1, methods};
+    PyMODINIT_FUNC PyInit_tiny_ext() { return PyModule_Create(&module); }
+""")
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -89,14 +100,7 @@ def _parallel_build(folder: Path, sources: list[str], **env: str) -> subprocess.
 
 def test_parallel_build_without_ninja(tmp_path: Path) -> None:
     """Two sources compiled in two forked processes through torch's BuildExtension, then loaded."""
-    (tmp_path / "module.cpp").write_text(textwrap.dedent("""
-        #include <Python.h>
-        long twice(long x);
-        static PyObject* call(PyObject*, PyObject* arg) { return PyLong_FromLong(twice(PyLong_AsLong(arg))); }
-        static PyMethodDef methods[] = {{"twice", call, METH_O, nullptr}, {nullptr, nullptr, 0, nullptr}};
-        static PyModuleDef module = {PyModuleDef_HEAD_INIT, "tiny_ext", nullptr, -1, methods};
-        PyMODINIT_FUNC PyInit_tiny_ext() { return PyModule_Create(&module); }
-    """))
+    (tmp_path / "module.cpp").write_text(MODULE_SOURCE)
     (tmp_path / "twice.cpp").write_text("long twice(long x) { return 2 * x; }\n")
     proc = _parallel_build(tmp_path, ["module.cpp", "twice.cpp"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -104,6 +108,35 @@ def test_parallel_build_without_ninja(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", "import tiny_ext; print(tiny_ext.twice(21))"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "42", out.stderr
+
+
+def test_parallel_build_with_old_setuptools_skips_pyproject(tmp_path: Path) -> None:
+    """setuptools < 77 (simulated) rejects the SPDX license string of pyproject.toml: the build runs from a
+    folder of links without it, writes the module into the real package folder and removes the links."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "module.cpp").write_text(MODULE_SOURCE.replace("tiny_ext", "_ext"))
+    (tmp_path / "twice.cpp").write_text("long twice(long x) { return 2 * x; }\n")
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "pkg"\nversion = "0.1"\nlicense = "MIT"\n')
+    (tmp_path / "setup.py").write_text(textwrap.dedent("""
+        from setuptools import Extension, setup
+        from torch.utils.cpp_extension import BuildExtension
+        setup(packages=["pkg"], ext_modules=[Extension("pkg._ext", ["module.cpp", "twice.cpp"], language="c++")],
+              cmdclass={"build_ext": BuildExtension})
+    """))
+    code = (f"import runpy, sys, setuptools; setuptools.__version__ = '65.5.0'; "
+            f"sys.argv = ['parallel_build.py', '--jobs', '2', '--setup', {str(tmp_path / 'setup.py')!r}, "
+            f"'build_ext', '--inplace']; runpy.run_path({str(ROOT / 'scripts' / 'parallel_build.py')!r}, "
+            f"run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shadow = proc.stdout.split("building from ")[1].split(",")[0]
+    assert not os.path.exists(shadow)
+    assert list((tmp_path / "pkg").glob("_ext*.so")) and (tmp_path / "pyproject.toml").exists()
+    out = subprocess.run([sys.executable, "-c", "from pkg import _ext; print(_ext.twice(4))"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "8", out.stderr
 
 
 def test_parallel_build_reports_a_compile_error(tmp_path: Path) -> None:
@@ -144,6 +177,24 @@ def test_gpu_targets(global_ms, local_ms, peak, met) -> None:
     assert targets["s4 global fwd peak memory / outputs"]["ok"] is met
     assert targets["s4 local fwd peak memory / outputs"]["ok"] is True
     assert targets["s4 global fwd / TF32 torch.mm"]["ok"] is None
+
+
+def test_gpu_table_keeps_the_rows_of_calls_that_worked(tmp_path: Path, monkeypatch) -> None:
+    """A peer that fails (out of memory, say) loses its rows only; the run reports it and exits with 1."""
+    def out_of_memory(case, x):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setitem(compare.PEERS["local"], "naive", out_of_memory)
+    stem = tmp_path / "table"
+    code = compare.main(["--device", "cpu", "--protocol", "gpu", "--cases", "tiny", "--labels", "4", "--dtypes",
+                         "float32", "--quick", "--out", str(stem)])
+    data = json.loads(stem.with_suffix(".json").read_text())
+    assert code == 1 and len(data["errors"]) == 2 and "simulated" in data["errors"][0]
+    assert {(r["op"], r["peer"]) for r in data["rows"]} == {("global", "cfbi_ops"), ("global", "naive"),
+                                                           ("global", "torch.mm"), ("global", "torch.mm-tf32"),
+                                                           ("local", "cfbi_ops"), ("local", "torch.mm"),
+                                                           ("local", "torch.mm-tf32")}
+    assert "## Failed calls" in stem.with_suffix(".md").read_text()
 
 
 def test_add_model_without_kernel_table(tmp_path: Path) -> None:

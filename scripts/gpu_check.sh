@@ -68,7 +68,7 @@ record() {
 budget() {
   local left=$((DEADLINE - $(date +%s) - $2))
   [ "$left" -lt "$1" ] || left=$1
-  [ "$left" -ge 5 ] || left=5
+  [ "$left" -ge 20 ] || left=20
   echo "$left"
 }
 
@@ -125,7 +125,7 @@ fi
 
 ENV_FILE=$WORK/env.sh
 if [ -n "$PY" ]; then
-  timed "$BUILD_LOG" "$(budget 90 380)" "$PY" - "$ENV_FILE" "$DRY_RUN" "$SANITIZER" <<'PY'
+  timed "$BUILD_LOG" 90 "$PY" - "$ENV_FILE" "$DRY_RUN" "$SANITIZER" <<'PY'
 import importlib.util, os, platform, shlex, shutil, subprocess, sys
 env_file, dry_run, sanitizer = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 import torch

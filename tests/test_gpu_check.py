@@ -20,6 +20,9 @@ ROOT = Path(REPO_ROOT)
 STAGES = ["env", "build", "tests", "sanitizer", "benchmark", "model"]
 
 
+requires_cxx = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                  reason="needs a C++ compiler")
+
 # A Python module tiny_ext with one function, twice(), defined in another source file.
 MODULE_SOURCE = textwrap.dedent("""
     #include <Python.h>
@@ -98,6 +101,7 @@ def _parallel_build(folder: Path, sources: list[str], **env: str) -> subprocess.
     return subprocess.run(command, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
 
 
+@requires_cxx
 def test_parallel_build_without_ninja(tmp_path: Path) -> None:
     """Two sources compiled in two forked processes through torch's BuildExtension, then loaded."""
     (tmp_path / "module.cpp").write_text(MODULE_SOURCE)
@@ -110,6 +114,7 @@ def test_parallel_build_without_ninja(tmp_path: Path) -> None:
     assert out.stdout.strip() == "42", out.stderr
 
 
+@requires_cxx
 def test_parallel_build_with_old_setuptools_skips_pyproject(tmp_path: Path) -> None:
     """setuptools < 77 (simulated) rejects the SPDX license string of pyproject.toml: the build runs from a
     folder of links without it, writes the module into the real package folder and removes the links."""
@@ -139,6 +144,7 @@ def test_parallel_build_with_old_setuptools_skips_pyproject(tmp_path: Path) -> N
     assert out.stdout.strip() == "8", out.stderr
 
 
+@requires_cxx
 def test_parallel_build_reports_a_compile_error(tmp_path: Path) -> None:
     (tmp_path / "broken.cpp").write_text("int f( { return 0; }\n")
     (tmp_path / "fine.cpp").write_text("int g() { return 0; }\n")

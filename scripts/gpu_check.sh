@@ -203,7 +203,7 @@ PY
   elif [ "$BUILD_RC" -eq 124 ]; then
     record build fail "$BUILD_TIME" "timed out; see env-build.log"
   else
-    record build fail "$BUILD_TIME" "$(grep -m 1 -E 'error|Error' "$BUILD_LOG" | cut -c 1-100)"
+    record build fail "$BUILD_TIME" "$(grep -m 1 -E '(error|Error)[: ]' "$BUILD_LOG" | cut -c 1-100)"
   fi
 else
   record build skip 0 "env failed"

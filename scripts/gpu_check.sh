@@ -233,25 +233,40 @@ if [ "$BUILD_OK" -eq 1 ]; then
   }
   TOOLS="memcheck racecheck synccheck"
   [ "$DRY_RUN" -eq 0 ] && [ -n "$SANITIZER" ] || TOOLS=driver  # no tool (or no GPU): one bare run of the driver
-  PIDS=()
+  SAN_PIDS=()
   for tool in $TOOLS; do
     sanitize "$tool" "$SECONDS_TESTS" &
-    PIDS+=($!)
+    SAN_PIDS+=($!)
   done
-  timed "$TEST_LOG" "$SECONDS_TESTS" "$PY" -m pytest tests -k "cuda and not emulation" -v --tb=short -rfEs \
-    --durations=15 --continue-on-collection-errors -p no:cacheprovider
-  TEST_RC=$RC TEST_TIME=$ELAPSED
-  LAST=$(grep -E '^=+ .*(passed|failed|skipped|error|no tests ran).* in [0-9.]+s' "$TEST_LOG" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
-  if [ "$TEST_RC" -eq 0 ]; then
-    record tests pass "$TEST_TIME" "$LAST"
-  elif [ "$TEST_RC" -eq 124 ]; then
-    record tests fail "$TEST_TIME" "timed out after $(grep -cE ' (PASSED|FAILED|SKIPPED|ERROR)' "$TEST_LOG") tests"
-  else
-    record tests fail "$TEST_TIME" "${LAST:-exit status $TEST_RC}"
-  fi
+  # Two pytest processes: the torch.compile and opcheck tests (long, mostly compiling on the CPU) beside the rest.
+  pytest_part() {  # pytest_part NAME EXPRESSION: log in $WORK/tests-NAME.log, "RC SECONDS" in $WORK/tests-NAME.rc
+    : > "$WORK/tests-$1.log"
+    timed "$WORK/tests-$1.log" "$SECONDS_TESTS" "$PY" -m pytest tests -k "$2" -v --tb=short -rfEs --durations=10 \
+      --continue-on-collection-errors -p no:cacheprovider
+    echo "$RC $ELAPSED" > "$WORK/tests-$1.rc"
+  }
+  pytest_part compile "cuda and not emulation and (compile or opcheck)" &
+  COMPILE_PID=$!
+  pytest_part main "cuda and not emulation and not compile and not opcheck"
+  wait "$COMPILE_PID"
+  TEST_STATUS=pass TEST_NOTE="" TEST_TIME=0
+  : > "$TEST_LOG"
+  for part in main compile; do
+    read -r rc secs < "$WORK/tests-$part.rc"
+    [ "$secs" -le "$TEST_TIME" ] || TEST_TIME=$secs
+    last=$(grep -E '^=+ .*(passed|failed|skipped|error|no tests ran).* in [0-9.]+s' "$WORK/tests-$part.log" \
+      | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
+    if [ "$rc" -eq 124 ]; then
+      last="timed out after $(grep -cE ' (PASSED|FAILED|SKIPPED|ERROR)' "$WORK/tests-$part.log") tests"
+    fi
+    [ "$rc" -eq 0 ] || TEST_STATUS=fail
+    TEST_NOTE="$TEST_NOTE $part: ${last:-exit status $rc};"
+    { echo "======== $part ========"; cat "$WORK/tests-$part.log"; } >> "$TEST_LOG"
+  done
+  record tests "$TEST_STATUS" "$TEST_TIME" "${TEST_NOTE# }"
   publish "$TEST_LOG"
 
-  wait "${PIDS[@]}"
+  wait "${SAN_PIDS[@]}"
   SAN_STATUS=pass SAN_NOTE="" SAN_TIME=0
   for tool in $TOOLS; do
     read -r rc secs < "$WORK/san-$tool.rc"

@@ -23,15 +23,15 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+import cfbi_model.modeling.matching as matching_module
 import cfbi_ops
-import cfbi_model.matching as matching_module
 from cfbi_model import CFBIPlus, VideoSegmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PartTimer:
-    """Wall-clock timers around cfbi_ops.global_match / local_match (as seen by cfbi_model.matching), the
+    """Wall-clock timers around cfbi_ops.global_match / local_match (as seen by cfbi_model.modeling.matching), the
     model's feature extraction (backbone + FPN) and its collaborative ensembler."""
 
     def __init__(self, model: CFBIPlus, device: torch.device) -> None:
@@ -63,7 +63,7 @@ class PartTimer:
         else:
             self._restore.append(lambda: setattr(owner, attribute, original))
 
-    def __enter__(self) -> "PartTimer":
+    def __enter__(self) -> PartTimer:
         self._wrap(matching_module.cfbi_ops, "global_match", "global_match", instance=False)
         self._wrap(matching_module.cfbi_ops, "local_match", "local_match", instance=False)
         self._wrap(self.model, "extract_features", "features", instance=True)

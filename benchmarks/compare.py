@@ -350,7 +350,8 @@ def gpu_rows(args) -> tuple[list[dict], list[str]]:
             ms = median_ms(fn, device, args.repeats, args.budget)
             peak = device_peak_mb(fn, device)
         except RuntimeError as error:
-            errors.append(f"{case_name} {op} L={labels} {dtype_name} {mode} {peer}: {(str(error).splitlines() or [repr(error)])[0]}")
+            first_line = (str(error).splitlines() or [repr(error)])[0]
+            errors.append(f"{case_name} {op} L={labels} {dtype_name} {mode} {peer}: {first_line}")
             print("failed: " + errors[-1], flush=True)
             return
         finally:

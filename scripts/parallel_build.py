@@ -11,7 +11,7 @@ pyproject.toml, it runs setup.py from a temporary folder of links that leaves py
     python scripts/parallel_build.py --jobs 16 build_ext --inplace        # setup.py of the current folder
     python scripts/parallel_build.py --jobs 2 --no-ninja --setup path/to/setup.py build_ext --inplace
 """
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (setuptools before distutils, below)
 
 import argparse
 import multiprocessing

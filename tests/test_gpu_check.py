@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from benchmarks import compare
-from conftest import REPO_ROOT
 
 ROOT = Path(REPO_ROOT)
 STAGES = ["env", "build", "tests", "sanitizer", "benchmark", "model"]

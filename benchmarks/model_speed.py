@@ -11,6 +11,7 @@ Writes a Markdown table to benchmarks/results/model.md (or --output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op thread counts to measure (default: torch's current setting)")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results", "model.md"))
+    parser.add_argument("--json", default=None, help="also write the rows and settings as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     header = machine_info(device)
@@ -232,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.output}", file=sys.stderr)
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("height", "width", "objects", "frames", "warmup", "global_atrous",
+                                                  "min_matching_pixels", "device", "amp")}
+        with open(args.json, "w") as f:
+            json.dump(dict(args=settings, machine=header, rows=rows), f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 

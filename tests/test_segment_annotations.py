@@ -104,6 +104,17 @@ def test_background_before_first_annotation(model):
     assert results[4].ids == (0, 7)
 
 
+def test_ignored_regions_are_neither_objects_nor_written(model):
+    first = FIRST.copy()
+    first[0:4, :] = 255  # an ignored band (void in DAVIS)
+    late = LATE.copy()
+    late[44:48, :] = 255
+    results = list(VideoSegmenter(model).propagate(frames(5), {0: first, 3: late}))
+    assert results[0].ids == (0, 7) and results[3].ids == (0, 7, 200)  # 255 is not an object
+    assert not results[0].labels[0:4].any() and np.array_equal(results[0].labels[4:], FIRST[4:])
+    assert all(not (r.labels == 255).any() for r in results)
+
+
 def test_propagate_is_lazy(model):
     consumed = []
 

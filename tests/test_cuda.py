@@ -478,9 +478,12 @@ def test_raw_op_edge_cases():
         for a, b in zip(got, cpu):
             assert a.shape == b.shape
             torch.testing.assert_close(a.cpu(), b)
-        grads = torch.ops.cfbi.global_match_backward(got[0], got[0], got[0], got[2], q.cuda(), r.cuda())
+        grads = torch.ops.cfbi.global_match_backward(got[0], got[0], got[0], got[2], q.cuda(), r.cuda(), fb.cuda(),
+                                                     bb.cuda())
+        expected = torch.ops.cfbi.global_match_backward(cpu[0], cpu[0], cpu[0], cpu[2], q, r, fb, bb)
         assert [x.shape for x in grads] == [q.shape, r.shape, (1,), (1,)]
-        assert all(torch.all(x == 0) for x in grads)  # nothing selected, or nothing to differentiate
+        for a, b in zip(grads, expected):  # zero, except the bias gradients with C = 0
+            torch.testing.assert_close(a.cpu(), b)
     local_cases = [
         (torch.randn(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long)),
         (torch.randn(1, 3, 0, 4), torch.zeros(1, 0, 4, dtype=torch.long)),
@@ -492,9 +495,12 @@ def test_raw_op_edge_cases():
         for a, b in zip(got, cpu):
             assert a.shape == b.shape
             torch.testing.assert_close(a.cpu(), b)
-        grads = torch.ops.cfbi.local_match_backward(got[0], got[0], got[0], got[2], q.cuda(), q.cuda())
+        grads = torch.ops.cfbi.local_match_backward(got[0], got[0], got[0], got[2], q.cuda(), q.cuda(), fb.cuda(),
+                                                    bb.cuda())
+        expected = torch.ops.cfbi.local_match_backward(cpu[0], cpu[0], cpu[0], cpu[2], q, q, fb, bb)
         assert [x.shape for x in grads] == [q.shape, q.shape, (1,), (1,)]
-        assert all(torch.all(x == 0) for x in grads)
+        for a, b in zip(grads, expected):
+            torch.testing.assert_close(a.cpu(), b)
 
 
 def test_argmin_out_of_range_is_a_device_assert():
@@ -502,9 +508,9 @@ def test_argmin_out_of_range_is_a_device_assert():
     code = (
         "import torch, cfbi_ops\n"
         "q = torch.randn(1, 2, 3, 3, device='cuda'); p = torch.randn(1, 2, 3, 3, device='cuda')\n"
-        "fg = torch.zeros(1, 2, 1, 3, 3, device='cuda')\n"
+        "fg = torch.zeros(1, 2, 1, 3, 3, device='cuda'); b = torch.zeros(1, device='cuda')\n"
         "argmin = torch.full((1, 2, 1, 3, 3), 9, dtype=torch.int32, device='cuda')\n"
-        "torch.ops.cfbi.local_match_backward(fg, fg, fg, argmin, q, p)\n"
+        "torch.ops.cfbi.local_match_backward(fg, fg, fg, argmin, q, p, b, b)\n"
         "torch.cuda.synchronize()\n"
         "print('no error')\n"
     )

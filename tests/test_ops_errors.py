@@ -177,20 +177,20 @@ def test_raw_forward_op_errors(name):
 def test_raw_backward_op_mismatched_grad_shapes():
     args = _canonical_global()
     fg, _, argmin = torch.ops.cfbi.global_match(*args)
-    q, r = args[0], args[1]
+    q, r, b = args[0], args[1], args[4]
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.global_match_backward(torch.ones_like(fg)[:, :2], torch.ones_like(fg), fg, argmin, q, r)
+        torch.ops.cfbi.global_match_backward(torch.ones_like(fg)[:, :2], torch.ones_like(fg), fg, argmin, q, r, b, b)
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin.long(), q, r)
+        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin.long(), q, r, b, b)
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q[..., :-1], r)
+        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q[..., :-1], r, b, b)
     args = _canonical_local()
     fg, _, argmin = torch.ops.cfbi.local_match(*args)
-    q, p = args[0], args[1]
+    q, p, b = args[0], args[1], args[4]
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.local_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q, p[..., 1:])
+        torch.ops.cfbi.local_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q, p[..., 1:], b, b)
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.local_match_backward(torch.ones_like(fg)[:1], torch.ones_like(fg), fg, argmin, q, p)
+        torch.ops.cfbi.local_match_backward(torch.ones_like(fg)[:1], torch.ones_like(fg), fg, argmin, q, p, b, b)
 
 
 # Backward ops fed a reference that does not fit the forward call: the kernels index the candidates with
@@ -215,7 +215,7 @@ def attempt(name, fn):
         print(name, "RAISED", str(e).splitlines()[0], flush=True)
 """
 
-_BACKWARD = "torch.ops.cfbi.global_match_backward(g, g, fg, am, q, {})"
+_BACKWARD = "torch.ops.cfbi.global_match_backward(g, g, fg, am, q, {}, fb, bb)"
 ISOLATED_CASES = {
     # Control: a check that exists (the harness itself reports RAISED).
     "reference-4d": _BACKWARD.format("r[:, 0]"),

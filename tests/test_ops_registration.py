@@ -84,7 +84,7 @@ def _backward_args(forward_op, args):
     g = generator(52)
     grad_fg = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype)
     grad_bg = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype)
-    return (grad_fg, grad_bg, fg, argmin, detached[0], detached[1])
+    return (grad_fg, grad_bg, fg, argmin, detached[0], detached[1], detached[4], detached[5])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -408,6 +408,44 @@ def test_torch_compile_reduce_overhead():
                                        **GRAD_TOL[torch.float32])
 
 
+def test_manual_cuda_graph_capture_with_number_biases():
+    """torch.cuda.graph captures both ops, forward and backward, with the biases given as Python numbers (they
+    were created by a host-to-device copy, which capture refuses); replays with new inputs give eager results."""
+    names = ["query", "reference", "previous"]
+    static = _compile_inputs(64)  # on the GPU
+    leaves = {k: static[k].detach().clone().requires_grad_() for k in names}
+
+    def step():
+        outs = _both_ops(leaves["query"], leaves["reference"], static["ref_labels"], leaves["previous"],
+                         static["prev_labels"], -0.3, 0.2, static["weights"])
+        grads = torch.autograd.grad(outs[-1], [leaves[k] for k in names])
+        return [o.detach() for o in outs[:-1]], grads
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the capture (allocator, lazy initialisation)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_outs, graph_grads = step()
+    for seed in (65, 66):
+        fresh = _compile_inputs(seed)
+        with torch.no_grad():
+            for k in names:
+                leaves[k].copy_(fresh[k])
+            static["ref_labels"].copy_(fresh["ref_labels"])
+            static["prev_labels"].copy_(fresh["prev_labels"])
+        graph.replay()
+        torch.cuda.synchronize()
+        eager_outs, eager_grads = step()
+        for got, expected in zip(graph_outs, eager_outs):
+            torch.testing.assert_close(got, expected, **TOL[torch.float32])
+        for got, expected in zip(graph_grads, eager_grads):
+            torch.testing.assert_close(got, expected, **GRAD_TOL[torch.float32])
+
+
 # --------------------------------------------------------------------------------------------------
 # Determinism, streams, devices, layouts
 # --------------------------------------------------------------------------------------------------

@@ -232,8 +232,10 @@ def compare(lib: str) -> int:
         sums = torch.tensor([float(x.abs().sum()) for x in grads])
         if q.shape[1] == 0:
             want = ops_cpu.global_match_backward(expected[0], expected[0], expected[0], expected[2], q, r, fb, bb)
-            check.close("global degenerate C=0 grads", sums, torch.tensor([float(x.abs().sum()) for x in want]))
-            check.close("global degenerate C=0 bias grad is not zero", torch.tensor(float(sums[2] > 0)), torch.ones(()))
+            check.close("global degenerate C=0 grads", sums, torch.tensor([float(x.abs().sum()) for x in want]),
+                        exact=False, tol=1e-5)
+            check.close("global degenerate C=0 bias grads are not zero", torch.tensor(float(sums[2:].sum() > 0)),
+                        torch.ones(()), exact=False)
         else:
             check.close("global degenerate grads", sums, torch.zeros(4))
 

@@ -61,7 +61,7 @@ def test_without_the_extension_everything_runs_on_the_reference(tmp_path):
     exec(_CASES, namespace)
     expected_api, expected_model = namespace["run_public_api"](), namespace["run_model"]()
     out = tmp_path / "results.pt"
-    code = BLOCK_EXTENSION_CODE + textwrap.dedent(f'''
+    code = BLOCK_EXTENSION_CODE + textwrap.dedent('''
         import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -4,7 +4,6 @@ products, NaN inputs, C = 0, the bfloat16 bias gradient, huge num_labels and the
 that crashed the process run in a child interpreter."""
 from __future__ import annotations
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -210,10 +209,10 @@ def test_nan_propagates_on_every_dtype(op, backend, dtype):
     clean_q[0, 0, 5, 6] = 0.0
     clean_r[0, 1, 2, 3] = 0.0
     if op == "global":
-        run = lambda a, b: cfbi_ops.global_match(a, b, lab, L, -0.1, 0.2, backend=backend)  # noqa: E731
+        run = lambda a, b: cfbi_ops.global_match(a, b, lab, L, -0.1, 0.2, backend=backend)
         fg_nan = _nan_expectation_global(q, r, lab, L)
     else:
-        run = lambda a, b: cfbi_ops.local_match(a, b, lab, L, -0.1, 0.2, windows=windows,  # noqa: E731
+        run = lambda a, b: cfbi_ops.local_match(a, b, lab, L, -0.1, 0.2, windows=windows,
                                                 atrous=atrous, backend=backend)
         fg_nan = _nan_expectation_local(q, r, lab, L, windows, atrous)
     fg, bg = run(q, r)

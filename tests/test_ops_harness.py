@@ -87,7 +87,7 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     with ignored pixels; in the case's layout. With layout 'expanded' the batch entries are copies of entry 0."""
     g = torch.Generator().manual_seed(case.seed)
     Hr, Wr = case.Hr or case.H, case.Wr or case.W
-    rand = lambda *shape: (0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)  # noqa: E731
+    rand = lambda *shape: (0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
     query = rand(case.B, case.C, case.H, case.W)
     if case.op == "global":
         cand = rand(case.B, case.T, case.C, Hr, Wr)
@@ -330,7 +330,7 @@ def test_forward_equals_oracle(backend: Backend, case: Case, oracles, child_resu
         assert fg.dtype == dtype and fg.device.type == backend.device and tuple(fg.shape) == efg.shape
         for name, got_, want in (("fg", fg, efg), ("bg", bg, ebg)):
             torch.testing.assert_close(got_.detach().double().cpu(), torch.from_numpy(want), rtol=0,
-                                       atol=TOLERANCE[dtype], msg=lambda m: f"{backend.name} {dtype} {name}: {m}")
+                                       atol=TOLERANCE[dtype], msg=lambda m, d=dtype, n=name: f"{backend.name} {d} {n}: {m}")
 
 
 GRAD_CASES = [c for c in CASES if c.B * c.H * c.W <= 120][:8]
@@ -362,7 +362,7 @@ def test_gradients_determinism_and_gradcheck(backend: Backend, case: Case, singl
     for a, b in zip(results[0], results[2]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
     x = _leaves(case, torch.float64, backend.device)
-    fn = lambda *t: call(case, dict(x, **dict(zip(keys, t))), "compiled")  # noqa: E731
+    fn = lambda *t: call(case, dict(x, **dict(zip(keys, t))), "compiled")
     assert torch.autograd.gradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-6, fast_mode=True)
 
 

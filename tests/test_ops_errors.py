@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cfbi_ops
-from conftest import embeddings, generator, random_labels, run_isolated
+from conftest import embeddings, generator, random_labels, requires_extension, run_isolated
 
 ERRORS = (ValueError, RuntimeError)
 
@@ -163,6 +163,7 @@ RAW_FORWARD_ERRORS = {
 }
 
 
+@requires_extension
 @pytest.mark.parametrize("name", list(RAW_FORWARD_ERRORS))
 def test_raw_forward_op_errors(name):
     which, index, change = RAW_FORWARD_ERRORS[name]
@@ -174,6 +175,7 @@ def test_raw_forward_op_errors(name):
         op(*args)
 
 
+@requires_extension
 def test_raw_backward_op_mismatched_grad_shapes():
     args = _canonical_global()
     fg, _, argmin = torch.ops.cfbi.global_match(*args)
@@ -254,6 +256,7 @@ def isolated_results():
     return results
 
 
+@requires_extension
 @pytest.mark.parametrize("name", list(ISOLATED_CASES))
 def test_raw_global_backward_bad_reference_raises(name, isolated_results):
     returncode, line, err_tail = isolated_results[name]

@@ -8,6 +8,7 @@ import torch
 import cfbi_ops
 from conftest import (
     GRAD_TOL,
+    requires_compiled,
     TOL,
     dtype_id,
     embeddings,
@@ -16,6 +17,8 @@ from conftest import (
 )
 
 OPS = ["global_match", "local_match", "global_match_backward", "local_match_backward"]
+# The compiled ops themselves: skipped without the extension and in the run with the reference forced.
+pytestmark = requires_compiled
 
 
 def test_extension_is_loaded():

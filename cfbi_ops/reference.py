@@ -100,8 +100,14 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
         cand = _global_candidate_labels(ref_labels[b], num_labels, atrous, atrous_min_pixels)
         min_dist, found = _nearest(q, r, cand, num_labels)
         fgs.append((min_dist, found))
-    min_dist = torch.stack([m for m, _ in fgs]).reshape(batch, num_labels, height, width)
-    found = torch.stack([f for _, f in fgs]).reshape(batch, num_labels, height, width)
+    if not fgs:  # B = 0
+        fgs = [(query.new_zeros(0, num_labels, height * width), torch.zeros(0, num_labels, height * width,
+                                                                            dtype=torch.bool, device=query.device))]
+        min_dist, found = fgs[0]
+    else:
+        min_dist, found = torch.stack([m for m, _ in fgs]), torch.stack([f for _, f in fgs])
+    min_dist = min_dist.reshape(batch, num_labels, height, width)
+    found = found.reshape(batch, num_labels, height, width)
     fg = _scores(min_dist, found, fg_bias, bg_bias)
     return fg, background_maps(fg)
 
@@ -170,7 +176,8 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
     found = index >= 0
     # Exact, differentiable distance to the selected candidate.
     flat_prev = previous.reshape(batch, channels, 1, height * width)
-    sel = index.clamp(min=0).reshape(batch, 1, -1).expand(batch, channels, -1)
+    count = num_labels * len(windows) * height * width
+    sel = index.clamp(min=0).reshape(batch, 1, count).expand(batch, channels, count)
     chosen = flat_prev.squeeze(2).gather(2, sel).reshape(batch, channels, num_labels, len(windows), height, width)
     diff = torch.where(found.unsqueeze(1), query.unsqueeze(2).unsqueeze(2) - chosen, 0.0)
     min_dist = (diff ** 2).sum(1)

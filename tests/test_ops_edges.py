@@ -298,3 +298,19 @@ def test_low_precision_bias_gradient_uses_the_float_score(op, dtype):
         grads[d] = [g.double() for g in torch.autograd.grad(fg.sum(), (fb, bb))]
     for got, expected in zip(grads[dtype], grads[torch.float64]):
         assert abs(got.item() / expected.item() - 1) < 0.02, (got.item(), expected.item())
+
+
+# ------------------------------------------------------------------------- B = 0 on the reference backend
+@pytest.mark.parametrize("op", ["global", "local"])
+def test_reference_empty_batch(op):
+    """Found by the CI run with the reference forced: B = 0 failed in torch.stack / reshape(-1)."""
+    q = torch.zeros(0, 3, 4, 5, requires_grad=True)
+    lab = torch.zeros(0, 4, 5, dtype=torch.long)
+    bias = torch.zeros(1, requires_grad=True)
+    if op == "global":
+        fg, bg = cfbi_ops.global_match(q, q, lab, 3, bias, bias, backend="reference")
+    else:
+        fg, bg = cfbi_ops.local_match(q, q, lab, 3, bias, bias, windows=(1, 2), backend="reference")
+    assert fg.shape == bg.shape == ((0, 3, 4, 5) if op == "global" else (0, 3, 2, 4, 5))
+    grad, = torch.autograd.grad(fg.sum() + bg.sum(), [bias])
+    assert grad.shape == (1,) and not grad.any()

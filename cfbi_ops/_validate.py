@@ -1,7 +1,7 @@
 """Argument checks of the public functions: clear errors that name the argument."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -126,7 +126,8 @@ def raw_op_args(query: Tensor, candidates: Tensor, labels: Tensor, num_labels: i
         raise RuntimeError(f"labels must be an integer tensor, got {labels.dtype}")
     for name, value in (("fg_bias", fg_bias), ("bg_bias", bg_bias)):
         if value.numel() != 1 or not value.dtype.is_floating_point:
-            raise RuntimeError(f"{name} must be a floating tensor of one element, got {value.dtype} {tuple(value.shape)}")
+            raise RuntimeError(f"{name} must be a floating tensor of one element, got {value.dtype} "
+                               f"{tuple(value.shape)}")
     if not 1 <= num_labels <= MAX_INT32:
         raise RuntimeError(f"num_labels must be in [1, 2^31), got {num_labels}")
     if not 1 <= atrous <= MAX_INT32:

@@ -1,7 +1,7 @@
 """Public matching operators: validation, backend choice, torch custom ops (fake kernels + autograd) and the
 torch.autograd.Function entry points, all sharing one backward implementation.
 
-Backends (docs: README, "The operators"):
+Backends (README, "The operators"; docs/design.md):
 - ``"compiled"``: the cfbi:: custom ops of the extension cfbi_ops._C (CPU and CUDA kernels);
 - ``"reference"``: the plain-PyTorch implementation in cfbi_ops.reference (differentiable by torch autograd);
 - ``"auto"`` (default): ``"compiled"`` when the extension is loaded, else ``"reference"``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -7,7 +7,7 @@ candidate index, as in the compiled kernels.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -142,7 +142,7 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
     """Reference local matching. query, previous [B, C, H, W]; prev_labels [B, H, W].
     Returns (fg, bg), each [B, L, K, H, W] with K = len(windows), windows in the order given."""
     batch, channels, height, width = query.shape
-    # Radii clamped to the frame (DESIGN "Edge semantics"): larger windows hold the same candidates.
+    # Radii clamped to the frame (docs/design.md, "The operators"): larger windows hold the same candidates.
     reach = max((max(height, width) - 1) // atrous, 0)
     radii = [min(w // atrous, reach) for w in windows]
     max_radius = max(radii)

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import torch
+from conftest import BLOCK_EXTENSION_CODE, requires_extension, run_isolated
 
 import cfbi_ops
-from conftest import BLOCK_EXTENSION_CODE, requires_extension, run_isolated
 
 # Runs in this process and in the child: every public entry point, forward and backward, float64.
 _CASES = '''
@@ -24,7 +24,8 @@ def run_public_api():
     lab = torch.randint(0, 4, (2, 6, 5), generator=g); lab[0, 0] = 255
     lab5 = torch.randint(0, 4, (2, 2, 4, 5), generator=g)
     plab = torch.randint(0, 3, (2, 5, 6), generator=g)
-    fb, bb = torch.tensor([-0.3], dtype=torch.float64, requires_grad=True), torch.tensor([[0.2]], dtype=torch.float64, requires_grad=True)
+    fb = torch.tensor([-0.3], dtype=torch.float64, requires_grad=True)
+    bb = torch.tensor([[0.2]], dtype=torch.float64, requires_grad=True)
     outs = [
         cfbi_ops.global_match(q, r, lab, 4, fb, bb),
         cfbi_ops.global_match(q, r5, lab5, 4, fb, bb, atrous=2, atrous_min_pixels=1),

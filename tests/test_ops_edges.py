@@ -1,17 +1,16 @@
-"""Regression tests of the edge semantics (DESIGN section 2, "Edge semantics") and of the holes found by
+"""Regression tests of the edge semantics (docs/design.md, "The operators") and of the holes found by
 calling the ops with generated arguments: window and atrous arguments far beyond the frame, overflowing
 products, NaN inputs, C = 0, the bfloat16 bias gradient, huge num_labels and the raw ops' checks. Calls
 that crashed the process run in a child interpreter."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from conftest import requires_extension, run_isolated
 
 import cfbi_ops
 from cfbi_ops import reference as ref_impl
-from conftest import requires_extension, run_isolated
 
 ERRORS = (ValueError, RuntimeError)
 CPU_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -157,10 +156,10 @@ def _nan_expectation_global(q, r, lab, L):
     r_nan = r.isnan().any(1)
     valid = (lab >= 0) & (lab < L)
     mask = torch.zeros(q.shape[0], L, *q.shape[2:], dtype=torch.bool)
-    for l in range(L):
-        has = (valid & (lab == l)).flatten(1).any(1)
-        has_nan = (r_nan & (lab == l)).flatten(1).any(1)
-        mask[:, l] = (q_nan & has[:, None, None]) | has_nan[:, None, None]
+    for label in range(L):
+        has = (valid & (lab == label)).flatten(1).any(1)
+        has_nan = (r_nan & (lab == label)).flatten(1).any(1)
+        mask[:, label] = (q_nan & has[:, None, None]) | has_nan[:, None, None]
     return mask
 
 
@@ -188,7 +187,7 @@ def _bg_nan(fg_nan):
     L = fg_nan.shape[1]
     if L == 1:
         return fg_nan
-    return torch.stack([torch.cat([fg_nan[:, :l], fg_nan[:, l + 1:]], 1).any(1) for l in range(L)], 1)
+    return torch.stack([torch.cat([fg_nan[:, :j], fg_nan[:, j + 1:]], 1).any(1) for j in range(L)], 1)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
@@ -208,12 +207,14 @@ def test_nan_propagates_on_every_dtype(op, backend, dtype):
     clean_q, clean_r = q.clone(), r.clone()
     clean_q[0, 0, 5, 6] = 0.0
     clean_r[0, 1, 2, 3] = 0.0
+    def run(a, b):
+        if op == "global":
+            return cfbi_ops.global_match(a, b, lab, L, -0.1, 0.2, backend=backend)
+        return cfbi_ops.local_match(a, b, lab, L, -0.1, 0.2, windows=windows, atrous=atrous, backend=backend)
+
     if op == "global":
-        run = lambda a, b: cfbi_ops.global_match(a, b, lab, L, -0.1, 0.2, backend=backend)
         fg_nan = _nan_expectation_global(q, r, lab, L)
     else:
-        run = lambda a, b: cfbi_ops.local_match(a, b, lab, L, -0.1, 0.2, windows=windows,
-                                                atrous=atrous, backend=backend)
         fg_nan = _nan_expectation_local(q, r, lab, L, windows, atrous)
     fg, bg = run(q, r)
     assert fg_nan.any() and not fg_nan.all()

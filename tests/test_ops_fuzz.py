@@ -27,9 +27,9 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
     import torch
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
+    from test_ops_harness import TOLERANCE, Case, call, inputs, oracle
 
     import cfbi_ops
-    from test_ops_harness import TOLERANCE, Case, call, inputs, oracle
 
     torch.set_num_threads(1)
     counter = {"cases": 0}

@@ -19,15 +19,15 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 import cfbi_ops
-from conftest import REPO_ROOT
 
 IGNORED = 255
 CPU_ISAS = ["portable", "avx2"]
@@ -87,7 +87,8 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     with ignored pixels; in the case's layout. With layout 'expanded' the batch entries are copies of entry 0."""
     g = torch.Generator().manual_seed(case.seed)
     Hr, Wr = case.Hr or case.H, case.Wr or case.W
-    rand = lambda *shape: (0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
+    def rand(*shape):
+        return (0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
     query = rand(case.B, case.C, case.H, case.W)
     if case.op == "global":
         cand = rand(case.B, case.T, case.C, Hr, Wr)
@@ -98,7 +99,7 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     if case.skew is None:
         labels = torch.randint(0, case.L, label_shape, generator=g)
     else:
-        weights = torch.tensor([case.skew ** l for l in range(case.L)], dtype=torch.float64)
+        weights = torch.tensor([case.skew ** i for i in range(case.L)], dtype=torch.float64)
         labels = torch.multinomial(weights, math.prod(label_shape), True, generator=g).reshape(label_shape)
     u = torch.rand(label_shape, generator=g)
     labels[u < case.ignore / 2] = IGNORED
@@ -132,14 +133,14 @@ def _score(d: float, b: float) -> float:
 
 
 def _pixel_outputs(best: list, fb: float, bb: float) -> tuple[list, list]:
-    scores = [1.0 if d is None else _score(d, bb if l == 0 else fb) for l, d in enumerate(best)]
+    scores = [1.0 if d is None else _score(d, bb if i == 0 else fb) for i, d in enumerate(best)]
     if len(scores) == 1:
         return scores, scores
-    return scores, [min(s for j, s in enumerate(scores) if j != l) for l in range(len(scores))]
+    return scores, [min(s for j, s in enumerate(scores) if j != i) for i in range(len(scores))]
 
 
 def oracle(case: Case, x: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(fg, bg) in float64 by explicit loops: the candidate rules of DESIGN section 2 written out."""
+    """(fg, bg) in float64 by explicit loops: the candidate rules of docs/design.md ("The operators")."""
     q = x["query"].detach().double().cpu().numpy()
     r = x["candidates"].detach().double().cpu().numpy()
     lab = x["labels"].long().cpu().numpy()
@@ -330,7 +331,8 @@ def test_forward_equals_oracle(backend: Backend, case: Case, oracles, child_resu
         assert fg.dtype == dtype and fg.device.type == backend.device and tuple(fg.shape) == efg.shape
         for name, got_, want in (("fg", fg, efg), ("bg", bg, ebg)):
             torch.testing.assert_close(got_.detach().double().cpu(), torch.from_numpy(want), rtol=0,
-                                       atol=TOLERANCE[dtype], msg=lambda m, d=dtype, n=name: f"{backend.name} {d} {n}: {m}")
+                                       atol=TOLERANCE[dtype],
+                                       msg=lambda m, d=dtype, n=name: f"{backend.name} {d} {n}: {m}")
 
 
 GRAD_CASES = [c for c in CASES if c.B * c.H * c.W <= 120][:8]
@@ -362,7 +364,8 @@ def test_gradients_determinism_and_gradcheck(backend: Backend, case: Case, singl
     for a, b in zip(results[0], results[2]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
     x = _leaves(case, torch.float64, backend.device)
-    fn = lambda *t: call(case, dict(x, **dict(zip(keys, t))), "compiled")
+    def fn(*t):
+        return call(case, dict(x, **dict(zip(keys, t))), "compiled")
     assert torch.autograd.gradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-6, fast_mode=True)
 
 

@@ -1,6 +1,7 @@
 """`cfbi evaluate`: DAVIS-2017 semi-supervised J&F of predicted masks against ground-truth masks (the rules:
 cfbi_model.evaluation.folders); with --checkpoint/--data/--split it first segments a DAVIS split with the
-checkpoint's model (cfbi_model.evaluation.run.segment_split) and then evaluates that output."""
+checkpoint's model (cfbi_model.evaluation.run.segment_split) and then evaluates that output; with --data/--split
+and --pred (no checkpoint) it scores existing predictions on the sequences of that split."""
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="sequences evaluated in parallel processes (None: number of CPUs)")
     parser.add_argument("--bound-th", type=float, default=metrics.DEFAULT_BOUND_TH,
                         help="boundary tolerance of F as a fraction of the image diagonal")
-    model = parser.add_argument_group("segment a split first with a trained model, then evaluate it")
+    model = parser.add_argument_group(
+        "a DAVIS split: score --pred on its sequences, or segment it first with a trained model")
     model.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="trained model to run over the split before evaluating")
-    model.add_argument("--data", type=Path, metavar="DIR", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
-    model.add_argument("--split", default="val", help="DAVIS-2017 split to segment")
+    model.add_argument("--data", type=Path, metavar="DIR",
+                       help="DAVIS root (JPEGImages/, Annotations/, ImageSets/); --gt defaults to its "
+                            "Annotations/480p")
+    model.add_argument("--split", default="val", help="DAVIS-2017 split (ImageSets/2017/<split>.txt) to score")
     add_config_argument(model, "(only for checkpoints without one; default: theirs, or resnet101)")
     add_runtime_arguments(model)
     add_inference_arguments(parser)
@@ -61,10 +65,10 @@ def _error(message: str, code: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `cfbi evaluate`: returns 0, 1 for bad input data, 2 for a bad command line."""
-    if args.checkpoint is None and args.data is not None:
-        return _error("--data is only used with --checkpoint", 2)
-    if args.checkpoint is None and (args.gt is None or args.pred is None):
-        return _error("--gt and --pred are required (or --checkpoint with --data)", 2)
+    if args.checkpoint is None and args.pred is None:
+        return _error("--pred is required (or --checkpoint with --data)", 2)
+    if args.checkpoint is None and args.gt is None and args.data is None:
+        return _error("--gt (or --data, the DAVIS root) is required", 2)
     if args.checkpoint is not None and args.data is None:
         return _error("--checkpoint needs --data (the DAVIS root)", 2)
     for option, path in (("--json", args.json), ("--csv", args.csv)):
@@ -78,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="cfbi-eval-") as scratch:
             sequences = None
             gt_root, pred_root = args.gt, _prediction_root(args.pred)
-            if args.checkpoint is not None:
+            if args.data is not None:
                 gt_root = gt_root or args.data / "Annotations" / "480p"
-                pred_root = pred_root or Path(scratch)
                 sequences = split_sequences(args.data, args.split)
+            if args.checkpoint is not None:
+                pred_root = pred_root or Path(scratch)
                 _segment_split(args, pred_root, sequences, inference)
             result = evaluate_folders(gt_root, pred_root, workers=args.workers, bound_th=args.bound_th,
                                       sequences=sequences)

@@ -85,6 +85,18 @@ CFBI_HD int64_t selection_key_index(unsigned long long key) { return static_cast
 // The key of "no candidate yet": larger than every real key.
 constexpr unsigned long long kNoSelectionKey = ~0ull;
 
+// Centre of the dot-product selection (float32, float16, bfloat16 on both devices). The selection ranks
+// ||q'||^2 + ||r'||^2 - 2 q'.r' with q' = q - m, r' = r - m: equal to ||q - r||^2 for any m, but it cancels
+// when the terms are large next to the distance (embeddings that share an offset). With m the kept candidates'
+// per-channel mean the terms are of the size of the spread of the embeddings, not of their offset; q - m and
+// r - m are even exact in float when the value and m are within a factor 2 of each other (Sterbenz).
+// Non-finite values are left out of the mean, so that a NaN or inf candidate reaches no other label.
+CFBI_HD bool counts_for_centre(double value) { return value - value == 0.0; }  // finite
+// m of one channel, from the sum (in double, in a fixed order) and count of its finite values.
+CFBI_HD float selection_centre(double sum, int64_t count) {
+  return count > 0 ? static_cast<float>(sum / static_cast<double>(count)) : 0.0f;
+}
+
 // Global atrous rule (eq. 8-9): a candidate at (y, x) of its frame counts when it lies on the atrous
 // grid, or when its label is small (at most min_pixels * atrous^2 pixels in that frame, min_pixels > 0).
 CFBI_HD bool keeps_global_candidate(int64_t y, int64_t x, int64_t atrous, int64_t label_pixels,

@@ -112,8 +112,9 @@ void global_match_batch(const scalar_t* query, const scalar_t* reference, const 
   });
 }
 
-// float32: the search is a blocked GEMM-like pass (||q||^2 + ||r||^2 - 2 q.r over candidate blocks that stay
-// in cache, with a running min per label), then the exact distance to each selected candidate.
+// float32: the search is a blocked GEMM-like pass (||q'||^2 + ||r'||^2 - 2 q'.r' over candidate blocks that stay
+// in cache, with a running min per label; q', r' centred on the candidates' mean, see selection_centre), then
+// the exact distance to each selected candidate from the values as given.
 template <>
 void global_match_batch<float>(const float* query, const float* reference, const int64_t* labels,
                                const GlobalProblem& pb, float fg_bias, float bg_bias, float* fg, float* bg,
@@ -122,13 +123,28 @@ void global_match_batch<float>(const float* query, const float* reference, const
   const ReferenceView view{pb.ref_height * pb.ref_width, channels};
   const LabelBuckets buckets =
       bucket_candidates(labels, pb.frames, pb.ref_height, pb.ref_width, num_labels, pb.atrous, pb.min_pixels);
-  // Pack every label's candidates into whole blocks of kLanes; padding lanes have an infinite norm.
+  std::vector<double> sums(channels, 0.0);
+  std::vector<int64_t> counts(channels, 0);
+  for (const int64_t index : buckets.index) {
+    const float* r = view.at(reference, index);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double value = r[c * view.stride()];
+      if (counts_for_centre(value)) {
+        sums[c] += value;
+        ++counts[c];
+      }
+    }
+  }
+  std::vector<float> centre(channels);
+  for (int64_t c = 0; c < channels; ++c) centre[c] = selection_centre(sums[c], counts[c]);
+  // Pack every label's candidates (centred) into whole blocks of kLanes; padding lanes have an infinite norm.
+  // `exact` keeps each candidate's values as given, contiguous, for the recomputation of the winner.
   std::vector<int64_t> label_blocks(num_labels + 1, 0);
   for (int64_t l = 0; l < num_labels; ++l) {
     label_blocks[l + 1] = label_blocks[l] + (buckets.start[l + 1] - buckets.start[l] + kLanes - 1) / kLanes;
   }
   const int64_t slots = label_blocks[num_labels] * kLanes;
-  std::vector<float> packed(slots * channels, 0.0f);
+  std::vector<float> packed(slots * channels, 0.0f), exact(slots * channels, 0.0f);
   std::vector<float> packed_norms(slots, std::numeric_limits<float>::infinity());
   std::vector<int64_t> packed_index(slots, kNoCandidate);
   for (int64_t l = 0; l < num_labels; ++l) {
@@ -138,9 +154,10 @@ void global_match_batch<float>(const float* query, const float* reference, const
       const float* r = view.at(reference, buckets.index[k]);
       float norm = 0.0f;
       for (int64_t c = 0; c < channels; ++c) {
-        const float value = r[c * view.stride()];
-        packed[(block * channels + c) * kLanes + lane] = value;
-        norm += value * value;
+        const float value = r[c * view.stride()], centred = value - centre[c];
+        packed[(block * channels + c) * kLanes + lane] = centred;
+        exact[slot * channels + c] = value;
+        norm += centred * centred;
       }
       packed_norms[slot] = norm;
       packed_index[slot] = buckets.index[k];
@@ -149,7 +166,7 @@ void global_match_batch<float>(const float* query, const float* reference, const
   const SimdKernels& simd = simd_kernels();
   const int64_t tiles = (pb.pixels + kQueryTile - 1) / kQueryTile;
   at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> tile(kQueryTile * channels), tile_norms(kQueryTile);
+    std::vector<float> tile(kQueryTile * channels), centred(kQueryTile * channels), centred_norms(kQueryTile);
     std::vector<float> dist(kQueryTile);
     std::vector<int64_t> pos(kQueryTile);
     std::vector<float> best_dist(num_labels * kQueryTile);
@@ -157,26 +174,28 @@ void global_match_batch<float>(const float* query, const float* reference, const
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * kQueryTile, count = std::min(kQueryTile, pb.pixels - first);
       std::fill(tile.begin(), tile.end(), 0.0f);
+      std::fill(centred.begin(), centred.end(), 0.0f);
       for (int64_t c = 0; c < channels; ++c) {
-        for (int64_t i = 0; i < count; ++i) tile[i * channels + c] = query[c * pb.pixels + first + i];
+        for (int64_t i = 0; i < count; ++i) {
+          tile[i * channels + c] = query[c * pb.pixels + first + i];
+          centred[i * channels + c] = tile[i * channels + c] - centre[c];
+        }
       }
       for (int64_t i = 0; i < kQueryTile; ++i) {
         float norm = 0.0f;
-        for (int64_t c = 0; c < channels; ++c) norm += tile[i * channels + c] * tile[i * channels + c];
-        tile_norms[i] = norm;
+        for (int64_t c = 0; c < channels; ++c) norm += centred[i * channels + c] * centred[i * channels + c];
+        centred_norms[i] = norm;
       }
       for (int64_t l = 0; l < num_labels; ++l) {
-        simd.global_tile_min(tile.data(), tile_norms.data(), packed.data(), packed_norms.data(), label_blocks[l],
-                             label_blocks[l + 1], channels, dist.data(), pos.data());
+        simd.global_tile_min(centred.data(), centred_norms.data(), packed.data(), packed_norms.data(),
+                             label_blocks[l], label_blocks[l + 1], channels, dist.data(), pos.data());
         for (int64_t i = 0; i < count; ++i) {
           const int64_t index = pos[i] < 0 ? kNoCandidate : packed_index[pos[i]];
           best_index[i * num_labels + l] = index;
-          float exact = 0.0f;
-          if (index >= 0) {  // exact distance to the selected candidate, from its cache-resident packed copy
-            const float* candidate = packed.data() + (pos[i] / kLanes) * channels * kLanes + pos[i] % kLanes;
-            exact = squared_distance<float, float>(tile.data() + i * channels, 1, candidate, kLanes, channels);
-          }
-          best_dist[i * num_labels + l] = exact;
+          best_dist[i * num_labels + l] =
+              index < 0 ? 0.0f
+                        : squared_distance<float, float>(tile.data() + i * channels, 1,
+                                                         exact.data() + pos[i] * channels, 1, channels);
         }
       }
       for (int64_t i = 0; i < count; ++i) {

@@ -146,6 +146,7 @@ def machine_info(device: str) -> dict:
             "cpu": platform.processor() or platform.machine(), "device": device}
     if device == "cpu":
         info["isa"] = torch.ops.cfbi.cpu_isa()
+        info["load average (1 min)"] = round(os.getloadavg()[0], 1)  # other processes on the cores skew times
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):

@@ -27,10 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import cfbi_ops  # noqa: E402
 from benchmarks.cases import (CASES, FORWARD_ONLY, PEERS, Case, has_faiss, make_inputs,  # noqa: E402
                               mm_global_operands, mm_local_operands, outputs_bytes)
 
 RESULTS = ROOT / "benchmarks" / "results"
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # CPU rows of cfbi_ops at L = 4, named cfbi_ops[<dtype>]
 
 
 def _sync(device: str) -> None:
@@ -54,9 +56,10 @@ def median_ms(fn: Callable[[], object], device: str, repeats: int, budget_s: flo
     return statistics.median(times)
 
 
-def run_peer(case: Case, op: str, peer: str, num_labels: int, backward: bool, device: str):
-    """A closure running one forward (and backward) of the peer on fixed inputs."""
-    x = make_inputs(case, num_labels, device, grad=backward)
+def run_peer(case: Case, op: str, peer: str, num_labels: int, backward: bool, device: str,
+             dtype: torch.dtype = torch.float32):
+    """A closure running one forward (and backward) of the peer on fixed inputs of the given dtype."""
+    x = make_inputs(case, num_labels, device, grad=backward, dtype=dtype)
     fn = PEERS[op][peer]
     if not backward:
         def forward():
@@ -124,9 +127,27 @@ def thread_scaling(case: Case, op: str, labels: int, repeats: int, budget: float
     return times[0], times[1], identical
 
 
+def offset_robustness(offsets: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0)) -> list[dict]:
+    """max |fg_float32 - fg_float64| of global_match (same values, C = 64, sigma = 0.05) when query and reference
+    share an offset: ||q - r|| is unchanged, so only the selection's rounding can move fg."""
+    out = []
+    for offset in offsets:
+        gen = torch.Generator().manual_seed(int(offset))
+        query = (0.05 * torch.randn(1, 64, 40, 40, generator=gen, dtype=torch.float64) + offset).float()
+        reference = (0.05 * torch.randn(1, 64, 40, 40, generator=gen, dtype=torch.float64) + offset).float()
+        labels = torch.randint(0, 4, (1, 40, 40), generator=gen)
+        fg32, _ = cfbi_ops.global_match(query, reference, labels, 4, 0.0, 0.0)
+        fg64, _ = cfbi_ops.global_match(query.double(), reference.double(), labels, 4, 0.0, 0.0)
+        out.append(dict(offset=offset, max_abs_fg_diff=(fg32.double() - fg64).abs().max().item()))
+    return out
+
+
 def machine_info(device: str) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "device": device}
+    if device == "cpu":
+        info["isa"] = torch.ops.cfbi.cpu_isa()
+        info["load average (1 min)"] = round(os.getloadavg()[0], 1)  # other processes on the cores skew times
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -193,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
                                          peak_mb=mem))
                         print(f"{case_name:8s} {op:6s} L={labels:<2d} {mode:7s} {peer:10s} {ms:9.2f} ms"
                               + (f"  {mem:8.1f} MB" if mem is not None else ""), flush=True)
+            if args.device == "cpu" and (args.peers is None or "cfbi_ops" in args.peers) and 4 in args.labels:
+                for dtype in HALF_DTYPES:  # 16-bit inputs (computed in float32), L = 4
+                    for backward in (False, True):
+                        mode = "fwd+bwd" if backward else "fwd"
+                        peer = f"cfbi_ops[{str(dtype).replace('torch.', '')}]"
+                        ms = median_ms(run_peer(case, op, "cfbi_ops", 4, backward, args.device, dtype), args.device,
+                                       args.repeats, args.budget)
+                        rows.append(dict(case=case_name, op=op, labels=4, mode=mode, peer=peer, ms=ms, peak_mb=None))
+                        print(f"{case_name:8s} {op:6s} L=4  {mode:7s} {peer:10s} {ms:9.2f} ms", flush=True)
             if args.peers is None or "torch.mm" in args.peers:
                 variants = [("torch.mm", False)] + ([("torch.mm-tf32", True)] if args.device == "cuda" else [])
                 for name, tf32 in variants:
@@ -212,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case_name:8s} {op:6s} threads 1: {t1:.2f} ms  2: {t2:.2f} ms  x{t1 / t2:.2f}  "
                       f"identical={same}", flush=True)
 
+    offsets = offset_robustness() if args.device == "cpu" else []
+    for o in offsets:
+        print(f"offset {o['offset']:7.1f}: max |fg32 - fg64| = {o['max_abs_fg_diff']:.3g}", flush=True)
+
     info = machine_info(args.device)
     stem = args.out or RESULTS / (args.device if args.device == "cpu"
                                   else "cuda-" + info["gpu"].replace(" ", "-").lower())
-    write_results(stem, info, rows, scaling, args)
+    write_results(stem, info, rows, scaling, args, offsets)
     print(f"wrote {stem}.md and {stem}.json")
     return 0
 
@@ -254,18 +288,32 @@ def targets(rows: list[dict], args) -> list[tuple[str, str]]:
             fb = _ms(rows, case=case, op=op, labels=4, mode="fwd+bwd", peer="cfbi_ops")
             if f and fb:
                 out.append((f"{case} {op} backward / forward L=4", f"{(fb - f) / f:.2f}"))
+            for dtype in HALF_DTYPES:
+                name = str(dtype).replace("torch.", "")
+                hf = _ms(rows, case=case, op=op, labels=4, mode="fwd", peer=f"cfbi_ops[{name}]")
+                hfb = _ms(rows, case=case, op=op, labels=4, mode="fwd+bwd", peer=f"cfbi_ops[{name}]")
+                if hf and f:
+                    out.append((f"{case} {op} fwd L=4 {name} / float32", f"{hf / f:.2f}"))
+                if hf and hfb:
+                    out.append((f"{case} {op} {name} backward / forward L=4", f"{(hfb - hf) / hf:.2f}"))
     return out
 
 
-def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict], args) -> None:
+def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict], args,
+                  offsets: list[dict] | None = None) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     ratios = targets(rows, args)
+    offsets = offsets or []
+    if offsets:
+        ratios.append(("global max |fg float32 - fg float64|, offsets 0-1000",
+                       f"{max(o['max_abs_fg_diff'] for o in offsets):.2g}"))
     stem.with_suffix(".json").write_text(json.dumps(dict(machine=info, rows=rows, thread_scaling=scaling,
-                                                         ratios=dict(ratios)), indent=1))
+                                                         ratios=dict(ratios), offset_robustness=offsets), indent=1))
     lines = [f"# cfbi_ops benchmark ({info['device']})", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
              "Command: `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`", "",
-             "Median ms per call; peak extra memory (MB) measured at L = 4 in a fresh process.", "",
+             "Median ms per call; peak extra memory (MB) measured at L = 4 in a fresh process. "
+             "cfbi_ops[float16] / cfbi_ops[bfloat16]: the same op on 16-bit inputs.", "",
              "| case | op | L | mode | peer | ms | peak MB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = "" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
@@ -277,6 +325,10 @@ def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict],
                   "bit-identical |", "|---|---|---|---|---|---|"]
         lines += [f"| {s['case']} | {s['op']} | {s['ms_1_thread']:.2f} | {s['ms_2_threads']:.2f} | {s['speedup']:.2f} | "
                   f"{s['bit_identical']} |" for s in scaling]
+    if offsets:
+        lines += ["", "## Offset robustness (global_match, C = 64, sigma = 0.05, 40 x 40, L = 4)", "",
+                  "| offset | max abs(fg float32 - fg float64) |", "|---|---|"]
+        lines += [f"| {o['offset']:g} | {o['max_abs_fg_diff']:.2g} |" for o in offsets]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -97,6 +97,26 @@ constexpr unsigned long long kNoSelectionKey = ~0ull;
 // ceil(n / d) for n >= 0, d >= 1, without the overflow of n + d - 1.
 CFBI_HD int64_t ceil_div(int64_t n, int64_t d) { return n == 0 ? 0 : (n - 1) / d + 1; }
 
+// Centre of the float32 dot-product selection (CPU float32 / float16 / bfloat16, CUDA float32). The selection
+// ranks ||q'||^2 + ||r'||^2 - 2 q'.r' with q' = q - m, r' = r - m: equal to ||q - r||^2 for any m, but it
+// cancels when the terms are large next to the distance (embeddings that share an offset). With m near the kept
+// candidates' per-channel mean the terms are of the size of the spread of the embeddings, not of their offset.
+// m is the mean rounded to a multiple of a power of two 2^p <= spread / 16: close enough to the mean, and with
+// few significant bits, so that data on a coarse grid (small integers, where distances tie exactly) stay on a
+// grid after centring and keep their exact ties. Non-finite values are left out, so that a NaN or inf candidate
+// reaches no other label.
+CFBI_HD bool counts_for_centre(double value) { return value - value == 0.0; }  // finite
+// m of one channel, from the sum, the sum of squares (in double, in a fixed order) and the count of its finite
+// values.
+CFBI_HD float selection_centre(double sum, double sum_squares, int64_t count) {
+  if (count == 0) return 0.0f;
+  const double mean = sum / static_cast<double>(count);
+  const double variance = sum_squares / static_cast<double>(count) - mean * mean;
+  if (!(variance > 0.0)) return static_cast<float>(mean);  // one value (or cancellation): the mean itself
+  const double step = exp2(floor(0.5 * log2(variance)) - 4.0);  // 2^p <= spread / 16
+  return static_cast<float>(floor(mean / step + 0.5) * step);
+}
+
 // Global atrous rule (eq. 8-9): a candidate at (y, x) of its frame counts when it lies on the atrous
 // grid, or when its label is small (at most min_pixels * atrous^2 pixels in that frame, min_pixels > 0).
 // The product can overflow int64 (min_pixels 2^62, atrous 2); n <= m a^2 <=> ceil(ceil(n / a) / a) <= m cannot.

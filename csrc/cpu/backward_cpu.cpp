@@ -15,9 +15,10 @@
 namespace cfbi {
 namespace {
 
-template <typename scalar_t>
+// E: the type the embeddings are read in (scalar_t, or float for 16-bit inputs converted once).
+template <typename scalar_t, typename E = scalar_t>
 void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const scalar_t* fg, const int32_t* argmin,
-                     const scalar_t* query, const scalar_t* candidates, int64_t batch, int64_t num_labels,
+                     const E* query, const E* candidates, int64_t batch, int64_t num_labels,
                      int64_t windows, int64_t pixels, int64_t channels, int64_t num_candidates,
                      acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* grad_query,
                      scalar_t* grad_candidates, scalar_t* grad_fg_bias, scalar_t* grad_bg_bias) {
@@ -34,7 +35,7 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
         pixel_distance_grads<scalar_t, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset,
                                           num_labels, plane, coef.data() + offset);
       } else {  // float16 / bfloat16: the slope from the score recomputed in float
-        const DistanceSlope<scalar_t, A> slope{query + b * channels * pixels + (i % plane) % pixels, pixels,
+        const DistanceSlope<E, A> slope{query + b * channels * pixels + (i % plane) % pixels, pixels,
                                                candidates + b * channels * num_candidates, num_candidates, channels,
                                                argmin + offset, plane, fg_bias, bg_bias};
         pixel_distance_grads<scalar_t, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset,
@@ -64,18 +65,20 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
     std::vector<A> grad(channels);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / pixels, p = i % pixels;
-      const scalar_t* q = query + b * channels * pixels + p;
-      const scalar_t* cands = candidates + b * channels * num_candidates;
+      const E* q = query + b * channels * pixels + p;
+      const E* cands = candidates + b * channels * num_candidates;
       std::fill(grad.begin(), grad.end(), A(0));
       for (int64_t e = b * per_batch + p; e < (b + 1) * per_batch; e += pixels) {
         const A c = coef[e];
         if (c == A(0)) continue;
-        const scalar_t* r = cands + argmin[e];
+        const E* r = cands + argmin[e];
         for (int64_t ch = 0; ch < channels; ++ch) {
           grad[ch] += A(2) * c * (static_cast<A>(q[ch * pixels]) - static_cast<A>(r[ch * num_candidates]));
         }
       }
-      for (int64_t ch = 0; ch < channels; ++ch) grad_query[b * channels * pixels + ch * pixels + p] = static_cast<scalar_t>(grad[ch]);
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        grad_query[b * channels * pixels + ch * pixels + p] = static_cast<scalar_t>(grad[ch]);
+      }
     }
   });
 
@@ -89,8 +92,8 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / channel_blocks, c0 = (i % channel_blocks) * kChannelBlock;
       const int64_t width = std::min(kChannelBlock, channels - c0);
-      const scalar_t* q = query + (b * channels + c0) * pixels;             // channel c0 + k at q[k * pixels]
-      const scalar_t* r = candidates + (b * channels + c0) * num_candidates;  // ... at r[k * num_candidates]
+      const E* q = query + (b * channels + c0) * pixels;             // channel c0 + k at q[k * pixels]
+      const E* r = candidates + (b * channels + c0) * num_candidates;  // ... at r[k * num_candidates]
       std::fill(grad.begin(), grad.end(), A(0));
       const A* coef_b = coef.data() + b * per_batch;
       const int32_t* argmin_b = argmin + b * per_batch;
@@ -118,13 +121,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu
     const at::Tensor& query, const at::Tensor& candidates, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   const BackwardProblem pb = prepare_backward(grad_fg, grad_bg, fg, argmin, query, candidates);
   if (pb.empty) return pb.gradients();
+  // 16-bit embeddings are converted to float32 once: the gradient loops read every one of them per selected entry.
+  const bool wide = pb.query.scalar_type() == at::kHalf || pb.query.scalar_type() == at::kBFloat16;
+  const at::Tensor query_f = wide ? pb.query.to(at::kFloat) : at::Tensor();
+  const at::Tensor candidates_f = wide ? pb.candidates.to(at::kFloat) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "matching_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
-    backward_kernel<scalar_t>(pb.grad_fg.data_ptr<scalar_t>(), pb.grad_bg.data_ptr<scalar_t>(),
+    using E = std::conditional_t<std::is_same_v<acc_t<scalar_t>, float>, float, scalar_t>;
+    backward_kernel<scalar_t, E>(pb.grad_fg.data_ptr<scalar_t>(), pb.grad_bg.data_ptr<scalar_t>(),
                               pb.fg.data_ptr<scalar_t>(), pb.argmin.data_ptr<int32_t>(),
-                              pb.query.data_ptr<scalar_t>(), pb.candidates.data_ptr<scalar_t>(), pb.batch,
+                              (wide ? query_f : pb.query).data_ptr<E>(),
+                              (wide ? candidates_f : pb.candidates).data_ptr<E>(), pb.batch,
                               pb.num_labels, pb.windows, pb.pixels, pb.channels, pb.num_candidates,
-                              fg_bias.item<A>(), bg_bias.item<A>(), pb.grad_query.data_ptr<scalar_t>(), pb.grad_candidates.data_ptr<scalar_t>(),
+                              fg_bias.item<A>(), bg_bias.item<A>(), pb.grad_query.data_ptr<scalar_t>(),
+                              pb.grad_candidates.data_ptr<scalar_t>(),
                               pb.grad_fg_bias.data_ptr<scalar_t>(), pb.grad_bg_bias.data_ptr<scalar_t>());
   });
   return pb.gradients();

@@ -71,7 +71,7 @@ struct ReferenceView {
   int64_t stride() const { return frame_pixels; }  // between channels
 };
 
-// Any dtype: per query pixel and label, a scan of the label's bucket with exact distances.
+// float64 and non-finite inputs: per query pixel and label, a scan of the label's bucket with exact distances.
 // query [C, N] and reference [T, C, Hr * Wr] of one batch element, as stored (no channels-last copies).
 template <typename scalar_t>
 void global_match_exact(const scalar_t* query, const scalar_t* reference, const int64_t* labels,
@@ -113,51 +113,63 @@ void global_match_exact(const scalar_t* query, const scalar_t* reference, const 
   });
 }
 
-template <typename scalar_t>
-void global_match_batch(const scalar_t* query, const scalar_t* reference, const int64_t* labels,
-                        const GlobalProblem& pb, acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg,
-                        scalar_t* bg, int32_t* argmin) {
-  global_match_exact<scalar_t>(query, reference, labels, pb, fg_bias, bg_bias, fg, bg, argmin);
-}
-
-// float32: the search is a blocked GEMM-like pass (||q||^2 + ||r||^2 - 2 q.r over candidate blocks that stay
-// in cache, with a running min per label), then the exact distance to each selected candidate.
-template <>
-void global_match_batch<float>(const float* query, const float* reference, const int64_t* labels,
-                               const GlobalProblem& pb, float fg_bias, float bg_bias, float* fg, float* bg,
-                               int32_t* argmin) {
+// float32, float16, bfloat16 (computed in float32: 16-bit values are converted as they are packed and as the
+// query tiles are filled): the search is a blocked GEMM-like pass (||q'||^2 + ||r'||^2 - 2 q'.r' over candidate
+// blocks that stay in cache, with a running min per label; q', r' centred on the candidates' mean, see
+// selection_centre), then the exact distance to each selected candidate from the values as given.
+template <typename In>
+void global_match_batch_simd(const In* query, const In* reference, const int64_t* labels, const GlobalProblem& pb,
+                             float fg_bias, float bg_bias, In* fg, In* bg, int32_t* argmin) {
   const int64_t channels = pb.channels, num_labels = pb.num_labels;
   const ReferenceView view{pb.ref_height * pb.ref_width, channels};
   const LabelBuckets buckets =
       bucket_candidates(labels, pb.frames, pb.ref_height, pb.ref_width, num_labels, pb.atrous, pb.min_pixels);
-  // Pack every label's candidates into whole blocks of kLanes; padding lanes have an infinite norm.
+  std::vector<double> sums(channels, 0.0), sum_squares(channels, 0.0);
+  std::vector<int64_t> counts(channels, 0);
+  for (const int64_t index : buckets.index) {
+    const In* r = view.at(reference, index);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double value = static_cast<float>(r[c * view.stride()]);
+      if (counts_for_centre(value)) {
+        sums[c] += value;
+        sum_squares[c] += value * value;
+        ++counts[c];
+      }
+    }
+  }
+  std::vector<float> centre(channels);
+  for (int64_t c = 0; c < channels; ++c) centre[c] = selection_centre(sums[c], sum_squares[c], counts[c]);
+  const SimdKernels& simd = simd_kernels();
+  const int64_t kLanes = simd.lanes;
+  // Pack every label's candidates (centred) into whole blocks of kLanes; padding lanes have an infinite norm.
+  // `exact` keeps each candidate's values as given, contiguous, for the recomputation of the winner.
   std::vector<int64_t> label_blocks(num_labels + 1, 0);
   for (int64_t l = 0; l < num_labels; ++l) {
     label_blocks[l + 1] = label_blocks[l] + (buckets.start[l + 1] - buckets.start[l] + kLanes - 1) / kLanes;
   }
   const int64_t slots = label_blocks[num_labels] * kLanes;
-  std::vector<float> packed(slots * channels, 0.0f);
+  std::vector<float> packed(slots * channels, 0.0f), exact(slots * channels, 0.0f);
   std::vector<float> packed_norms(slots, std::numeric_limits<float>::infinity());
   std::vector<int64_t> packed_index(slots, kNoCandidate);
   for (int64_t l = 0; l < num_labels; ++l) {
     for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
       const int64_t slot = label_blocks[l] * kLanes + (k - buckets.start[l]);
       const int64_t block = slot / kLanes, lane = slot % kLanes;
-      const float* r = view.at(reference, buckets.index[k]);
+      const In* r = view.at(reference, buckets.index[k]);
       float norm = 0.0f;
       for (int64_t c = 0; c < channels; ++c) {
-        const float value = r[c * view.stride()];
-        packed[(block * channels + c) * kLanes + lane] = value;
-        norm += value * value;
+        const float value = static_cast<float>(r[c * view.stride()]), centred = value - centre[c];
+        packed[(block * channels + c) * kLanes + lane] = centred;
+        exact[slot * channels + c] = value;
+        norm += centred * centred;
       }
       packed_norms[slot] = norm;
       packed_index[slot] = buckets.index[k];
     }
   }
-  const SimdKernels& simd = simd_kernels();
   const int64_t tiles = (pb.pixels + kQueryTile - 1) / kQueryTile;
   at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> tile(kQueryTile * channels), tile_norms(kQueryTile);
+    std::vector<float> tile(kQueryTile * channels), centred(kQueryTile * channels), centred_norms(kQueryTile);
     std::vector<float> dist(kQueryTile);
     std::vector<int64_t> pos(kQueryTile);
     std::vector<float> best_dist(num_labels * kQueryTile);
@@ -165,30 +177,32 @@ void global_match_batch<float>(const float* query, const float* reference, const
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * kQueryTile, count = std::min(kQueryTile, pb.pixels - first);
       std::fill(tile.begin(), tile.end(), 0.0f);
+      std::fill(centred.begin(), centred.end(), 0.0f);
       for (int64_t c = 0; c < channels; ++c) {
-        for (int64_t i = 0; i < count; ++i) tile[i * channels + c] = query[c * pb.pixels + first + i];
+        for (int64_t i = 0; i < count; ++i) {
+          tile[i * channels + c] = static_cast<float>(query[c * pb.pixels + first + i]);
+          centred[i * channels + c] = tile[i * channels + c] - centre[c];
+        }
       }
       for (int64_t i = 0; i < kQueryTile; ++i) {
         float norm = 0.0f;
-        for (int64_t c = 0; c < channels; ++c) norm += tile[i * channels + c] * tile[i * channels + c];
-        tile_norms[i] = norm;
+        for (int64_t c = 0; c < channels; ++c) norm += centred[i * channels + c] * centred[i * channels + c];
+        centred_norms[i] = norm;
       }
       for (int64_t l = 0; l < num_labels; ++l) {
-        simd.global_tile_min(tile.data(), tile_norms.data(), packed.data(), packed_norms.data(), label_blocks[l],
-                             label_blocks[l + 1], channels, dist.data(), pos.data());
+        simd.global_tile_min(centred.data(), centred_norms.data(), packed.data(), packed_norms.data(),
+                             label_blocks[l], label_blocks[l + 1], channels, dist.data(), pos.data());
         for (int64_t i = 0; i < count; ++i) {
           const int64_t index = pos[i] < 0 ? kNoCandidate : packed_index[pos[i]];
           best_index[i * num_labels + l] = index;
-          float exact = 0.0f;
-          if (index >= 0) {  // exact distance to the selected candidate, from its cache-resident packed copy
-            const float* candidate = packed.data() + (pos[i] / kLanes) * channels * kLanes + pos[i] % kLanes;
-            exact = squared_distance<float, float>(tile.data() + i * channels, 1, candidate, kLanes, channels);
-          }
-          best_dist[i * num_labels + l] = exact;
+          best_dist[i * num_labels + l] =
+              index < 0 ? 0.0f
+                        : squared_distance<float, float>(tile.data() + i * channels, 1,
+                                                         exact.data() + pos[i] * channels, 1, channels);
         }
       }
       for (int64_t i = 0; i < count; ++i) {
-        write_pixel_scores<float, float>(best_dist.data() + i * num_labels, best_index.data() + i * num_labels,
+        write_pixel_scores<In, float>(best_dist.data() + i * num_labels, best_index.data() + i * num_labels,
                                          num_labels, fg_bias, bg_bias, fg + first + i, bg + first + i,
                                          argmin + first + i, pb.pixels);
       }
@@ -216,17 +230,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
     const int64_t ref_pixels = frames * ref_height * ref_width;
     const GlobalProblem problem{pixels, channels, frames, ref_height, ref_width, num_labels, atrous,
                                 atrous_min_pixels};
-    // Non-finite embeddings take the exact scan, which applies the NaN rule (the float32 GEMM-like pass would
-    // skip NaN distances and turn inf into NaN).
-    const bool exact = std::is_same_v<scalar_t, float> && query_c.numel() + reference_c.numel() > 0 &&
-                       !(at::isfinite(query_c).all().item<bool>() && at::isfinite(reference_c).all().item<bool>());
+    // float64, and non-finite embeddings of any dtype, take the exact scan, which applies the NaN rule (the
+    // GEMM-like pass would skip NaN distances and turn inf into NaN).
+    const bool exact = std::is_same_v<scalar_t, double> ||
+                       (query_c.numel() + reference_c.numel() > 0 &&
+                        !(at::isfinite(query_c).all().item<bool>() && at::isfinite(reference_c).all().item<bool>()));
     for (int64_t b = 0; b < batch; ++b) {
-      (exact ? global_match_exact<scalar_t> : global_match_batch<scalar_t>)(query_c.data_ptr<scalar_t>() + b * pixels * channels,
-                                   reference_c.data_ptr<scalar_t>() + b * ref_pixels * channels,
-                                   labels.data_ptr<int64_t>() + b * ref_pixels, problem, fg_b, bg_b,
-                                   fg.data_ptr<scalar_t>() + b * num_labels * pixels,
-                                   bg.data_ptr<scalar_t>() + b * num_labels * pixels,
-                                   argmin.data_ptr<int32_t>() + b * num_labels * pixels);
+      const scalar_t* q = query_c.data_ptr<scalar_t>() + b * pixels * channels;
+      const scalar_t* r = reference_c.data_ptr<scalar_t>() + b * ref_pixels * channels;
+      const int64_t* l = labels.data_ptr<int64_t>() + b * ref_pixels;
+      scalar_t* fg_b_out = fg.data_ptr<scalar_t>() + b * num_labels * pixels;
+      scalar_t* bg_b_out = bg.data_ptr<scalar_t>() + b * num_labels * pixels;
+      int32_t* argmin_b = argmin.data_ptr<int32_t>() + b * num_labels * pixels;
+      if (exact) {
+        global_match_exact<scalar_t>(q, r, l, problem, fg_b, bg_b, fg_b_out, bg_b_out, argmin_b);
+      } else if constexpr (!std::is_same_v<scalar_t, double>) {
+        global_match_batch_simd<scalar_t>(q, r, l, problem, fg_b, bg_b, fg_b_out, bg_b_out, argmin_b);
+      }
     }
   });
   return {fg, bg, argmin};

@@ -80,17 +80,20 @@ void local_match_batch(const scalar_t* query_cl, const scalar_t* previous_cl, co
   });
 }
 
-// float32: the atrous grid splits into atrous^2 independent dense sub-grids (offsets are multiples of the
+// float32, float16, bfloat16 (computed in float32: 16-bit values are converted as the sub-grid copies below are
+// made): the atrous grid splits into atrous^2 independent dense sub-grids (offsets are multiples of the
 // rate). In each, a query row is compared with whole previous-frame rows at once (vectorised over x for
 // every horizontal offset), then each candidate updates the minimum of its (label, ring).
-void local_match_batch_float(const float* query, const float* previous, const int64_t* labels, int64_t height,
+template <typename In>
+void local_match_batch_float(const In* query, const In* previous, const int64_t* labels, int64_t height,
                              int64_t width, int64_t channels, int64_t num_labels, const std::vector<int64_t>& radii,
-                             int64_t atrous, float fg_bias, float bg_bias, float* fg, float* bg, int32_t* argmin) {
+                             int64_t atrous, float fg_bias, float bg_bias, In* fg, In* bg, int32_t* argmin) {
   const int64_t pixels = height * width;
   const int64_t num_windows = static_cast<int64_t>(radii.size());
   const int64_t radius = *std::max_element(radii.begin(), radii.end());
   const int64_t rings = radius + 1, span = 2 * radius + 1;
   const SimdKernels& simd = simd_kernels();
+  const int64_t kLanes = simd.lanes;
   for (int64_t sy = 0; sy < std::min(atrous, height); ++sy) {
     for (int64_t sx = 0; sx < std::min(atrous, width); ++sx) {
       const int64_t sub_h = (height - sy + atrous - 1) / atrous, sub_w = (width - sx + atrous - 1) / atrous;
@@ -105,8 +108,8 @@ void local_match_batch_float(const float* query, const float* previous, const in
           const int64_t src = (sy + i * atrous) * width + sx + j * atrous, dst = i * row_stride + radius + j;
           sub_labels[dst] = is_valid_label(labels[src], num_labels) ? static_cast<int32_t>(labels[src]) : -1;
           for (int64_t c = 0; c < channels; ++c) {
-            sub_query[c * plane + dst] = query[c * pixels + src];
-            sub_previous[c * plane + dst] = previous[c * pixels + src];
+            sub_query[c * plane + dst] = static_cast<float>(query[c * pixels + src]);
+            sub_previous[c * plane + dst] = static_cast<float>(previous[c * pixels + src]);
           }
         }
       }
@@ -155,7 +158,7 @@ void local_match_batch_float(const float* query, const float* previous, const in
                 window_index[l] = ring_index[slot];  // int32 -> int64
               }
               const int64_t out = w * pixels + p;
-              write_pixel_scores<float, float>(window_dist.data(), window_index.data(), num_labels, fg_bias, bg_bias,
+              write_pixel_scores<In, float>(window_dist.data(), window_index.data(), num_labels, fg_bias, bg_bias,
                                                fg + out, bg + out, argmin + out, num_windows * pixels);
             }
           }
@@ -188,16 +191,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor&
     // Non-finite embeddings take the exact scan below, which applies the NaN rule of matching.h.
     const bool finite = query.numel() == 0 || (at::isfinite(query).all().item<bool>() &&
                                                at::isfinite(previous).all().item<bool>());
-    if (std::is_same_v<scalar_t, float> && finite) {
-      const at::Tensor query_c = query.contiguous(), previous_c = previous.contiguous();
-      for (int64_t b = 0; b < batch; ++b) {
-        local_match_batch_float(query_c.data_ptr<float>() + b * channels * pixels,
-                                previous_c.data_ptr<float>() + b * channels * pixels,
-                                labels.data_ptr<int64_t>() + b * pixels, height, width, channels, num_labels, radii,
-                                atrous, float(fg_b), float(bg_b), fg.data_ptr<float>() + b * out_batch,
-                                bg.data_ptr<float>() + b * out_batch, argmin.data_ptr<int32_t>() + b * out_batch);
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (finite) {
+        const at::Tensor query_c = query.contiguous(), previous_c = previous.contiguous();
+        for (int64_t b = 0; b < batch; ++b) {
+          local_match_batch_float<scalar_t>(query_c.data_ptr<scalar_t>() + b * channels * pixels,
+                                            previous_c.data_ptr<scalar_t>() + b * channels * pixels,
+                                            labels.data_ptr<int64_t>() + b * pixels, height, width, channels,
+                                            num_labels, radii, atrous, fg_b, bg_b,
+                                            fg.data_ptr<scalar_t>() + b * out_batch,
+                                            bg.data_ptr<scalar_t>() + b * out_batch,
+                                            argmin.data_ptr<int32_t>() + b * out_batch);
+        }
+        return;
       }
-      return;
     }
     const at::Tensor query_cl = query.permute({0, 2, 3, 1}).contiguous();
     const at::Tensor previous_cl = previous.permute({0, 2, 3, 1}).contiguous();

@@ -1,20 +1,22 @@
-// Hot inner loops of the float32 CPU kernels, compiled once per instruction set (simd_kernels.h is
-// included by simd_base.cpp and simd_avx2.cpp) and picked at run time from what the CPU supports.
+// Hot inner loops of the float32 CPU kernels (float16 / bfloat16 inputs are converted to float32 for them),
+// compiled once per instruction set (simd_kernels.h is included by simd_base.cpp, simd_avx2.cpp and
+// simd_avx512.cpp) and picked at run time from what the CPU supports.
 #pragma once
 
 #include <cstdint>
 
 namespace cfbi {
 
-// Candidates of the global kernel are packed in blocks of kLanes, channel-major inside a block:
+// Vector width of a build (SimdKernels::lanes, called kLanes below): 8 floats for the portable and AVX2 builds,
+// 16 for AVX-512. Candidates of the global kernel are packed in blocks of kLanes, channel-major inside a block:
 // packed[(block * C + c) * kLanes + lane]. A label's candidates occupy whole blocks (padding lanes have
 // norm +inf, so they never win).
-constexpr int64_t kLanes = 8;
 // Query pixels handled together by one call of the global tile kernel.
 constexpr int64_t kQueryTile = 6;
 
 struct SimdKernels {
   const char* name;
+  int64_t lanes;  // kLanes of this build
   // For kQueryTile queries (queries [kQueryTile][C], their squared norms), the smallest
   // ||q||^2 + ||r||^2 - 2 q.r over the packed blocks [block_begin, block_end) and its packed position
   // (lowest on ties; -1 when every candidate is padding).
@@ -35,7 +37,8 @@ struct SimdKernels {
                             int32_t* ring_index);
 };
 
-// The best implementation for this CPU (AVX2 + FMA when present, else the portable one).
+// The best implementation for this CPU (AVX-512 F/VL/BW/DQ, else AVX2 + FMA, else the portable one), or the one
+// named by the environment variable CFBI_CPU_ISA (portable, avx2, avx512; an error if the CPU lacks it).
 const SimdKernels& simd_kernels();
 
 }  // namespace cfbi

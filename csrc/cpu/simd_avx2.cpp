@@ -9,8 +9,10 @@
 namespace cfbi {
 namespace simd_avx2 {
 #define CFBI_SIMD_NAME "avx2"
+#define CFBI_SIMD_LANES 8
 #include "simd_kernels.h"
 #undef CFBI_SIMD_NAME
+#undef CFBI_SIMD_LANES
 const SimdKernels* get() { return &kernels; }
 }  // namespace simd_avx2
 }  // namespace cfbi

@@ -1,7 +1,9 @@
 // Body of the SIMD kernels declared in simd.h. Included once per instruction set, inside
-// `namespace cfbi::CFBI_SIMD_NS`, after <cstdint> and simd.h: it must include nothing itself, so that
-// no shared inline function is compiled with the wider instruction set.
-// GCC vector extensions: the same source becomes SSE2 or AVX2/FMA code depending on the target.
+// `namespace cfbi::simd_<isa>`, after <cstdint> and simd.h, with CFBI_SIMD_NAME and CFBI_SIMD_LANES defined:
+// it must include nothing itself, so that no shared inline function is compiled with the wider instruction set.
+// GCC vector extensions: the same source becomes SSE2, AVX2/FMA or AVX-512 code depending on the target.
+
+constexpr int64_t kLanes = CFBI_SIMD_LANES;
 
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
@@ -121,4 +123,4 @@ static void local_ring_update(const float* dist, const int32_t* labels, int64_t 
   }
 }
 
-static const SimdKernels kernels = {CFBI_SIMD_NAME, &global_tile_min, &local_row_distances, &local_ring_update};
+static const SimdKernels kernels = {CFBI_SIMD_NAME, kLanes, &global_tile_min, &local_row_distances, &local_ring_update};

@@ -6,14 +6,18 @@
 //    flattened index, label, embedding (channel-major, so tiles load coalesced) and squared norm. The
 //    buffers hold `capacity` candidates per batch element: with atrous > 1 and no small-label rule that is
 //    the atrous grid, known on the host, so stride-4 matching packs a quarter of the reference.
+//    For float32, every channel's centre (selection_centre: about the mean of the kept candidates, summed
+//    in double in reference order, so that it does not depend on the scatter order) is subtracted from the packed
+//    candidates, whose norms are then taken, and from the queries as they are staged.
 //    The order inside a bucket does not matter: every minimum compares (distance, index) pairs with
 //    is_better, a total order.
 // 2. A block takes kQueries query pixels and a range of candidate tiles (the candidates are split across
 //    blockIdx.y when there are too few query blocks to fill the device). Per tile, the block computes the
 //    kQueries x tile products in registers from channel chunks staged in shared memory: on tensor cores
 //    (wmma, float accumulation) for float16 / bfloat16, as a register-blocked CUDA-core loop otherwise.
-//    float / 16-bit inputs use the dot-product form |r|^2 - 2 q.r (the |q|^2 term does not change the
-//    order); float64 keeps the exact direct differences. The products go to shared memory and each thread
+//    float / 16-bit inputs use the dot-product form |r|^2 - 2 q.r (the |q|^2 term does not change the order),
+//    of the centred values for float32 (invariant to an offset shared by queries and candidates); float64
+//    keeps the exact direct differences. The products go to shared memory and each thread
 //    scans its query's row in bucket order with a running minimum of the current label.
 // 3. A finished label run is merged into a per-(label, pixel) 64-bit key (order-preserving score bits,
 //    candidate index) with atomicMin, so that splits merge in any order with the tie rule intact. float64
@@ -129,6 +133,72 @@ __global__ void scatter_candidates_kernel(const int64_t* __restrict__ labels, co
   }
 }
 
+// One block per (batch element, channel): the channel's selection centre over the kept candidates, in reference
+// order with a fixed reduction tree (the same value on every run).
+constexpr int kCentreThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kCentreThreads)
+    selection_centre_kernel(const int64_t* __restrict__ labels, const int32_t* __restrict__ frame_counts,
+                            const T* __restrict__ reference, int64_t candidates, int64_t frame_pixels, int64_t width,
+                            int64_t channels, int64_t num_labels, int64_t atrous, int64_t min_pixels,
+                            float* __restrict__ centre) {
+  __shared__ double sums[kCentreThreads];
+  __shared__ double sum_squares[kCentreThreads];
+  __shared__ long long counts[kCentreThreads];
+  const int64_t b = blockIdx.x / channels, c = blockIdx.x % channels;
+  const int tid = threadIdx.x;
+  double sum = 0.0, sum_square = 0.0;
+  long long count = 0;
+  for (int64_t m = tid; m < candidates; m += kCentreThreads) {
+    int64_t label;
+    if (!kept_candidate(labels, frame_counts, b * candidates + m, frame_pixels, width, num_labels, atrous,
+                        min_pixels, &label)) {
+      continue;
+    }
+    const int64_t t = m / frame_pixels, yx = m % frame_pixels;
+    const double value = static_cast<float>(reference[((b * (candidates / frame_pixels) + t) * channels + c) *
+                                                      frame_pixels + yx]);
+    if (counts_for_centre(value)) {
+      sum += value;
+      sum_square += value * value;
+      ++count;
+    }
+  }
+  sums[tid] = sum;
+  sum_squares[tid] = sum_square;
+  counts[tid] = count;
+  __syncthreads();
+  for (int half = kCentreThreads / 2; half > 0; half /= 2) {
+    if (tid < half) {
+      sums[tid] += sums[tid + half];
+      sum_squares[tid] += sum_squares[tid + half];
+      counts[tid] += counts[tid + half];
+    }
+    __syncthreads();
+  }
+  if (tid == 0) centre[blockIdx.x] = selection_centre(sums[0], sum_squares[0], counts[0]);
+}
+
+// Centres the packed candidates (float32) and takes their squared norms again.
+template <typename T>
+__global__ void centre_packed_kernel(const int32_t* __restrict__ bucket_start, const float* __restrict__ centre,
+                                     int64_t batch, int64_t capacity, int64_t channels, int64_t num_labels,
+                                     T* __restrict__ packed, float* __restrict__ norms) {
+  for (int64_t i = global_thread_index(); i < batch * capacity; i += grid_thread_count()) {
+    const int64_t b = i / capacity, k = i % capacity;
+    if (k >= bucket_start[b * (num_labels + 1) + num_labels]) continue;
+    T* values = packed + b * channels * capacity + k;  // channel c at values[c * capacity]
+    float norm = 0.0f;
+    for (int64_t c = 0; c < channels; ++c) {
+      const T centred = static_cast<T>(static_cast<float>(values[c * capacity]) - centre[b * channels + c]);
+      values[c * capacity] = centred;
+      norm = add_square(norm, static_cast<float>(centred));
+    }
+    norms[i] = norm;
+  }
+}
+
 // ---- matching --------------------------------------------------------------------------------------
 
 constexpr int kQueries = 128;           // query pixels (threads) per block
@@ -140,6 +210,9 @@ constexpr int kMaxSplits = 64;
 
 // float64 selects with exact distances; the other types with the dot-product form and an exact recompute.
 template <typename T> constexpr bool kDotForm = !std::is_same<T, double>::value;
+// float32 centres the dot-product form (selection_centre). 16-bit inputs do not: their centred values would be
+// rounded to 16 bits for the tensor cores, which breaks exact ties that the raw values keep.
+template <typename T> constexpr bool kCentred = std::is_same<T, float>::value;
 
 // Tensor cores: float16 from sm_70, bfloat16 from sm_80; older targets fall back to CUDA cores.
 template <typename T> struct MmaInput { using type = void; };
@@ -185,14 +258,21 @@ template <typename T>
 constexpr size_t kSharedBytes = kStageBytes<T> > kProductBytes<T> ? kStageBytes<T> : kProductBytes<T>;
 
 // Where a tile's inputs are: queries p0.. of one batch element ([C, N]) and candidates start.. ([C, capacity]).
+// Queries are centred as they are staged (float32; centre is null for the other types).
 template <typename T>
 struct TileInputs {
   const T* query;
   const T* cands;
   int64_t p0, pixels, start, kept, capacity, channels;
+  const float* centre;  // [C] of this batch element
 
   __device__ __forceinline__ T query_at(int64_t c, int64_t i) const {
-    return (c < channels && p0 + i < pixels) ? query[c * pixels + p0 + i] : T(0.f);
+    if (c >= channels || p0 + i >= pixels) return T(0.f);
+    if constexpr (kCentred<T>) {
+      return static_cast<T>(static_cast<float>(query[c * pixels + p0 + i]) - centre[c]);
+    } else {
+      return query[c * pixels + p0 + i];
+    }
   }
   __device__ __forceinline__ T cand_at(int64_t c, int64_t k) const {
     return (c < channels && start + k < kept) ? cands[c * capacity + start + k] : T(0.f);
@@ -313,8 +393,9 @@ template <typename T>
 __global__ void __launch_bounds__(kQueries)
     global_match_kernel(const T* __restrict__ query, const T* __restrict__ packed, const acc_t<T>* __restrict__ norms,
                         const int32_t* __restrict__ sorted_index, const int32_t* __restrict__ sorted_label,
-                        const int32_t* __restrict__ bucket_start, int64_t pixels, int64_t channels,
-                        int64_t capacity, int64_t num_labels, int64_t blocks_per_batch,
+                        const int32_t* __restrict__ bucket_start, const float* __restrict__ centre,
+                        int64_t pixels, int64_t channels, int64_t capacity, int64_t num_labels,
+                        int64_t blocks_per_batch,
                         unsigned long long* __restrict__ keys, acc_t<T>* __restrict__ dist,
                         int32_t* __restrict__ argmin) {
   using A = acc_t<T>;
@@ -359,7 +440,7 @@ __global__ void __launch_bounds__(kQueries)
       if constexpr (kDotForm<T>) tile_norm[k] = j < kept ? norms[b * capacity + j] : A(0);
     }
     const TileInputs<T> in{query + b * channels * pixels, packed + b * channels * capacity, p0, pixels, start,
-                           kept, capacity, channels};
+                           kept, capacity, channels, centre == nullptr ? nullptr : centre + b * channels};
     if constexpr (kUseMma<T>) {
       tile_products_mma<T>(in, smem, products);
     } else {
@@ -471,6 +552,19 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
         a.channels, L, a.atrous, a.min_pixels, a.bucket_start, a.bucket_cursor, a.sorted_index, a.sorted_label,
         static_cast<T*>(a.packed), static_cast<A*>(a.norms));
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if constexpr (kCentred<T>) {
+      if (a.channels > 0) {  // no channel, nothing to centre
+        if (a.batch * a.channels >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
+        selection_centre_kernel<T><<<static_cast<unsigned int>(a.batch * a.channels), kCentreThreads, 0, stream>>>(
+            a.labels, frame_counts, static_cast<const T*>(a.reference), candidates, frame_pixels, a.ref_width,
+            a.channels, L, a.atrous, a.min_pixels, a.centre);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+        centre_packed_kernel<T><<<grid_stride_blocks(a.batch * a.capacity, kThreads), kThreads, 0, stream>>>(
+            a.bucket_start, a.centre, a.batch, a.capacity, a.channels, L, static_cast<T*>(a.packed),
+            static_cast<float*>(a.norms));
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+      }
+    }
   }
 
   // Selections start empty: all-ones keys, or argmin -1 where float64 stores its minima directly.
@@ -485,7 +579,8 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned int>(blocks), static_cast<unsigned int>(candidate_splits<T>(blocks, a.capacity)));
     global_match_kernel<T><<<grid, kQueries, 0, stream>>>(
         static_cast<const T*>(a.query), static_cast<const T*>(a.packed), static_cast<const A*>(a.norms),
-        a.sorted_index, a.sorted_label, a.bucket_start, a.pixels, a.channels, a.capacity, L, blocks_per_batch, a.keys,
+        a.sorted_index, a.sorted_label, a.bucket_start, kCentred<T> ? a.centre : nullptr, a.pixels, a.channels,
+        a.capacity, L, blocks_per_batch, a.keys,
         static_cast<A*>(a.dist), a.argmin);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }

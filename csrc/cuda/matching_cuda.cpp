@@ -78,6 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   at::Tensor packed = at::empty({batch * capacity * channels}, query.options());
   at::Tensor norms = at::empty({batch * capacity}, query.options().dtype(acc));
   const bool keyed = query.scalar_type() != at::kDouble;  // float64 stores its minima without keys
+  const bool centred = query.scalar_type() == at::kFloat;  // float32 centres its selection
+  at::Tensor centre = at::empty({centred ? batch * channels : 0}, query.options().dtype(at::kFloat));
   at::Tensor keys = at::empty({keyed ? batch * num_labels * pixels : 0}, query.options().dtype(at::kLong));
   at::Tensor dist = at::empty({batch * num_labels * pixels}, query.options().dtype(acc));
 
@@ -106,6 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   args.sorted_label = sorted_label.data_ptr<int32_t>();
   args.packed = packed.data_ptr();
   args.norms = norms.data_ptr();
+  args.centre = centred ? centre.data_ptr<float>() : nullptr;
   args.keys = keyed ? reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>()) : nullptr;
   args.dist = dist.data_ptr();
   args.fg = fg.data_ptr();

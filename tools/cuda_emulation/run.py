@@ -219,6 +219,20 @@ def compare(lib: str) -> int:
         local_case(rng.randint(1, 2), rng.randint(1, 70), rng.randint(1, 12), rng.randint(1, 40), rng.randint(1, 6),
                    tuple(rng.randint(0, 8) for _ in range(rng.randint(1, 5))), rng.randint(1, 3), dtype, 200 + i)
 
+    # An offset shared by queries and candidates leaves ||q - r|| unchanged and must not move the float32
+    # selection (it is centred): fg within 1e-5 of the float64 CPU result on the same values (C = 64, sigma 0.05).
+    for offset in (0.0, 10.0, 100.0, 1000.0):
+        g = torch.Generator().manual_seed(300 + int(offset))
+        q = (0.05 * torch.randn(2, 64, 9, 13, generator=g, dtype=torch.float64) + offset).float()
+        r = (0.05 * torch.randn(2, 2, 64, 10, 11, generator=g, dtype=torch.float64) + offset).float()
+        labels = torch.randint(0, 3, (2, 2, 10, 11), generator=g)
+        fb, bb = torch.tensor([0.1]), torch.tensor([-0.2])
+        got = ops_emu.global_match(q, r, labels, 3, fb, bb, 1, 0)[0].double()
+        want = ops_cpu.global_match(q.double(), r.double(), labels, 3, fb.double(), bb.double(), 1, 0)[0]
+        check.checks += 1
+        if (got - want).abs().max().item() > 1e-5:
+            check.fail(f"global offset {offset}", f"max |fg - fg64| {(got - want).abs().max().item():.3g}")
+
     # Degenerate sizes: the emulated CUDA path alone (the CPU backward rejects some of them).
     fb, bb = torch.tensor([0.1]), torch.tensor([-0.2])
     for q, r in [(torch.randn(0, 3, 4, 4), torch.randn(0, 1, 3, 2, 2)), (torch.randn(1, 3, 0, 4), torch.randn(1, 1, 3, 2, 2)),

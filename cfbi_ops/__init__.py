@@ -4,7 +4,7 @@
     fg, bg = cfbi_ops.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias,
                                   windows=(4, 8, 12, 16, 20, 24), atrous=2)
 """
-from . import reference
+from . import compat, reference
 from .ops import (
     DEFAULT_WINDOWS,
     EXTENSION_ERROR,
@@ -21,6 +21,7 @@ __all__ = [
     "HAS_EXTENSION",
     "GlobalMatchFunction",
     "LocalMatchFunction",
+    "compat",
     "global_match",
     "local_match",
     "reference",

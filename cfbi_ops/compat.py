@@ -24,7 +24,7 @@ What differs from the original (README, "Using cfbi_ops in a CFBI-based codebase
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,8 @@ Two deliberate departures, both in the arguments only:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import sys
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ def _nearest_per_object(reference: Tensor, query: Tensor, labels: Tensor, n_chun
     reference_sq = reference.pow(2).sum(1)
     query_sq = query.pow(2).sum(1)
     rows = query.shape[0]
-    chunk = int(math.ceil(rows / n_chunks))
+    chunk = math.ceil(rows / n_chunks)
     features = []
     for start in range(0, rows, chunk):
         part = query[start:start + chunk]
@@ -224,3 +225,60 @@ def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_f
     if (height, width) != ori_size:
         maps = F.interpolate(maps, size=ori_size, mode="bilinear", align_corners=True)
     return maps.permute(2, 3, 0, 1).reshape(1, ori_size[0], ori_size[1], obj_num, -1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same functions called from the layout of cfbi_ops.global_match / local_match (batch of one), so that the
+# op tests and the benchmarks compare like for like. `impl` is a module with the authors' function names: this
+# one (default) or cfbi_ops.compat.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _channels_last(embedding: Tensor) -> Tensor:
+    """[1, C, H, W] -> [H, W, C]."""
+    assert embedding.dim() == 4 and embedding.shape[0] == 1, "batch of one"
+    return embedding[0].permute(1, 2, 0)
+
+
+def _one_hot(labels: Tensor, num_labels: int, dtype: torch.dtype) -> Tensor:
+    """[1, H, W] integer labels -> [H, W, L] one-hot, all-zero rows for labels outside [0, L)."""
+    valid = (labels[0] >= 0) & (labels[0] < num_labels)
+    return F.one_hot(torch.where(valid, labels[0], 0).long(), num_labels).to(dtype) * valid.unsqueeze(-1)
+
+
+def _dis_bias(num_labels: int, fg_bias: Tensor, bg_bias: Tensor) -> Tensor:
+    """[L, 1, 1, 1]: the background bias, then the foreground bias for every object, as CFBI builds it."""
+    return torch.cat([bg_bias.reshape(1), fg_bias.reshape(1).expand(num_labels - 1)]).reshape(-1, 1, 1, 1)
+
+
+def global_match_op_layout(query: Tensor, reference: Tensor, ref_labels: Tensor, num_labels: int, fg_bias: Tensor,
+                           bg_bias: Tensor, *, atrous: int = 1, n_chunks: int = 1,
+                           impl=None) -> tuple[Tensor, Tensor]:
+    """query, reference [1, C, H, W]; ref_labels [1, H, W] -> (fg, bg) [1, L, H, W] via impl.global_matching
+    (float32 / float64, no float16) and impl.foreground2background."""
+    impl = sys.modules[__name__] if impl is None else impl
+    out = impl.global_matching(_channels_last(reference), _channels_last(query),
+                               _one_hot(ref_labels, num_labels, query.dtype), n_chunks=n_chunks,
+                               dis_bias=_dis_bias(num_labels, fg_bias, bg_bias), atrous_rate=atrous,
+                               use_float16=False)
+    fg = out[0, :, :, :, 0].permute(2, 0, 1).unsqueeze(1)  # [L, 1, H, W]
+    return fg.transpose(0, 1), impl.foreground2background(fg, num_labels).transpose(0, 1)
+
+
+def local_match_op_layout(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels: int, fg_bias: Tensor,
+                          bg_bias: Tensor, *, windows: Sequence[int], atrous: int = 1,
+                          impl=None) -> tuple[Tensor, Tensor]:
+    """query, previous [1, C, H, W]; prev_labels [1, H, W] -> (fg, bg) [1, L, K, H, W], windows in the order
+    given, via impl.local_matching (windows sorted: the authors' largest window is the last) and
+    impl.foreground2background."""
+    impl = sys.modules[__name__] if impl is None else impl
+    ordered = sorted(windows)
+    produced = [ordered[-1]] + ordered[:-1]  # the largest window comes out first
+    out = impl.local_matching(_channels_last(previous), _channels_last(query),
+                              _one_hot(prev_labels, num_labels, query.dtype),
+                              dis_bias=_dis_bias(num_labels, fg_bias, bg_bias), multi_local_distance=ordered,
+                              atrous_rate=atrous, use_float16=False, allow_downsample=False)
+    pick = torch.tensor([produced.index(w) for w in windows], device=out.device)
+    fg = out[0].permute(2, 3, 0, 1).index_select(1, pick)  # [L, K, H, W]
+    bg = impl.foreground2background(fg.permute(0, 2, 3, 1).unsqueeze(1), num_labels)  # [L, 1, H, W, K]
+    return fg.unsqueeze(0), bg[:, 0].permute(0, 3, 1, 2).unsqueeze(0)

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ops import global_match, local_match
-from .reference import background_maps
 
 __all__ = ["INPLACE_LABELS", "foreground2background", "global_matching", "global_matching_for_eval",
            "local_matching"]
@@ -209,14 +208,13 @@ def _kept_pixels(labels: Tensor, num_labels: int, rate: int, min_pixels: int) ->
     return valid & (on_grid | small.gather(1, flat).reshape(labels.shape))
 
 
-def _global(query: Tensor, references: Sequence[Tensor], labels: Tensor, num_labels: int, dis_bias: object,
+def _global(query: Tensor, references: Sequence[Tensor], labels: Tensor, num_labels: int, bias: Tensor,
             ori_size: tuple[int, int] | None, rate: int, min_pixels: int, use_float16: bool) -> Tensor:
-    """query [H, W, C]; references T x [Hr, Wr, C]; labels [T, Hr, Wr] index -> [1, H', W', L, 1]."""
+    """query [H, W, C]; references T x [Hr, Wr, C]; labels [T, Hr, Wr] index; bias [L] -> [1, H', W', L, 1]."""
     height, width, _ = query.shape
     if not bool(_kept_pixels(labels, num_labels, rate, min_pixels).any().item()):
         # No candidate at all: the original returns ones at the matching size (ori_size is not applied).
         return torch.ones(1, height, width, num_labels, 1, device=query.device)
-    bias = _bias_vector(dis_bias, num_labels, query)
     compute_dtype, result_dtype = _dtypes(query, bias, use_float16)
     q = _prepare(query, use_float16).permute(2, 0, 1).unsqueeze(0)
     r = torch.stack([_prepare(ref, use_float16) for ref in references]).permute(0, 3, 1, 2).unsqueeze(0)
@@ -273,14 +271,14 @@ def global_matching(reference_embeddings: Tensor, query_embeddings: Tensor, refe
     index = _label_index(reference_labels, "reference_labels", reference.shape[:2], query)
     rate, min_pixels, size = _rate(atrous_rate), _min_pixels(atrous_obj_pixel_num), _size(ori_size)
     num_labels = reference_labels.shape[2]
+    bias = _bias_vector(dis_bias, num_labels, query)
     if rate > 1:
         if reference.shape[:2] != query.shape[:2]:
             raise ValueError(f"atrous_rate > 1 needs reference_embeddings of the query's size {tuple(query.shape[:2])},"
                              f" got {tuple(reference.shape[:2])}")
         if _inplace(inplace_labels):
             _subsample_labels_(reference_labels, index, num_labels, rate, min_pixels)
-    return _global(query, [reference], index.unsqueeze(0), num_labels, dis_bias, size, rate, min_pixels,
-                   use_float16)
+    return _global(query, [reference], index.unsqueeze(0), num_labels, bias, size, rate, min_pixels, use_float16)
 
 
 def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_embeddings: Tensor,
@@ -322,14 +320,14 @@ def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_e
             raise ValueError(f"all_reference_labels[{t}] has {labels.shape[2]} labels, frame 0 has {num_labels}")
         indices.append(index)
     rate, min_pixels, size = _rate(atrous_rate), _min_pixels(atrous_obj_pixel_num), _size(ori_size)
+    bias = _bias_vector(dis_bias, num_labels, query)
     if rate > 1 and size0 != query.shape[:2]:
         raise ValueError(f"atrous_rate > 1 needs reference frames of the query's size {tuple(query.shape[:2])}, "
                          f"got {tuple(size0)}")
     if rate > 1 and min_pixels > 0 and _inplace(inplace_labels):
         for labels, index in zip(all_reference_labels, indices):
             _subsample_labels_(labels, index, num_labels, rate, min_pixels)
-    return _global(query, references, torch.stack(indices), num_labels, dis_bias, size, rate, min_pixels,
-                   use_float16)
+    return _global(query, references, torch.stack(indices), num_labels, bias, size, rate, min_pixels, use_float16)
 
 
 def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_frame_labels: Tensor,
@@ -410,5 +408,10 @@ def foreground2background(dis: Tensor, obj_num: int) -> Tensor:
         raise ValueError(f"obj_num must be an int in [1, {dis.shape[0]}], got {obj_num!r}")
     if obj_num == 1:
         return dis
-    per_object = dis[:obj_num].min(dim=1, keepdim=True).values  # [obj_num, 1, ...], first k on ties
-    return background_maps(per_object.unsqueeze(0)).squeeze(0)
+    # torch.min along a dim returns the first minimum on ties, which is where the original's gradient goes.
+    per_object = dis[:obj_num].min(dim=1, keepdim=True).values  # [obj_num, 1, ...]
+    first = per_object.min(dim=0, keepdim=True).indices  # the lowest object holding the overall minimum
+    others = per_object.scatter(0, first, float("inf"))
+    second = others.min(dim=0, keepdim=True).indices  # the lowest object holding the minimum of the others
+    objects = torch.arange(obj_num, device=dis.device).reshape((obj_num,) + (1,) * (dis.dim() - 1))
+    return per_object.gather(0, torch.where(objects == first, second, first))

@@ -342,7 +342,7 @@ def test_result_dtype_follows_the_original() -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(4, 1, 5, 6), (3, 1, 5, 6, 4), (2, 3, 5, 6), (1, 1, 4, 4)])
+@pytest.mark.parametrize("shape", [(4, 1, 5, 6), (3, 1, 5, 6, 4), (2, 3, 5, 6), (11, 2, 4, 5), (1, 1, 4, 4)])
 def test_foreground2background(shape: tuple) -> None:
     """Values and gradients of the original, ties included (values drawn from a few levels)."""
     g = generator(51)
@@ -372,8 +372,10 @@ def test_errors_name_the_argument() -> None:
         compat.global_matching(other, query, soft)
     with pytest.raises(ValueError, match="prev_frame_labels must be one-hot"):
         compat.local_matching(other, query, two_hot)
+    before = labels.clone()
     with pytest.raises(ValueError, match="dis_bias must hold 1 or 3"):
-        compat.global_matching(other, query, labels, dis_bias=torch.zeros(2))
+        compat.global_matching(other, query, labels, dis_bias=torch.zeros(2), atrous_rate=2)
+    assert torch.equal(labels, before)  # checked before the in-place subsampling
     with pytest.raises(ValueError, match="channels"):
         compat.global_matching(other[..., :3], query, labels)
     with pytest.raises(ValueError, match="atrous_rate > 1 needs"):

@@ -11,6 +11,7 @@ Writes a Markdown table to benchmarks/results/model.md (or --output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -22,15 +23,15 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+import cfbi_model.modeling.matching as matching_module
 import cfbi_ops
-import cfbi_model.matching as matching_module
 from cfbi_model import CFBIPlus, VideoSegmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PartTimer:
-    """Wall-clock timers around cfbi_ops.global_match / local_match (as seen by cfbi_model.matching), the
+    """Wall-clock timers around cfbi_ops.global_match / local_match (as seen by cfbi_model.modeling.matching), the
     model's feature extraction (backbone + FPN) and its collaborative ensembler."""
 
     def __init__(self, model: CFBIPlus, device: torch.device) -> None:
@@ -62,7 +63,7 @@ class PartTimer:
         else:
             self._restore.append(lambda: setattr(owner, attribute, original))
 
-    def __enter__(self) -> "PartTimer":
+    def __enter__(self) -> PartTimer:
         self._wrap(matching_module.cfbi_ops, "global_match", "global_match", instance=False)
         self._wrap(matching_module.cfbi_ops, "local_match", "local_match", instance=False)
         self._wrap(self.model, "extract_features", "features", instance=True)
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op thread counts to measure (default: torch's current setting)")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results", "model.md"))
+    parser.add_argument("--json", default=None, help="also write the rows and settings as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     header = machine_info(device)
@@ -231,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.output}", file=sys.stderr)
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("height", "width", "objects", "frames", "warmup", "global_atrous",
+                                                  "min_matching_pixels", "device", "amp")}
+        with open(args.json, "w") as f:
+            json.dump(dict(args=settings, machine=header, rows=rows), f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,9 @@
 """cfbi_model: the CFBI+ network around cfbi_ops, video inference, training, data and evaluation.
 
-The public names below load on first use, so that light modules (cfbi_model.metrics, the command line's
-argument parsing) do not import torch and the network.
+Layout (dependencies point down): cli -> training -> evaluation -> inference, data -> build -> modeling ->
+config; io (frames, masks, videos, overlays) and config at the bottom. docs/design.md describes the model.
+The public names below load on first use, so that light modules (cfbi_model.evaluation.metrics, the command
+line's argument parsing) do not import torch and the network.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CFBIPlus": "network", "FrameFeatures": "network",
-    "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint",
-    "ModelConfig": "config", "get_config": "config",
-    "StepResult": "inference", "VideoSegmenter": "inference",
+    "CFBIPlus": "modeling.network", "FrameFeatures": "modeling.network",
+    "build_model": "build", "load_model": "build", "save_model": "build",
+    "CheckpointError": "build", "load_checkpoint": "build",
+    "ModelConfig": "config", "InferenceConfig": "config", "TrainConfig": "config", "ClipConfig": "config",
+    "get_config": "config",
+    "StepResult": "inference.segmenter", "VideoSegmenter": "inference.segmenter",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,14 +1,26 @@
-"""Model configurations of CFBI+ as dataclasses.
+"""Every setting of cfbi_model and its one default: the network (ModelConfig), inference (InferenceConfig),
+training (TrainConfig) and clip sampling (ClipConfig).
 
-`get_config("resnet101")` is the released network (DESIGN section 3, the authors' configs/resnet101_cfbip.py);
-its state dict matches spec/cfbip_r101_state_dict.txt name for name and shape for shape.
-`get_config("small")` is a narrow ResNet-18-like variant with the same structure, for tests and CPU use.
+`get_config("resnet101")` is the released network (docs/design.md, "The model"; the authors'
+configs/resnet101_cfbip.py); its state dict matches tests/data/cfbip_r101_state_dict.txt name for name and
+shape for shape. `get_config("small")` is a narrow ResNet-18-like variant with the same structure, for tests
+and CPU use.
+
+This module imports neither torch nor numpy, so that the command line's argument parsing stays light.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-__all__ = ["BackboneConfig", "HeadConfig", "ModelConfig", "CONFIGS", "get_config", "config_names"]
+__all__ = ["IGNORE_LABEL", "BackboneConfig", "HeadConfig", "ModelConfig", "CONFIGS", "get_config", "config_names",
+           "InferenceConfig", "ClipConfig", "TrainConfig", "config_differences"]
+
+IGNORE_LABEL = 255
+"""Label value of pixels that belong to no object and are not scored (padding, void regions)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,15 @@ class ModelConfig:
         """Length of the instance-level attention vector: 4 pooled embeddings."""
         return 4 * self.embedding_dim
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole configuration as plain Python values (what a checkpoint stores under "model_config")."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of to_dict (lists are accepted wherever tuples are expected); ValueError on unknown keys."""
+        return _from_dict(cls, data)
+
     def ensembler_in_dims(self) -> tuple[int, int, int]:
         """Channels of the per-label ensembler input at 4x / 8x / 16x: 3 embeddings + global fg/bg +
         previous mask + 2 K local maps (783 / 783 / 781 for resnet101)."""
@@ -174,3 +195,184 @@ def get_config(name: str = "resnet101", **overrides) -> ModelConfig:
         raise ValueError(f"unknown model configuration {name!r}; known: {', '.join(config_names())}")
     config = CONFIGS[name]()
     return replace(config, **overrides) if overrides else config
+
+
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Fields where two configurations of the same dataclass differ, as "name: a != b" lines."""
+    out = []
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
+            out += config_differences(x, y, f"{prefix}{f.name}.")
+        elif x != y:
+            out.append(f"{prefix}{f.name}: {x!r} != {y!r}")
+    return out
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """A (nested) frozen config dataclass from plain values."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    values = {}
+    for key, value in data.items():
+        kind = hints[key]
+        values[key] = _from_dict(kind, value) if dataclasses.is_dataclass(kind) else _tuples(value)
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------------- inference
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a model segments a video; the one default of the Python API, `cfbi segment`, `cfbi demo`,
+    `cfbi evaluate --checkpoint` and the validation of `cfbi train`.
+
+    min_matching_pixels defaults to 0 (every object subsampled by the 4x global-matching atrous rate, and the
+    reference attention pooled over the full label maps). That is how the networks trained here are trained
+    (training subsamples every object: the clip sampler's objects are never exempt) and what the shipped
+    small checkpoint is validated with. The authors' released evaluation uses 100 (their
+    TEST_GLOBAL_MATCHING_MIN_PIXEL), which also switches on their attention quirk (see
+    ModelConfig.atrous_attention_quirk): pass 100 to reproduce their numbers with the released weights.
+    """
+
+    global_atrous: int = field(default=2, metadata=_help(
+        "atrous rate of the 4x global matching (the authors' released evaluation uses 2)"))
+    min_matching_pixels: int = field(default=0, metadata=_help(
+        "with --global-atrous > 1, objects with at most this many pixels (times atrous^2) in a reference frame "
+        "keep all their pixels; 0 subsamples every object, 100 is the authors' released evaluation setting "
+        "(docs/design.md)"))
+    scales: tuple[float, ...] = field(default=(1.0,), metadata=_help(
+        "input scales whose probabilities are averaged (the authors' multi-scale evaluation: 1.0 1.15 1.3)"))
+    flip: bool = field(default=False, metadata=_help("also average horizontally flipped views"))
+    amp: bool = field(default=False, metadata=_help(
+        "autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU"))
+    max_long_edge: float | None = field(default=None, metadata=_help(
+        "cap of a frame's long edge before scaling (None: 1040, the authors' single-scale TEST_MAX_SIZE, for "
+        "scales == (1.0,), else 800)"))
+
+    def __post_init__(self) -> None:
+        if int(self.global_atrous) < 1:
+            raise ValueError(f"global_atrous must be >= 1, got {self.global_atrous}")
+        if int(self.min_matching_pixels) < 0:
+            raise ValueError(f"min_matching_pixels must be >= 0, got {self.min_matching_pixels}")
+        scales = tuple(float(s) for s in self.scales)
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales}")
+        object.__setattr__(self, "global_atrous", int(self.global_atrous))
+        object.__setattr__(self, "min_matching_pixels", int(self.min_matching_pixels))
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "flip", bool(self.flip))
+        object.__setattr__(self, "amp", bool(self.amp))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class ClipConfig:
+    """Clip sampling and augmentation.
+
+    Attributes:
+        num_current: current frames per clip (the authors' TRAIN_CURR_SEQ_LEN = 3).
+        max_gap: largest gap between consecutive sampled frames (previous -> current -> current ...).
+        reverse_probability: chance of playing the video backwards.
+        crop_size: (height, width) of the crop; multiples of 16 plus 1 keep the feature grids aligned.
+        scale_range: random scale of every frame of a clip.
+        short_edge: frames are first resized so that their short edge is this many pixels (the authors' 480
+            for DAVIS and YouTube-VOS), then scaled; None: scale the original size.
+        min_object_pixels: the reference crop must hold an object larger than this (balanced crop).
+        crop_retries: crops tried before taking the one with the largest object.
+        max_objects: objects kept per clip (the rest become background).
+        flip_probability: chance of a horizontal flip.
+        clip_retries: clips drawn (video, frames, crop) until the reference crop holds an object.
+    """
+
+    num_current: int = 3
+    max_gap: int = 3
+    reverse_probability: float = 0.5
+    crop_size: tuple[int, int] = (465, 465)
+    scale_range: tuple[float, float] = (1.0, 1.3)
+    short_edge: int | None = 480
+    min_object_pixels: int = 100
+    crop_retries: int = 20
+    max_objects: int = 5
+    flip_probability: float = 0.5
+    clip_retries: int = 5
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint).
+
+    Attributes:
+        model: model configuration name (cfbi_model.config).
+        steps: optimizer steps in total.
+        batch_size: clips per step and process.
+        lr: base learning rate; momentum, weight_decay: SGD; warmup_steps: linear warm-up from 0;
+        poly_power: decay (1 - t / T) ** power after the warm-up; min_lr: floor of the learning rate.
+        clip_grad_norm: gradient-norm clip (None: off).
+        top_k_percent: final fraction of the hardest pixels in the bootstrapped cross-entropy.
+        hard_mining_steps: steps over which that fraction falls from 1 (None: half of `steps`).
+        sequential_start: step from which the previous mask is the model's own prediction (None: half).
+        clip: clip sampling and augmentation.
+        seed: seeds the model initialisation and the clip sampling.
+        num_workers: data-loader worker processes.
+        checkpoint_every, log_every, val_every: intervals in steps (0: never; a checkpoint is always written at
+            the end).
+        val_max_frames: frames per validation video (None: all).
+        amp: autocast on CUDA (bfloat16 where supported, else float16 with a gradient scaler).
+    """
+
+    model: str = "resnet101"
+    steps: int = 100_000
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1.5e-4
+    warmup_steps: int = 1000
+    poly_power: float = 0.9
+    min_lr: float = 1e-5
+    clip_grad_norm: float | None = 5.0
+    top_k_percent: float = 0.15
+    hard_mining_steps: int | None = None
+    sequential_start: int | None = None
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    seed: int = 0
+    num_workers: int = 2
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    val_every: int = 0
+    val_max_frames: int | None = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clip, Mapping):
+            self.clip = _from_dict(ClipConfig, self.clip)
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 < self.top_k_percent <= 1:
+            raise ValueError(f"top_k_percent must lie in (0, 1], got {self.top_k_percent}")
+
+    @property
+    def hard_mining_end(self) -> int:
+        return self.steps // 2 if self.hard_mining_steps is None else self.hard_mining_steps
+
+    @property
+    def sequential_from(self) -> int:
+        return self.steps // 2 if self.sequential_start is None else self.sequential_start
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

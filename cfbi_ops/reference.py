@@ -1,4 +1,4 @@
-"""Plain-PyTorch implementation of the cfbi_ops contract (DESIGN section 2).
+"""Plain-PyTorch implementation of the cfbi_ops contract (docs/design.md, "The operators").
 
 It is the oracle of the tests and the fallback when the compiled extension cannot be loaded. Work is
 chunked over query pixels so that no [all queries x all candidates] or [pixels x C x window] tensor is

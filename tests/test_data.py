@@ -10,11 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from cfbi_model.data import (ClipConfig, ClipDataset, DataError, MixedVideos, StepSampler, balanced_crop,
-                             collate_clips, davis_videos, load_frame, relabel, sample_frame_indices,
-                             youtube_vos_videos)
+from cfbi_model.data import (
+    ClipConfig,
+    ClipDataset,
+    DataError,
+    MixedVideos,
+    StepSampler,
+    balanced_crop,
+    collate_clips,
+    davis_videos,
+    load_frame,
+    relabel,
+    sample_frame_indices,
+    youtube_vos_videos,
+)
+from cfbi_model.data.synthetic import SyntheticConfig, render_video, write_synthetic_davis
 from cfbi_model.inference import preprocess
-from cfbi_model.synthetic import SyntheticConfig, render_video, write_synthetic_davis
 
 TINY = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=3)
 

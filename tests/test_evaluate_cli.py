@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cfbi_model.cli import main
+from cfbi_model.config import InferenceConfig
 
 PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (768 - 12)
 
@@ -242,15 +243,16 @@ def test_checkpoint_runs_segmenter_then_evaluates(monkeypatch, tmp_path, capsys)
     (data / "ImageSets" / "2017" / "val.txt").write_text("listed\n")
     calls = []
 
-    def segment_split(checkpoint, data_root, split, output_dir, sequences):
+    def segment_split(checkpoint, data_root, split, output_dir, sequences, **options):
         calls.append((Path(checkpoint).name, split, sequences))
+        assert options["inference"] == InferenceConfig() and options["config"] is None
         for name in sequences:  # a perfect segmenter: copies the annotations (void as background)
             for t, labels in enumerate(np.where(perfect == 255, 0, perfect)):
                 write_png(Path(output_dir) / name / f"{t:05d}.png", labels)
 
-    import cfbi_model.evaluation_run
+    import cfbi_model.evaluation.run
 
-    monkeypatch.setattr(cfbi_model.evaluation_run, "segment_split", segment_split)
+    monkeypatch.setattr(cfbi_model.evaluation.run, "segment_split", segment_split)
     out_json = tmp_path / "r.json"
     assert run_cli("--checkpoint", tmp_path / "m.pth", "--data", data, "--json", out_json, "--workers", "1") == 0
     assert calls == [("m.pth", "val", ["listed"])]

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from cfbi_model import CFBIPlus, StepResult, VideoSegmenter
 from cfbi_model.inference import inference_size, preprocess
 
-
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 H, W = 65, 81

@@ -1,4 +1,4 @@
-"""Tests of cfbi_model.metrics: hand-computed J, F, boundaries and statistics, and a comparison with a small
+"""Tests of cfbi_model.evaluation.metrics: hand-computed J, F, boundaries and statistics, and a comparison with a small
 port of the official DAVIS-2017 evaluation code on random masks."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cfbi_model import metrics as M
+from cfbi_model.evaluation import metrics as M
 
 
 def box(shape, rows, cols):

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from cfbi_model import CFBIPlus, CheckpointError, get_config, load_checkpoint
-from cfbi_model.attention import atrous_subsampled
 from cfbi_model.config import config_names
-from cfbi_model.layers import GCT, FrozenBatchNorm2d
-
+from cfbi_model.modeling.attention import atrous_subsampled
+from cfbi_model.modeling.layers import GCT, FrozenBatchNorm2d
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from cfbi_model import CFBIPlus
 
-
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 PAD = 5e4

@@ -4,12 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+import cfbi_model.modeling.matching as matching_module
 import cfbi_ops
-import cfbi_model.matching as matching_module
 from benchmarks import model_speed
-
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 

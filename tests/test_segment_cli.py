@@ -12,7 +12,6 @@ from PIL import Image
 from cfbi_model import CFBIPlus
 from cfbi_model.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 H, W = 64, 80  # even sides (libx264); not 16k + 1, so the engine's resizing path runs too
@@ -196,3 +195,15 @@ def test_overlay_extension_and_usage(data, capsys):
         segment("--help")
     assert info.value.code == 0
     assert "--allow-random" in capsys.readouterr().out
+
+
+def test_checkpoint_brings_its_own_config(data, capsys):
+    """The shipped small checkpoint names its configuration: no --config needed; a disagreeing one is refused."""
+    from cfbi_model.cli.demo import default_weights
+
+    args = ["--frames", data["frames"], "--mask", data["mask"], "--out", data["out"], "--quiet"]
+    assert segment(*args, "--checkpoint", default_weights()) == 0
+    assert len(list(data["out"].glob("*.png"))) == 4
+    _fails(capsys, *args, "--checkpoint", default_weights(), "--config", "resnet101",
+           expect=["small_synthetic.pth", "'small'", "disagrees", "'resnet101'"])
+    assert segment(*args, "--checkpoint", default_weights(), "--config", "small") == 0  # agreeing is fine

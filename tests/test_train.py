@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from cfbi_model.data import ClipConfig, collate_clips, davis_videos
-from cfbi_model.synthetic import SyntheticConfig, write_synthetic_davis
-from cfbi_model.train import (Trainer, TrainConfig, bootstrapped_cross_entropy, learning_rate_factor,
-                              top_k_fraction)
+from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
+from cfbi_model.training import TrainConfig, Trainer, bootstrapped_cross_entropy, learning_rate_factor, top_k_fraction
 
 TINY = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2)
 
@@ -41,7 +40,8 @@ def test_bootstrapped_cross_entropy():
     assert torch.allclose(full, F.cross_entropy(logits[None], target[None], ignore_index=255))
     per_pixel = F.cross_entropy(logits[None], target[None], ignore_index=255, reduction="none")[0][target != 255]
     k = int(0.3 * per_pixel.numel())
-    assert torch.allclose(bootstrapped_cross_entropy(logits, target, 0.3), per_pixel.sort(descending=True).values[:k].mean())
+    assert torch.allclose(bootstrapped_cross_entropy(logits, target, 0.3),
+                          per_pixel.sort(descending=True).values[:k].mean())
     assert top_k_fraction(0, 0.15, 100) == 1.0 and top_k_fraction(50, 0.15, 100) == pytest.approx(0.575)
     assert top_k_fraction(500, 0.15, 100) == pytest.approx(0.15)
     assert learning_rate_factor(0, 100, 10, 0.9, 0.1, 1e-5) == pytest.approx(0.1)
@@ -89,8 +89,8 @@ def test_resume_is_exact(data_root, tmp_path):
     for key in sa:
         assert torch.equal(sa[key]["momentum_buffer"], sb[key]["momentum_buffer"])
     # the checkpoint also loads as a plain model checkpoint
-    from cfbi_model.evaluation_run import model_from_checkpoint
-    model = model_from_checkpoint(resumed.checkpoint_path)
+    from cfbi_model.build import load_model
+    model = load_model(resumed.checkpoint_path)
     assert model.config.name == "small"
 
 
@@ -137,7 +137,7 @@ def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
     assert main(common + ["--steps", "2"]) == 0
     assert main(common + ["--steps", "3", "--resume", "--val-every", "3", "--val-max-frames", "4"]) == 0
     state = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert state["step"] == 3 and state["model_config"] == "small"
+    assert state["step"] == 3 and state["model_config"]["name"] == "small"
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pth"), "--data", str(data_root),
                  "--split", "val", "--workers", "1"]) == 0
     assert "J&F-Mean" in capsys.readouterr().out

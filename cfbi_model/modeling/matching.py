@@ -11,7 +11,7 @@ with the K local channels ordered [largest window, then the others in list order
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .media import write_mask
+from ..io.masks import write_mask
 
 __all__ = ["SyntheticConfig", "render_video", "write_synthetic_davis"]
 
@@ -133,7 +133,8 @@ def _sprite_mask(sprite: _Sprite, t: int, yy: np.ndarray, xx: np.ndarray) -> np.
 
 def _sprite_texture(sprite: _Sprite, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     dy, dx = yy - sprite.position[0], xx - sprite.position[1]
-    s = 0.5 + 0.5 * np.sin(sprite.texture_freq * (dx * np.cos(sprite.texture_angle) + dy * np.sin(sprite.texture_angle)))
+    angle = sprite.texture_angle
+    s = 0.5 + 0.5 * np.sin(sprite.texture_freq * (dx * np.cos(angle) + dy * np.sin(angle)))
     return sprite.colour_a[None, None] * s[..., None] + sprite.colour_b[None, None] * (1 - s[..., None])
 
 

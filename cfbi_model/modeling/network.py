@@ -9,25 +9,21 @@ instance-level attention and the collaborative ensembler.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ModelConfig, get_config
 from .attention import atrous_subsampled, attention_vectors
 from .backbone import FeatureExtractor
-from .config import ModelConfig, get_config
 from .ensembler import CollaborativeEnsembler
 from .fpn import FPN
 from .matching import ensembler_input, one_hot_labels, resize_labels
 
-__all__ = ["CFBIPlus", "FrameFeatures", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-# The authors feed BGR frames (cv2.imread) normalised with the RGB ImageNet statistics, channel by channel
-# in that (mismatched) order [official]; see cfbi_model.inference.preprocess.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["CFBIPlus", "FrameFeatures"]
 
 
 class FrameFeatures(NamedTuple):

@@ -1,7 +1,10 @@
 """`cfbi segment`: segment the objects of a first-frame mask through a video (frame folder or video file).
 
     cfbi segment --frames DIR | --video FILE --mask FIRST.png --out DIR --checkpoint PATH
-                 [--config NAME] [--overlay FILE.mp4|.gif] [--device cpu|cuda] [--allow-random]
+                 [--overlay FILE.mp4|.gif] [--device cpu|cuda] [inference options] [--allow-random [--config NAME]]
+
+The model is the checkpoint's own (its configuration is stored in it; the authors' released files load as
+resnet101); --config is needed only for --allow-random or files without a configuration.
 
 Writes one palette PNG per frame into --out (the palette of the input mask), named after the frame files
 (or 00000.png, 00001.png, ... for a video file).
@@ -11,12 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from .. import media
-from ..config import config_names
+from .. import io as cfbi_io
+from ._options import HelpFormatter, add_config_argument, add_inference_arguments, inference_config
 
 _PROG = "cfbi segment"
 
@@ -28,7 +31,8 @@ class _UsageError(Exception):
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "segment", help="segment the objects of a first-frame mask through a video",
-        description="Propagate the objects of a first-frame mask through a video with CFBI+.")
+        description="Propagate the objects of a first-frame mask through a video with CFBI+.",
+        formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", metavar="DIR", help="folder of frames (sorted by file name)")
     source.add_argument("--video", metavar="FILE", help="video file (needs imageio and imageio-ffmpeg)")
@@ -36,23 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="label mask of the first frame (palette PNG: 0 background, 1..K objects)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the palette PNGs")
     parser.add_argument("--checkpoint", metavar="PATH", help="CFBI+ checkpoint (.pth)")
-    parser.add_argument("--config", default="resnet101", choices=config_names(),
-                        help="model configuration (default: resnet101, the released one)")
+    add_config_argument(parser, "(default: the checkpoint's; resnet101 without a checkpoint)")
     parser.add_argument("--overlay", metavar="FILE", help="also write an overlay video (.mp4) or animation (.gif)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
-                        help="default: cuda when available, else cpu")
+                        help="None: cuda when available, else cpu")
     parser.add_argument("--allow-random", action="store_true",
                         help="run with random weights when no checkpoint is given (for testing only)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
-                        help="multi-scale inference (e.g. 1.0 1.15 1.3)")
-    parser.add_argument("--flip", action="store_true", help="also average horizontally flipped views")
-    parser.add_argument("--global-atrous", type=int, default=2, help="4x global-matching atrous rate (default 2)")
-    parser.add_argument("--min-matching-pixels", type=int, default=100,
-                        help="with --global-atrous > 1, objects with at most this many pixels (times atrous^2) "
-                             "in a reference frame keep all their pixels (default 100, the authors' released "
-                             "evaluation setting; 0 subsamples every object)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inference_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -65,7 +60,7 @@ def _error(message: str) -> int:
 def _frames(args: argparse.Namespace) -> tuple[Iterator[tuple[str, str, np.ndarray]], int | None, float]:
     """(iterator of (output name, source description, RGB frame), frame count if known, fps)."""
     if args.frames:
-        paths = media.list_frames(args.frames)
+        paths = cfbi_io.list_frames(args.frames)
         names = [os.path.splitext(os.path.basename(path))[0] + ".png" for path in paths]
         if len(set(names)) != len(names):
             duplicate = next(n for n in names if names.count(n) > 1)
@@ -74,23 +69,23 @@ def _frames(args: argparse.Namespace) -> tuple[Iterator[tuple[str, str, np.ndarr
 
         def from_folder() -> Iterator[tuple[str, str, np.ndarray]]:
             for name, path in zip(names, paths):
-                yield name, repr(path), media.read_image(path)
+                yield name, repr(path), cfbi_io.read_frame(path)
 
         return from_folder(), len(paths), 24.0
     if not os.path.isfile(args.video):
-        raise media.MediaError(f"video {args.video!r} does not exist")
+        raise cfbi_io.MediaError(f"video {args.video!r} does not exist")
 
     def from_video() -> Iterator[tuple[str, str, np.ndarray]]:
-        for index, frame in enumerate(media.iter_video(args.video)):
+        for index, frame in enumerate(cfbi_io.iter_video(args.video)):
             yield f"{index:05d}.png", f"frame {index} of {args.video!r}", frame
 
-    return from_video(), None, media.video_fps(args.video)
+    return from_video(), None, cfbi_io.video_fps(args.video)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (media.MediaError, _UsageError) as error:
+    except (cfbi_io.MediaError, _UsageError) as error:
         return _error(str(error))
 
 
@@ -98,9 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415 - keep `cfbi --help` light
     from tqdm import tqdm  # noqa: PLC0415
 
-    from ..checkpoint import CheckpointError, load_checkpoint  # noqa: PLC0415
-    from ..inference import VideoSegmenter  # noqa: PLC0415
-    from ..network import CFBIPlus  # noqa: PLC0415
+    from ..build import CheckpointError, build_model, load_model  # noqa: PLC0415
+    from ..inference.segmenter import VideoSegmenter  # noqa: PLC0415
 
     # Check everything that can be checked before the (slow) model is built.
     if args.checkpoint is None and not args.allow_random:
@@ -113,7 +107,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _UsageError("--device cuda requested but CUDA is not available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    first_labels, palette = media.read_mask(args.mask)
+    try:
+        inference = inference_config(args)
+    except ValueError as error:
+        raise _UsageError(str(error)) from error
+    first_labels, palette = cfbi_io.read_mask(args.mask)
     frames, total, fps = _frames(args)
     try:
         first_name, first_source, first_frame = next(frames)
@@ -129,24 +127,18 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise _UsageError(f"cannot create output folder {args.out!r}: {error}") from error
 
-    model = CFBIPlus(args.config)
     if args.checkpoint is not None:
         try:
-            load_checkpoint(model, args.checkpoint)
+            model = load_model(args.checkpoint, config=args.config, device=device)
         except CheckpointError as error:
             raise _UsageError(str(error)) from error
     else:
         print(f"{_PROG}: warning: running with RANDOM weights (--allow-random); the masks are meaningless",
               file=sys.stderr)
-    model.to(device)
-    try:
-        segmenter = VideoSegmenter(model, global_atrous=args.global_atrous,
-                                   min_matching_pixels=args.min_matching_pixels, scales=tuple(args.scales),
-                                   flip=args.flip, amp=args.amp)
-    except ValueError as error:
-        raise _UsageError(str(error)) from error
+        model = build_model(args.config or "resnet101").to(device)
+    segmenter = VideoSegmenter(model, inference)
 
-    writer = media.OverlayWriter(args.overlay, fps) if args.overlay else None
+    writer = cfbi_io.OverlayWriter(args.overlay, fps) if args.overlay else None
     progress = tqdm(total=total, unit="frame", desc="segment", disable=args.quiet, file=sys.stderr)
     count = 0
     try:
@@ -172,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _emit(out: str, name: str, frame: np.ndarray, labels: np.ndarray, palette: list[int] | None,
-          writer: media.OverlayWriter | None) -> None:
-    media.write_mask(os.path.join(out, name), labels, palette)
+          writer: cfbi_io.OverlayWriter | None) -> None:
+    cfbi_io.write_mask(os.path.join(out, name), labels, palette)
     if writer is not None:
-        writer.add(media.overlay(frame, labels, palette))
+        writer.add(cfbi_io.overlay(frame, labels, palette))

@@ -1,4 +1,4 @@
-"""The `cfbi` command line. Every module of cfbi_model.commands contributes one sub-command."""
+"""The `cfbi` command line: one thin module per sub-command (parse the arguments, call the library)."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +6,17 @@ import importlib
 import pkgutil
 import sys
 
-from . import commands
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `cfbi` parser; every public module of this package (name not starting with "_") adds a sub-command
+    through its `add_parser(subparsers)`."""
     parser = argparse.ArgumentParser(prog="cfbi", description="CFBI+ video object segmentation")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{commands.__name__}.{info.name}").add_parser(subparsers)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}").add_parser(subparsers)
     return parser
 
 

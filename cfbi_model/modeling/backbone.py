@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import BackboneConfig
+from ..config import BackboneConfig
 from .layers import FrozenBatchNorm2d
 
 __all__ = ["ResNet", "ASPP", "Decoder", "DeepLabFeatures", "FeatureExtractor"]

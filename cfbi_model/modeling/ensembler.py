@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import HeadConfig
 from .attention import IAGate
-from .config import HeadConfig
 from .layers import GCT
 
 __all__ = ["GCTBottleneck", "EnsemblerASPP", "CollaborativeEnsembler"]

@@ -19,21 +19,23 @@ the frames that brought new objects) and the previous frame's, nothing else.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .network import IMAGENET_MEAN, IMAGENET_STD, CFBIPlus, FrameFeatures
+from ..config import IGNORE_LABEL, InferenceConfig
+from ..modeling.matching import one_hot_labels
+from ..modeling.network import CFBIPlus, FrameFeatures
+from ..modeling.precision import amp_dtype, autocast
+from ..modeling.preprocess import preprocess
 
-__all__ = ["VideoSegmenter", "StepResult", "preprocess", "inference_size", "IGNORE_LABEL"]
+__all__ = ["VideoSegmenter", "StepResult", "inference_size"]
 
-IGNORE_LABEL = 255
 _SINGLE_SCALE_MAX_EDGE = 1040  # 800 * 1.3, the authors' TEST_MAX_SIZE for single-scale evaluation
 _MULTI_SCALE_MAX_EDGE = 800
 
@@ -46,24 +48,8 @@ class StepResult:
     labels: Tensor
 
 
-def preprocess(image: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
-    """RGB uint8 image [H, W, 3] -> the network's input [3, H, W] float32: BGR channel order normalised with
-    the RGB ImageNet mean / std in that order [official: cv2.imread + MultiToTensor]."""
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
-    if not isinstance(image, Tensor):
-        raise TypeError(f"image must be a numpy array or a torch.Tensor, got {type(image).__name__}")
-    if image.dim() != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be an RGB array [H, W, 3], got shape {tuple(image.shape)}")
-    if image.dtype != torch.uint8:
-        raise ValueError(f"image must be uint8 (use normalized=True for float input), got {image.dtype}")
-    x = image.to(device).permute(2, 0, 1).flip(0).float() / 255.0  # RGB -> BGR, [3, H, W]
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).reshape(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).reshape(3, 1, 1)
-    return (x - mean) / std
-
-
-def inference_size(height: int, width: int, scale: float = 1.0, max_long_edge: float | None = 1040) -> tuple[int, int]:
+def inference_size(height: int, width: int, scale: float = 1.0, max_long_edge: float | None = _SINGLE_SCALE_MAX_EDGE
+                   ) -> tuple[int, int]:
     """The network input size for a frame [official MultiRestrictSize]: cap the long edge at max_long_edge,
     multiply by scale (truncating), round each side to the nearest 16k + 1 (halves to even)."""
     factor = None
@@ -96,43 +82,33 @@ class VideoSegmenter:
 
     Args:
         model: a CFBIPlus network (weights loaded).
-        global_atrous: atrous rate of the 4x global matching (the authors' released evaluation scripts use 2).
-        min_matching_pixels: with atrous > 1, labels with at most this many pixels times atrous**2 in a reference
-            frame keep all their pixels. The authors' released evaluation (configs/resnet101_cfbip.py,
-            TEST_GLOBAL_MATCHING_MIN_PIXEL) uses 100, which also switches on their attention quirk (see
-            ModelConfig.atrous_attention_quirk); 0 subsamples every label.
-        scales: input scales, averaged (the authors' multi-scale evaluation uses e.g. (1.0, 1.15, 1.3)).
-        flip: also average horizontally flipped views.
-        amp: autocast (bfloat16 where supported, else float16) on CUDA; ignored on CPU.
+        config: the inference settings (InferenceConfig: global atrous rate, min matching pixels, scales,
+            flip, amp, max long edge); default InferenceConfig().
         normalized: frames are already network input, float tensors [3, H, W] (BGR, normalised).
-        max_long_edge: cap of the long edge before scaling; None = the authors' 1040 for scales == (1.0,),
-            800 otherwise.
+        **overrides: InferenceConfig fields replacing those of `config` (e.g. min_matching_pixels=100).
     """
 
-    def __init__(self, model: CFBIPlus, *, global_atrous: int = 2, min_matching_pixels: int = 0,
-                 scales: Sequence[float] = (1.0,), flip: bool = False, amp: bool = False, normalized: bool = False,
-                 max_long_edge: float | None = None) -> None:
-        if int(global_atrous) < 1:
-            raise ValueError(f"global_atrous must be >= 1, got {global_atrous}")
-        if int(min_matching_pixels) < 0:
-            raise ValueError(f"min_matching_pixels must be >= 0, got {min_matching_pixels}")
-        scales = tuple(float(s) for s in scales)
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales}")
+    def __init__(self, model: CFBIPlus, config: InferenceConfig | None = None, *, normalized: bool = False,
+                 **overrides: Any) -> None:
+        config = config if config is not None else InferenceConfig()
+        if overrides:
+            config = replace(config, **overrides)
+        self.config = config
         self.model = model.eval()
-        self.global_atrous = int(global_atrous)
-        self.min_matching_pixels = int(min_matching_pixels)
-        self.scales = scales
-        self.flip = bool(flip)
+        self.global_atrous = config.global_atrous
+        self.min_matching_pixels = config.min_matching_pixels
+        self.scales = config.scales
+        self.flip = config.flip
         self.normalized = bool(normalized)
+        max_long_edge = config.max_long_edge
         if max_long_edge is None:
-            max_long_edge = _SINGLE_SCALE_MAX_EDGE if scales == (1.0,) else _MULTI_SCALE_MAX_EDGE
+            max_long_edge = _SINGLE_SCALE_MAX_EDGE if self.scales == (1.0,) else _MULTI_SCALE_MAX_EDGE
         self.max_long_edge = max_long_edge
         self.device = next(model.parameters()).device
-        self.amp = bool(amp) and self.device.type == "cuda"
-        if amp and not self.amp:
+        self.amp = config.amp and self.device.type == "cuda"
+        if config.amp and not self.amp:
             warnings.warn("VideoSegmenter: amp=True only applies on CUDA; running in float32", stacklevel=2)
-        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16)
+        self.amp_dtype = amp_dtype(self.amp)
         self._augs: list[_Augmentation] = []
         self._frame_size: tuple[int, int] | None = None
         self.num_labels = 0
@@ -173,7 +149,7 @@ class VideoSegmenter:
                 aug.previous_labels = scaled
                 self._augs.append(aug)
         self.frame_index = 0
-        return StepResult(_one_hot_probs(labels, self.num_labels), labels)
+        return StepResult(one_hot_labels(labels, self.num_labels), labels)
 
     @torch.inference_mode()
     def step(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> StepResult:
@@ -213,7 +189,7 @@ class VideoSegmenter:
             new_count = max(self.num_labels, _count_labels(annotation))
             if new_count > self.num_labels:
                 probs = torch.cat([probs, probs.new_zeros((new_count - self.num_labels,) + probs.shape[1:])])
-            one_hot = _one_hot_probs(prediction, new_count)
+            one_hot = one_hot_labels(prediction, new_count)
             probs = torch.where(annotated.unsqueeze(0), one_hot, probs)
             self.num_labels = new_count
 
@@ -232,9 +208,7 @@ class VideoSegmenter:
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-        return contextlib.nullcontext()
+        return autocast(self.amp, self.amp_dtype)
 
     def _frame(self, image: np.ndarray | Tensor) -> Tensor:
         if self.normalized:
@@ -273,8 +247,3 @@ def _count_labels(labels: Tensor) -> int:
     """L = largest object id + 1 (255 = ignored does not count)."""
     valid = labels[labels != IGNORE_LABEL]
     return int(valid.max().item()) + 1 if valid.numel() else 1
-
-
-def _one_hot_probs(labels: Tensor, num_labels: int) -> Tensor:
-    ids = torch.arange(num_labels, device=labels.device).reshape(-1, 1, 1)
-    return (labels.unsqueeze(0) == ids).float()

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import IGNORE_LABEL  # void pixels of DAVIS annotations (background when scored)
+
 __all__ = [
     "DEFAULT_BOUND_TH",
-    "VOID_LABEL",
     "GLOBAL_MEASURES",
     "MeasureStats",
     "ObjectResult",
@@ -61,9 +62,6 @@ __all__ = [
 
 DEFAULT_BOUND_TH = 0.008
 """Boundary tolerance of the DAVIS protocol, as a fraction of the image diagonal."""
-
-VOID_LABEL = 255
-"""Label of void pixels in DAVIS annotations (treated as background by the semi-supervised evaluation)."""
 
 GLOBAL_MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 """The global measures, in the order of the official results table."""
@@ -397,7 +395,7 @@ class DatasetResult:
         }
 
 
-def davis_object_ids(first_gt_frame: np.ndarray, void_label: int | None = VOID_LABEL) -> list[int]:
+def davis_object_ids(first_gt_frame: np.ndarray, void_label: int | None = IGNORE_LABEL) -> list[int]:
     """Objects of a sequence as DAVIS semi-supervised defines them: ``1 .. max label`` of the first
     ground-truth frame, after void pixels are set to background."""
     labels = np.asarray(first_gt_frame)
@@ -416,7 +414,7 @@ def evaluate_sequence(
     frame_names: Sequence[str] | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
     skip_first_last: bool = True,
-    void_label: int | None = VOID_LABEL,
+    void_label: int | None = IGNORE_LABEL,
 ) -> SequenceResult:
     """Per-object, per-frame J and F of one sequence of label maps.
 
@@ -483,7 +481,7 @@ def evaluate_dataset(
     *,
     bound_th: float = DEFAULT_BOUND_TH,
     skip_first_last: bool = True,
-    void_label: int | None = VOID_LABEL,
+    void_label: int | None = IGNORE_LABEL,
 ) -> DatasetResult:
     """Evaluate several sequences: ``{name: (gt_masks, pred_masks)}`` or ``(name, gt_masks, pred_masks)``
     triples, each pair as in ``evaluate_sequence`` (objects from the first ground-truth frame). The global

@@ -9,10 +9,13 @@ import argparse
 import os
 import sys
 
+from ._options import HelpFormatter, add_inference_arguments, inference_config
+
 __all__ = ["add_parser", "run", "default_weights"]
 
 
 def default_weights() -> str:
+    """The shipped small checkpoint, trained on synthetic videos (it holds its configuration)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
                         "small_synthetic.pth")
 
@@ -22,12 +25,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "demo", help="segment a synthetic clip with the shipped small model",
         description="Generate a synthetic video (textured objects that move, deform, occlude and leave the frame, "
                     "plus look-alike distractors), segment it from its first-frame mask with the small CFBI+ "
-                    "checkpoint trained on synthetic videos, write masks and an overlay GIF, print J&F.")
-    parser.add_argument("--out", default="cfbi_demo", metavar="DIR", help="output folder (default: cfbi_demo)")
+                    "checkpoint trained on synthetic videos, write masks and an overlay GIF, print J&F.",
+        formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="cfbi_demo", metavar="DIR", help="output folder")
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic clip")
     parser.add_argument("--frames", type=int, default=24, help="frames in the clip")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (default: the shipped ones)")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (None: the shipped ones)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_inference_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -37,25 +42,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from .. import metrics
-    from ..checkpoint import CheckpointError
-    from ..evaluation_run import model_from_checkpoint, segment_frames
-    from ..media import default_palette, overlay, write_mask
-    from ..synthetic import SyntheticConfig, render_video
+    from ..build import CheckpointError, load_model
+    from ..data.synthetic import SyntheticConfig, render_video
+    from ..evaluation import metrics
+    from ..evaluation.run import segment_frames
+    from ..io.masks import default_palette, write_mask
+    from ..io.overlay import overlay
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.frames < 3:
         print("cfbi demo: error: --frames must be at least 3", file=sys.stderr)
         return 2
-    path = args.checkpoint or default_weights()
     try:
-        model = model_from_checkpoint(path, config=None if args.checkpoint else "small")
+        inference = inference_config(args)
+    except ValueError as error:
+        print(f"cfbi demo: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.checkpoint or default_weights())
     except CheckpointError as error:
         print(f"cfbi demo: error: {error}", file=sys.stderr)
         return 1
     frames, gt = render_video(args.seed, SyntheticConfig(num_frames=(args.frames, args.frames)))
-    pred = segment_frames(model, list(frames), gt[0])
+    pred = segment_frames(model, list(frames), gt[0], inference)
     palette = default_palette()
     folders = {name: os.path.join(args.out, name) for name in ("frames", "ground_truth", "masks")}
     for folder in folders.values():

@@ -1,4 +1,5 @@
-"""Training CFBI+ (the authors never released theirs; DESIGN section 3 and the paper give the recipe).
+"""Training CFBI+ (the authors never released theirs; docs/design.md, "Training", and the paper give
+the recipe).
 
 * Clips of a reference, a previous and N current frames (cfbi_model.data); one backbone pass over all frames.
 * Sequential training: the first current frame is matched against the previous frame's ground truth; each
@@ -14,15 +15,11 @@
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import os
-import random
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,116 +27,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ClipConfig, ClipDataset, MixedVideos, StepSampler, VideoEntry, collate_clips
-from .inference import IGNORE_LABEL
-from .network import CFBIPlus
+from ..build import build_model, checkpoint_dict
+from ..config import IGNORE_LABEL, InferenceConfig, TrainConfig
+from ..data.clips import ClipDataset, StepSampler, collate_clips
+from ..data.datasets import MixedVideos, VideoEntry
+from ..modeling.network import CFBIPlus
+from ..modeling.precision import amp_dtype, autocast
+from .loss import bootstrapped_cross_entropy, top_k_fraction
+from .schedule import learning_rate_factor
+from .state import distributed, rng_state, save_atomic, set_rng_state
 
-__all__ = ["TrainConfig", "bootstrapped_cross_entropy", "top_k_fraction", "learning_rate_factor",
-           "SequentialTrainer", "Trainer", "save_atomic"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in every checkpoint).
-
-    Attributes:
-        model: model configuration name (cfbi_model.config).
-        steps: optimizer steps in total.
-        batch_size: clips per step and process.
-        lr: base learning rate; momentum, weight_decay: SGD; warmup_steps: linear warm-up from 0;
-        poly_power: decay (1 - t / T) ** power after the warm-up; min_lr: floor of the learning rate.
-        clip_grad_norm: gradient-norm clip (None: off).
-        top_k_percent: final fraction of the hardest pixels in the bootstrapped cross-entropy.
-        hard_mining_steps: steps over which that fraction falls from 1 (None: half of `steps`).
-        sequential_start: step from which the previous mask is the model's own prediction (None: half).
-        clip: clip sampling and augmentation.
-        seed: seeds the model initialisation and the clip sampling.
-        num_workers: data-loader worker processes.
-        checkpoint_every, log_every, val_every: intervals in steps (0: never; a checkpoint is always written at
-            the end).
-        val_max_frames: frames per validation video (None: all).
-        amp: autocast on CUDA (bfloat16 where supported, else float16 with a gradient scaler).
-    """
-
-    model: str = "resnet101"
-    steps: int = 100_000
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1.5e-4
-    warmup_steps: int = 1000
-    poly_power: float = 0.9
-    min_lr: float = 1e-5
-    clip_grad_norm: float | None = 5.0
-    top_k_percent: float = 0.15
-    hard_mining_steps: int | None = None
-    sequential_start: int | None = None
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    seed: int = 0
-    num_workers: int = 2
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    val_every: int = 0
-    val_max_frames: int | None = None
-    amp: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.clip, dict):
-            clip = dict(self.clip)
-            for key in ("crop_size", "scale_range"):
-                if key in clip:
-                    clip[key] = tuple(clip[key])
-            self.clip = ClipConfig(**clip)
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.top_k_percent <= 1:
-            raise ValueError(f"top_k_percent must lie in (0, 1], got {self.top_k_percent}")
-
-    @property
-    def hard_mining_end(self) -> int:
-        return self.steps // 2 if self.hard_mining_steps is None else self.hard_mining_steps
-
-    @property
-    def sequential_from(self) -> int:
-        return self.steps // 2 if self.sequential_start is None else self.sequential_start
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# ------------------------------------------------------------------------------------------------ loss & lr
-def top_k_fraction(step: int, final: float, mining_steps: int) -> float:
-    """Fraction of pixels the bootstrapped loss keeps at `step`: 1 falling linearly to `final`."""
-    if mining_steps <= 0:
-        return final
-    ratio = min(1.0, step / float(mining_steps))
-    return ratio * final + (1.0 - ratio)
-
-
-def bootstrapped_cross_entropy(logits: Tensor, target: Tensor, fraction: float,
-                               ignore_index: int = IGNORE_LABEL) -> Tensor:
-    """Mean cross-entropy of the hardest `fraction` of the non-ignored pixels.
-
-    logits [L, H, W] (or [B, L, H, W]), target [H, W] (or [B, H, W]) int64."""
-    if logits.dim() == 3:
-        logits, target = logits.unsqueeze(0), target.unsqueeze(0)
-    losses = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
-    valid = losses[target != ignore_index]
-    if valid.numel() == 0:
-        return logits.sum() * 0.0
-    if fraction >= 1.0:
-        return valid.mean()
-    k = max(1, int(fraction * valid.numel()))
-    return torch.topk(valid, k, sorted=False).values.mean()
-
-
-def learning_rate_factor(step: int, total: int, warmup: int, power: float, base_lr: float, min_lr: float) -> float:
-    """lr(step) / base_lr: linear warm-up, then poly decay [the authors' adjust_learning_rate], floored."""
-    if step < warmup:
-        lr = base_lr * (step + 1) / warmup
-    else:
-        lr = base_lr * (1.0 - (step - warmup) / float(max(1, total - warmup) + 1)) ** power
-    return max(lr, min_lr) / base_lr
+__all__ = ["SequentialTrainer", "Trainer", "overlay_grid"]
 
 
 # ------------------------------------------------------------------------------------------------ model step
@@ -189,45 +87,10 @@ class SequentialTrainer(nn.Module):
         return total / num_current, torch.stack(predictions, 1)
 
 
-# ------------------------------------------------------------------------------------------------ utilities
-def save_atomic(obj: dict, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank), initialising the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
 # ------------------------------------------------------------------------------------------------ trainer
 class Trainer:
-    """Runs a TrainConfig over training videos, writing checkpoints to out_dir.
+    """Runs a TrainConfig over training videos, writing checkpoints to out_dir; the periodic validation
+    segments val_videos with `inference` (default InferenceConfig()).
 
         trainer = Trainer(config, train_videos, "runs/x", val_videos=val)
         trainer.train()                 # or trainer.train(resume=True), trainer.train(until=500)
@@ -236,17 +99,18 @@ class Trainer:
     def __init__(self, config: TrainConfig, videos: Sequence[VideoEntry] | MixedVideos, out_dir: str, *,
                  val_videos: Sequence[VideoEntry] | None = None, device: str | torch.device | None = None,
                  progress: bool = True, tensorboard: bool = True,
-                 on_log: Callable[[dict], None] | None = None) -> None:
+                 on_log: Callable[[dict], None] | None = None, inference: InferenceConfig | None = None) -> None:
         self.config = config
+        self.inference = inference if inference is not None else InferenceConfig()  # of the validation
         self.out_dir = out_dir
-        self.rank, self.world_size, local_rank = _distributed()
+        self.rank, self.world_size, local_rank = distributed()
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = CFBIPlus(config.model).to(self.device)
+        self.model = build_model(config.model).to(self.device)
         self.model.train()
         self.module = SequentialTrainer(self.model)
         if self.world_size > 1:
@@ -259,7 +123,7 @@ class Trainer:
             self.optimizer, lambda s: learning_rate_factor(s, config.steps, config.warmup_steps, config.poly_power,
                                                            config.lr, config.min_lr))
         self.amp = bool(config.amp) and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.dataset = ClipDataset(videos, config.clip, seed=config.seed)
         self.val_videos = list(val_videos) if val_videos else []
@@ -281,10 +145,10 @@ class Trainer:
         return os.path.join(self.out_dir, "checkpoint.pth")
 
     def state(self) -> dict:
-        return {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {**checkpoint_dict(self.model), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-                "rng": _rng_state(), "train_config": json.dumps(self.config.to_dict()),
-                "model_config": self.config.model, "history": json.dumps(self.history)}
+                "rng": rng_state(), "train_config": json.dumps(self.config.to_dict()),
+                "history": json.dumps(self.history)}
 
     def save(self, path: str | None = None) -> None:
         if self.rank == 0:
@@ -300,13 +164,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.history = json.loads(state.get("history", "[]"))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     # ----------------------------------------------------------------- loop
     def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=self.amp_dtype)
-        return contextlib.nullcontext()
+        return autocast(self.amp, self.amp_dtype)
 
     def train_step(self, batch: dict) -> dict:
         cfg = self.config
@@ -347,8 +209,8 @@ class Trainer:
                                            generator=torch.Generator().manual_seed(self.config.seed + start))
 
     def validate(self) -> float:
-        from .evaluation_run import evaluate_videos
-        result = evaluate_videos(self.model, self.val_videos, max_frames=self.config.val_max_frames)
+        from ..evaluation.run import evaluate_videos  # noqa: PLC0415 - evaluation needs the model, not the reverse
+        result = evaluate_videos(self.model, self.val_videos, self.inference, max_frames=self.config.val_max_frames)
         self.model.train()
         return float(result.global_measures()["J&F-Mean"])
 
@@ -408,15 +270,13 @@ class Trainer:
 
 def overlay_grid(batch: dict, predictions: Tensor) -> np.ndarray:
     """First clip of a batch as an image: the current frames with ground truth (top) and prediction (bottom)."""
-    from .media import default_palette, overlay
-    from .network import IMAGENET_MEAN, IMAGENET_STD
+    from ..io.masks import default_palette  # noqa: PLC0415
+    from ..io.overlay import overlay  # noqa: PLC0415
+    from ..modeling.preprocess import to_rgb  # noqa: PLC0415
     palette = default_palette()
-    mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
     rows = [[], []]
     for t in range(predictions.shape[1]):
-        bgr = batch["cur_images"][0, t].float().cpu() * std + mean
-        rgb = (bgr.flip(0).permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
+        rgb = to_rgb(batch["cur_images"][0, t])
         gt = batch["cur_labels"][0, t].cpu().numpy().astype(np.uint8)
         gt[gt == IGNORE_LABEL] = 0
         rows[0].append(overlay(rgb, gt, palette))

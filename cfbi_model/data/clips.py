@@ -1,199 +1,28 @@
-"""Training data: DAVIS-2017 and YouTube-VOS readers, their mix, and clip sampling with the authors'
-augmentations (DESIGN section 3; the authors' dataloaders/datasets.py and custom_transforms.py).
+"""Clip sampling with the authors' augmentations (docs/design.md, "Training"; the authors'
+dataloaders/datasets.py and custom_transforms.py).
 
 A training sample is a clip of one video: a reference frame, the previous frame and N current frames, chosen
 with random gaps (and the frame order reversed with probability 0.5), all scaled by one random factor in
 [1.0, 1.3], cropped at one place (a balanced crop: retried until the reference crop holds an object of more
 than 100 pixels; at most 5 objects, relabelled 1..K, the others become background), flipped together, and
-normalised like the network's inference input (BGR, ImageNet mean/std: `cfbi_model.inference.preprocess`).
+normalised like the network's inference input (BGR, ImageNet mean/std: `cfbi_model.modeling.preprocess`).
 
 Sampling is a pure function of (seed, sample index): a run that resumes at step s draws exactly the clips the
 uninterrupted run would have drawn, whatever the number of loader workers.
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .inference import IGNORE_LABEL, preprocess
+from ..config import IGNORE_LABEL, ClipConfig
+from ..modeling.preprocess import preprocess
+from .datasets import DataError, MixedVideos, VideoEntry, load_frame, load_mask
 
-__all__ = ["DataError", "VideoEntry", "davis_videos", "youtube_vos_videos", "ClipConfig", "ClipDataset",
-           "MixedVideos", "StepSampler", "collate_clips", "load_frame", "load_mask"]
-
-
-class DataError(RuntimeError):
-    """A data set that cannot be read; the message names the file or folder."""
-
-
-# ----------------------------------------------------------------------------------------------------- readers
-@dataclass(frozen=True)
-class VideoEntry:
-    """One video: frame image paths and their mask paths (same length, in time order)."""
-
-    name: str
-    frames: tuple[str, ...]
-    masks: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-
-def load_frame(path: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; DataError naming the file when missing or corrupt."""
-    if not os.path.isfile(path):
-        raise DataError(f"missing frame: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"corrupt or unreadable frame {path}: {error}") from None
-
-
-def load_mask(path: str) -> np.ndarray:
-    """Label map [H, W] uint8 (palette indices or grey levels); DataError naming the file."""
-    if not os.path.isfile(path):
-        raise DataError(f"missing mask: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("P", "L", "I", "I;16", "1"):
-                raise DataError(f"mask {path} must be a palette or greyscale PNG of object ids, got mode {image.mode!r}")
-            labels = np.asarray(image)
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"corrupt or unreadable mask {path}: {error}") from None
-    if labels.max(initial=0) > 255:
-        raise DataError(f"mask {path} has label values above 255")
-    return labels.astype(np.uint8)
-
-
-def _stems(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
-    return {os.path.splitext(n)[0]: os.path.join(folder, n) for n in sorted(os.listdir(folder))
-            if n.lower().endswith(extensions)}
-
-
-def _pair_frames(name: str, image_dir: str, mask_dir: str, require_all_masks: bool) -> VideoEntry:
-    if not os.path.isdir(image_dir):
-        raise DataError(f"missing frame folder of video {name!r}: {image_dir}")
-    if not os.path.isdir(mask_dir):
-        raise DataError(f"missing annotation folder of video {name!r}: {mask_dir}")
-    images = _stems(image_dir, (".jpg", ".jpeg", ".png"))
-    masks = _stems(mask_dir, (".png",))
-    if require_all_masks:
-        missing = sorted(set(images) - set(masks))
-        if missing:
-            raise DataError(f"missing mask: {os.path.join(mask_dir, missing[0] + '.png')} (frame "
-                            f"{images[missing[0]]}; {len(missing)} frame(s) of {name!r} lack a mask)")
-        orphans = sorted(set(masks) - set(images))
-        if orphans:
-            raise DataError(f"missing frame: {os.path.join(image_dir, orphans[0] + '.jpg')} (mask "
-                            f"{masks[orphans[0]]} has no image)")
-    stems = [s for s in images if s in masks]
-    if len(stems) < 2:
-        raise DataError(f"video {name!r} has {len(stems)} annotated frame(s) in {mask_dir}; training needs at least 2")
-    return VideoEntry(name, tuple(images[s] for s in stems), tuple(masks[s] for s in stems))
-
-
-def davis_videos(root: str | os.PathLike, split: str = "train", resolution: str = "480p",
-                 sequences: Sequence[str] | None = None) -> list[VideoEntry]:
-    """Videos of a DAVIS-2017 split (root/ImageSets/2017/<split>.txt), or of the given sequence names. Every
-    frame must have its mask."""
-    root = os.fspath(root)
-    if sequences is None:
-        listing = os.path.join(root, "ImageSets", "2017", f"{split}.txt")
-        if not os.path.isfile(listing):
-            raise DataError(f"missing DAVIS split file: {listing}")
-        with open(listing) as handle:
-            sequences = [line.strip() for line in handle if line.strip()]
-        if not sequences:
-            raise DataError(f"DAVIS split file {listing} lists no sequences")
-    return [_pair_frames(name, os.path.join(root, "JPEGImages", resolution, name),
-                         os.path.join(root, "Annotations", resolution, name), True) for name in sequences]
-
-
-def youtube_vos_videos(root: str | os.PathLike, split: str = "train") -> list[VideoEntry]:
-    """Videos of a YouTube-VOS split (root/<split>/JPEGImages, Annotations, meta.json). Only frames with a
-    mask are used (the training annotations cover every fifth frame)."""
-    base = os.path.join(os.fspath(root), split)
-    meta_path = os.path.join(base, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise DataError(f"missing YouTube-VOS meta file: {meta_path}")
-    try:
-        with open(meta_path) as handle:
-            meta = json.load(handle)
-        names = sorted(meta["videos"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"corrupt YouTube-VOS meta file {meta_path}: {error!r}") from None
-    videos = []
-    for name in names:
-        videos.append(_pair_frames(name, os.path.join(base, "JPEGImages", name),
-                                   os.path.join(base, "Annotations", name), False))
-    if not videos:
-        raise DataError(f"YouTube-VOS meta file {meta_path} lists no videos")
-    return videos
-
-
-class MixedVideos:
-    """Draws videos from several lists with given weights (e.g. DAVIS : YouTube-VOS = 1 : 1 per sample,
-    whatever their sizes)."""
-
-    def __init__(self, sources: Sequence[Sequence[VideoEntry]], weights: Sequence[float] | None = None) -> None:
-        sources = [list(s) for s in sources if len(s)]
-        if not sources:
-            raise DataError("no training videos")
-        weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights][:len(sources)]
-        if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"need one non-negative weight per source, got {weights}")
-        self.sources = sources
-        self.probabilities = np.asarray(weights) / sum(weights)
-
-    def draw(self, rng: np.random.Generator) -> VideoEntry:
-        source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
-        return source[int(rng.integers(len(source)))]
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.sources)
-
-
-# ------------------------------------------------------------------------------------------------- sampling
-@dataclass(frozen=True)
-class ClipConfig:
-    """Clip sampling and augmentation.
-
-    Attributes:
-        num_current: current frames per clip (the authors' TRAIN_CURR_SEQ_LEN = 3).
-        max_gap: largest gap between consecutive sampled frames (previous -> current -> current ...).
-        reverse_probability: chance of playing the video backwards.
-        crop_size: (height, width) of the crop; multiples of 16 plus 1 keep the feature grids aligned.
-        scale_range: random scale of every frame of a clip.
-        short_edge: frames are first resized so that their short edge is this many pixels (the authors' 480
-            for DAVIS and YouTube-VOS), then scaled; None: scale the original size.
-        min_object_pixels: the reference crop must hold an object larger than this (balanced crop).
-        crop_retries: crops tried before taking the one with the largest object.
-        max_objects: objects kept per clip (the rest become background).
-        flip_probability: chance of a horizontal flip.
-        clip_retries: clips drawn (video, frames, crop) until the reference crop holds an object.
-    """
-
-    num_current: int = 3
-    max_gap: int = 3
-    reverse_probability: float = 0.5
-    crop_size: tuple[int, int] = (465, 465)
-    scale_range: tuple[float, float] = (1.0, 1.3)
-    short_edge: int | None = 480
-    min_object_pixels: int = 100
-    crop_retries: int = 20
-    max_objects: int = 5
-    flip_probability: float = 0.5
-    clip_retries: int = 5
+__all__ = ["ClipDataset", "StepSampler", "collate_clips", "sample_frame_indices", "balanced_crop", "relabel"]
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""`cfbi evaluate`: DAVIS-2017 semi-supervised J&F of predicted masks against ground-truth masks.
+"""DAVIS-2017 semi-supervised J&F of predicted masks against ground-truth masks, folder against folder.
 
 Both folders are in the DAVIS layout: one sub-folder per sequence, one PNG per frame (``00000.png``, ...), each
 pixel's palette index (or grey level) being its object id, 0 for background. The ground truth's sequences are the
-sub-folders of ``--gt``; its frames are the PNG files of each one, in name order. As in the official
+sub-folders of ``gt_root``; its frames are the PNG files of each one, in name order. As in the official
 davis2017-evaluation tool:
 
 * the objects of a sequence are ids 1 .. max id of its first ground-truth frame;
@@ -12,63 +12,33 @@ davis2017-evaluation tool:
 * a predicted id that is not one of the objects (255 included) is an error; an object never predicted counts as
   empty.
 
-See ``cfbi_model.metrics`` for the measures. ``--checkpoint/--data/--split`` first runs the segmenter
-(``cfbi_model.evaluation_run.segment_split``) over a DAVIS split and then evaluates its output.
+See ``cfbi_model.evaluation.metrics`` for the measures.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import multiprocessing
 import os
-import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import metrics
-from ..metrics import GLOBAL_MEASURES, DatasetResult, SequenceResult
-from . import positive_int
+from ..config import IGNORE_LABEL
+from ..io.frames import MediaError
+from ..io.masks import read_mask
+from . import metrics
+from .metrics import GLOBAL_MEASURES, DatasetResult, SequenceResult
 
-__all__ = ["EvaluationError", "add_parser", "run", "evaluate_folders", "run_segmenter_on_split",
-           "read_label_png", "list_sequences"]
+__all__ = ["EvaluationError", "evaluate_folders", "list_sequences", "split_sequences", "format_report",
+           "write_json", "write_csv"]
 
 
-class EvaluationError(Exception):
+class EvaluationError(MediaError):
     """A problem with the input folders or files; its message names the file."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading DAVIS-layout folders
-# --------------------------------------------------------------------------------------------------------------
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """The label map of one PNG: palette indices of a 'P' image, grey levels of an 'L'/'I' image, as a 2-D
-    integer array. Raises EvaluationError naming the file when it is missing, unreadable or has colour
-    channels."""
-    from PIL import Image  # Pillow is only needed by this command
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            labels = np.array(image)
-    except FileNotFoundError:
-        raise EvaluationError(f"missing file: {path}") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
-        raise EvaluationError(f"cannot read {path}: {exc}") from None
-    if labels.ndim != 2:
-        raise EvaluationError(f"{path}: expected a single-channel label PNG (palette 'P' or grey 'L'), "
-                              f"got mode {mode!r} with shape {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    return labels
 
 
 def _png_frames(folder: Path) -> list[str]:
@@ -105,12 +75,12 @@ def _evaluate_job(job: _Job) -> SequenceResult:
         raise EvaluationError(f"{job.gt_dir}: {len(frames)} ground-truth frame(s); the first and last frames are "
                               "not scored, so a sequence needs at least 3")
     first_path = job.gt_dir / f"{frames[0]}.png"
-    first = read_label_png(first_path)
+    first = _read_labels(first_path)
     gt = np.zeros((len(frames), *first.shape), dtype=first.dtype)
     gt[0] = first
     for i, frame in enumerate(frames[1:], start=1):
         path = job.gt_dir / f"{frame}.png"
-        labels = read_label_png(path)
+        labels = _read_labels(path)
         if labels.shape != first.shape:
             raise EvaluationError(f"{path}: size {_size(labels)} differs from the sequence's first frame "
                                   f"{first_path} ({_size(first)})")
@@ -127,7 +97,7 @@ def _evaluate_job(job: _Job) -> SequenceResult:
         path = job.pred_dir / f"{frames[i]}.png"
         if not path.is_file():
             raise EvaluationError(f"missing predicted frame: {path} (ground truth {job.gt_dir / (frames[i] + '.png')})")
-        labels = read_label_png(path)
+        labels = _read_labels(path)
         if labels.shape != gt.shape[1:]:
             raise EvaluationError(f"{path}: size {_size(labels)} does not match the ground truth "
                                   f"{job.gt_dir / (frames[i] + '.png')} ({_size(gt[i])})")
@@ -135,7 +105,8 @@ def _evaluate_job(job: _Job) -> SequenceResult:
         unknown = present[~np.isin(present, allowed)]
         if unknown.size:
             objects = ", ".join(map(str, object_ids)) or "none"
-            hint = " (255 marks void pixels in ground truths; it is not a valid prediction)" if 255 in unknown else ""
+            hint = (f" ({IGNORE_LABEL} marks void pixels in ground truths; it is not a valid prediction)"
+                    if IGNORE_LABEL in unknown else "")
             raise EvaluationError(
                 f"{path}: predicted object id(s) {', '.join(str(int(u)) for u in unknown)} are not in the ground "
                 f"truth of sequence {job.name!r} (objects: {objects}, from {first_path}){hint}")
@@ -179,32 +150,16 @@ def evaluate_folders(
     return DatasetResult(results)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Segmentation before evaluation (hook for the model package)
-# --------------------------------------------------------------------------------------------------------------
+def _read_labels(path: Path) -> np.ndarray:
+    """The label map of one PNG (cfbi_model.io.read_mask) with errors as EvaluationError."""
+    try:
+        return read_mask(path)[0]
+    except MediaError as error:
+        raise EvaluationError(str(error)) from None
 
 
-def run_segmenter_on_split(
-    checkpoint: Path,
-    data_root: Path,
-    split: str,
-    output_dir: Path,
-    sequences: list[str] | None = None,
-) -> Path:
-    """Segment a DAVIS split with a trained model and write DAVIS-layout palette PNGs under ``output_dir``
-    (``output_dir/<sequence>/<frame>.png``); returns ``output_dir``.
-
-    Uses ``cfbi_model.evaluation_run.segment_split``, imported only now so that ``cfbi evaluate --gt --pred``
-    needs neither torch nor the model.
-    """
-    from .. import evaluation_run
-
-    evaluation_run.segment_split(checkpoint=checkpoint, data_root=data_root, split=split, output_dir=output_dir,
-                                 sequences=sequences)
-    return output_dir
-
-
-def _split_sequences(data_root: Path, split: str) -> list[str] | None:
+def split_sequences(data_root: Path, split: str) -> list[str] | None:
+    """The sequence names of a DAVIS split (ImageSets/2017/<split>.txt), None when the file is absent."""
     listing = data_root / "ImageSets" / "2017" / f"{split}.txt"
     if not listing.is_file():
         return None
@@ -277,69 +232,3 @@ def write_csv(result: DatasetResult, path: Path) -> None:
         writer.writerow(["global", "", "", *cells(result.global_measures())])
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="DAVIS-2017 J&F of predicted masks against ground truth",
-        description="Compute the DAVIS-2017 semi-supervised measures (J: region IoU, F: boundary F-measure; "
-                    "mean, recall and decay) of predicted palette PNGs against ground-truth palette PNGs, both in "
-                    "the DAVIS layout (one folder per sequence, frames 00000.png, ...). The first and last frames "
-                    "are not scored; the objects are ids 1..max of the first ground-truth frame.")
-    parser.add_argument("--gt", type=Path, metavar="DIR", help="ground-truth folder (e.g. DAVIS/Annotations/480p)")
-    parser.add_argument("--pred", type=Path, metavar="DIR", help="folder of predicted masks, same layout and file names")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write global, per-sequence, per-object and per-frame results")
-    parser.add_argument("--csv", type=Path, metavar="FILE", help="write per-object, per-sequence and global measures")
-    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="sequences evaluated in parallel processes (default: number of CPUs)")
-    parser.add_argument("--bound-th", type=float, default=metrics.DEFAULT_BOUND_TH,
-                        help="boundary tolerance of F as a fraction of the image diagonal (default: 0.008)")
-    model = parser.add_argument_group("segment a split first with a trained model, then evaluate it")
-    model.add_argument("--checkpoint", type=Path, metavar="PATH", help="trained model to run over the split before evaluating")
-    model.add_argument("--data", type=Path, metavar="DIR", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
-    model.add_argument("--split", default="val", help="DAVIS-2017 split to segment (default: val)")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def _error(message: str, code: int) -> int:
-    print(f"cfbi evaluate: error: {message}", file=sys.stderr)
-    return code
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `cfbi evaluate`: returns 0, 1 for bad input data, 2 for a bad command line."""
-    if args.checkpoint is None and args.data is not None:
-        return _error("--data is only used with --checkpoint", 2)
-    if args.checkpoint is None and (args.gt is None or args.pred is None):
-        return _error("--gt and --pred are required (or --checkpoint with --data)", 2)
-    if args.checkpoint is not None and args.data is None:
-        return _error("--checkpoint needs --data (the DAVIS root)", 2)
-    try:
-        with tempfile.TemporaryDirectory(prefix="cfbi-eval-") as scratch:
-            sequences = None
-            gt_root, pred_root = args.gt, args.pred
-            if args.checkpoint is not None:
-                gt_root = gt_root or args.data / "Annotations" / "480p"
-                pred_root = pred_root or Path(scratch)
-                sequences = _split_sequences(args.data, args.split)
-                run_segmenter_on_split(args.checkpoint, args.data, args.split, pred_root, sequences)
-            result = evaluate_folders(gt_root, pred_root, workers=args.workers, bound_th=args.bound_th,
-                                      sequences=sequences)
-    except EvaluationError as exc:
-        return _error(str(exc), 1)
-    if not result.objects:
-        return _error(f"no objects to evaluate: the first ground-truth frames under {gt_root} are all background", 1)
-    print(format_report(result))
-    settings = {"gt": str(gt_root), "pred": str(pred_root), "bound_th": args.bound_th,
-                "protocol": "DAVIS-2017 semi-supervised: objects 1..max id of the first ground-truth frame, "
-                            "first and last frames not scored, global measures averaged over objects"}
-    if args.json is not None:
-        write_json(result, args.json, settings)
-    if args.csv is not None:
-        write_csv(result, args.csv)
-    return 0

@@ -25,7 +25,7 @@ import torch
 
 import cfbi_model.modeling.matching as matching_module
 import cfbi_ops
-from cfbi_model import CFBIPlus, VideoSegmenter
+from cfbi_model import CFBIPlus, InferenceConfig, VideoSegmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3, help="timed frames per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed frames after the first")
     parser.add_argument("--global-atrous", type=int, default=2)
-    parser.add_argument("--min-matching-pixels", type=int, default=100, help="default: the authors' setting")
+    parser.add_argument("--min-matching-pixels", type=int, default=InferenceConfig().min_matching_pixels,
+                        help="default: cfbi_model.config.InferenceConfig (100 is the authors' released setting)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch intra-op thread counts to measure (default: torch's current setting)")

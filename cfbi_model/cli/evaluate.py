@@ -11,7 +11,14 @@ from pathlib import Path
 from ..evaluation import metrics
 from ..evaluation.folders import evaluate_folders, format_report, split_sequences, write_csv, write_json
 from ..io.frames import MediaError
-from ._options import HelpFormatter, add_config_argument, add_inference_arguments, inference_config, positive_int
+from ._options import (
+    HelpFormatter,
+    add_config_argument,
+    add_inference_arguments,
+    add_runtime_arguments,
+    inference_config,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -41,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--data", type=Path, metavar="DIR", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
     model.add_argument("--split", default="val", help="DAVIS-2017 split to segment")
     add_config_argument(model, "(only for checkpoints without one; default: theirs, or resnet101)")
-    model.add_argument("--device", default=None, choices=["cpu", "cuda"], help="None: cuda when available")
+    add_runtime_arguments(model)
     add_inference_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -60,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         return _error("--gt and --pred are required (or --checkpoint with --data)", 2)
     if args.checkpoint is not None and args.data is None:
         return _error("--checkpoint needs --data (the DAVIS root)", 2)
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path is not None and path.is_dir():
+            return _error(f"{option} {str(path)!r} is a folder; give a file name", 2)
     try:
         inference = inference_config(args)
     except ValueError as error:
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="cfbi-eval-") as scratch:
             sequences = None
-            gt_root, pred_root = args.gt, args.pred
+            gt_root, pred_root = args.gt, _prediction_root(args.pred)
             if args.checkpoint is not None:
                 gt_root = gt_root or args.data / "Annotations" / "480p"
                 pred_root = pred_root or Path(scratch)
@@ -83,11 +93,22 @@ def run(args: argparse.Namespace) -> int:
     settings = {"gt": str(gt_root), "pred": str(pred_root), "bound_th": args.bound_th,
                 "protocol": "DAVIS-2017 semi-supervised: objects 1..max id of the first ground-truth frame, "
                             "first and last frames not scored, global measures averaged over objects"}
-    if args.json is not None:
-        write_json(result, args.json, settings)
-    if args.csv is not None:
-        write_csv(result, args.csv)
+    try:
+        if args.json is not None:
+            write_json(result, args.json, settings)
+        if args.csv is not None:
+            write_csv(result, args.csv)
+    except OSError as error:
+        return _error(f"cannot write the results: {error}", 1)
     return 0
+
+
+def _prediction_root(pred: Path | None) -> Path | None:
+    """`cfbi predict --out DIR` writes DIR/Annotations/<video>/: accept DIR itself when that is all it holds."""
+    if pred is None or not (pred / "Annotations").is_dir():
+        return pred
+    others = [p for p in pred.iterdir() if p.is_dir() and p.name != "Annotations"]
+    return pred / "Annotations" if not others else pred
 
 
 def _segment_split(args: argparse.Namespace, pred_root: Path, sequences: list[str] | None, inference) -> None:
@@ -95,9 +116,14 @@ def _segment_split(args: argparse.Namespace, pred_root: Path, sequences: list[st
     neither torch nor the model); checkpoint problems are reported like bad input data."""
     from ..build import CheckpointError  # noqa: PLC0415
     from ..evaluation import run as evaluation_run  # noqa: PLC0415
+    from ._options import apply_runtime  # noqa: PLC0415
 
     try:
+        device = apply_runtime(args)
+    except ValueError as error:
+        raise MediaError(str(error)) from None
+    try:
         evaluation_run.segment_split(args.checkpoint, args.data, args.split, pred_root, sequences,
-                                     inference=inference, config=args.config, device=args.device)
+                                     inference=inference, config=args.config, device=device)
     except CheckpointError as error:
         raise MediaError(str(error)) from None

@@ -9,12 +9,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 import cfbi_ops
-
-# Padding distance of the authors' code for candidates of another label / outside the frame.
-WRONG_LABEL_DISTANCE = 5e4
+import cfbi_ops.compat
+from tests import authors_matching as authors
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,8 @@ class Case:
     global_atrous: int
     windows: tuple[int, ...]
     local_atrous: int
+    # n_chunks of the authors' global matching (their CFBI+ training setting per scale).
+    authors_chunks: int = 20
 
 
 CASES = {
@@ -34,8 +34,8 @@ CASES = {
     for case in [
         # 465 x 465 training crop
         Case("s4", 117, 117, 32, 2, (4, 8, 12, 16, 20, 24), 2),
-        Case("s8", 59, 59, 64, 1, (2, 4, 6, 8, 10, 12), 1),
-        Case("s16", 30, 30, 128, 1, (2, 4, 6, 8, 10), 1),
+        Case("s8", 59, 59, 64, 1, (2, 4, 6, 8, 10, 12), 1, authors_chunks=10),
+        Case("s16", 30, 30, 128, 1, (2, 4, 6, 8, 10), 1, authors_chunks=5),
         # 480 x 854 DAVIS frame at stride 4
         Case("s4-480p", 120, 214, 32, 2, (4, 8, 12, 16, 20, 24), 2),
         # tiny, for smoke tests of this suite
@@ -79,8 +79,10 @@ def outputs_bytes(case: Case, num_labels: int, op: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Peers: each returns (fg, bg) for the case's op. `naive_*` follow the authors' public code: a full distance
-# matrix with per-object masked minima (global), F.unfold of the padded previous frame (local).
+# Peers: each returns (fg, bg) for the case's op. `naive_*` run the authors' functions (tests/authors_matching.py:
+# a chunked full distance matrix with per-object masked minima for global matching, F.unfold of the padded
+# previous frame for local matching); `compat_*` run the same calls through cfbi_ops.compat. Both include the
+# conversion to the authors' layout (channels last, one-hot labels, per-label bias).
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -105,50 +107,31 @@ def reference_local(case: Case, x: Inputs):
 
 
 def _scores(min_dist: torch.Tensor, x: Inputs):
-    """min_dist [L, ...] -> (fg, bg) [1, L, ...] with the authors' sigmoid and foreground-to-background min."""
+    """min_dist [L, ...] -> (fg, bg) [1, L, ...] with the authors' score and foreground-to-background min."""
     bias = torch.cat([x.bg_bias, x.fg_bias.expand(x.num_labels - 1)]).reshape((-1,) + (1,) * (min_dist.dim() - 1))
     fg = (torch.sigmoid(min_dist + bias) - 0.5) * 2
-    if x.num_labels == 1:
-        return fg.unsqueeze(0), fg.unsqueeze(0)
-    bg = torch.stack([torch.cat([fg[:l], fg[l + 1:]]).min(0).values for l in range(x.num_labels)])
+    bg = authors.foreground2background(fg.unsqueeze(1), x.num_labels).squeeze(1)
     return fg.unsqueeze(0), bg.unsqueeze(0)
 
 
 def naive_global(case: Case, x: Inputs):
-    c = case.channels
-    r = x.reference[0, :, ::case.global_atrous, ::case.global_atrous].reshape(c, -1).t()
-    labels = x.ref_labels[0, ::case.global_atrous, ::case.global_atrous].reshape(-1)
-    q = x.query[0].reshape(c, -1).t()
-    dist = (q * q).sum(1, keepdim=True) + (r * r).sum(1) - 2 * q @ r.t()  # [N, M]
-    one_hot = F.one_hot(labels, x.num_labels).t().to(dist.dtype)  # [L, M]
-    min_dist = torch.stack([(dist + (1 - one_hot[l]) * WRONG_LABEL_DISTANCE).min(1).values
-                            for l in range(x.num_labels)])
-    return _scores(min_dist.reshape(x.num_labels, case.height, case.width), x)
+    return authors.global_match_op_layout(x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias,
+                                          atrous=case.global_atrous, n_chunks=case.authors_chunks)
 
 
 def naive_local(case: Case, x: Inputs):
-    h, w, c, rate = case.height, case.width, case.channels, case.local_atrous
-    reach = max(case.windows) - max(case.windows) % rate
-    q = x.query[0]
-    padded = F.pad(x.previous, (reach,) * 4)
-    patches = F.unfold(padded, kernel_size=(h, w), stride=rate).view(c, h * w, -1).permute(1, 0, 2)  # [N, C, K^2]
-    prev_sq = F.pad((x.previous * x.previous).sum(1, keepdim=True), (reach,) * 4, value=WRONG_LABEL_DISTANCE)
-    prev_sq = F.unfold(prev_sq, kernel_size=(h, w), stride=rate).view(h * w, -1)
-    qf = q.reshape(c, -1).t()
-    dist = (qf * qf).sum(1, keepdim=True) + prev_sq - 2 * torch.bmm(qf.unsqueeze(1), patches).squeeze(1)  # [N, K^2]
-    one_hot = F.one_hot(x.prev_labels[0], x.num_labels).permute(2, 0, 1).unsqueeze(1).to(dist.dtype)
-    masks = F.unfold(F.pad(one_hot, (reach,) * 4), kernel_size=(h, w), stride=rate).view(x.num_labels, h * w, -1) > 0.5
-    side = 2 * (reach // rate) + 1
-    grid = torch.where(masks, dist.unsqueeze(0), torch.full_like(dist, WRONG_LABEL_DISTANCE).unsqueeze(0))
-    grid = grid.view(x.num_labels, h * w, side, side)
-    centre = reach // rate
-    mins = []
-    for window in (max(case.windows),) + tuple(case.windows):
-        k = window // rate
-        mins.append(grid[:, :, centre - k:centre + k + 1, centre - k:centre + k + 1].reshape(x.num_labels, h * w, -1)
-                    .min(-1).values)
-    min_dist = torch.stack(mins[1:], 1).reshape(x.num_labels, len(case.windows), h, w)
-    return _scores(min_dist, x)
+    return authors.local_match_op_layout(x.query, x.previous, x.prev_labels, x.num_labels, x.fg_bias, x.bg_bias,
+                                         windows=case.windows, atrous=case.local_atrous)
+
+
+def compat_global(case: Case, x: Inputs):
+    return authors.global_match_op_layout(x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias,
+                                          atrous=case.global_atrous, impl=cfbi_ops.compat)
+
+
+def compat_local(case: Case, x: Inputs):
+    return authors.local_match_op_layout(x.query, x.previous, x.prev_labels, x.num_labels, x.fg_bias, x.bg_bias,
+                                         windows=case.windows, atrous=case.local_atrous, impl=cfbi_ops.compat)
 
 
 def faiss_global(case: Case, x: Inputs):
@@ -190,8 +173,9 @@ def has_faiss() -> bool:
 
 
 PEERS: dict[str, dict[str, Callable]] = {
-    "global": {"cfbi_ops": ours_global, "reference": reference_global, "naive": naive_global, "faiss": faiss_global},
-    "local": {"cfbi_ops": ours_local, "reference": reference_local, "naive": naive_local},
+    "global": {"cfbi_ops": ours_global, "reference": reference_global, "naive": naive_global, "compat": compat_global,
+               "faiss": faiss_global},
+    "local": {"cfbi_ops": ours_local, "reference": reference_local, "naive": naive_local, "compat": compat_local},
 }
 # Peers without autograd.
 FORWARD_ONLY = {"faiss"}

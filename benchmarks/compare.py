@@ -299,16 +299,32 @@ def targets(rows: list[dict], args) -> list[tuple[str, str]]:
     return out
 
 
+def compat_speedups(rows: list[dict]) -> list[dict]:
+    """The authors' functions run by their implementation (peer `naive`) and by cfbi_ops.compat (peer `compat`),
+    same calls: ms of each and the speed-up, for every (case, op, L, mode) measured with both."""
+    out = []
+    for row in rows:
+        if row["peer"] != "compat":
+            continue
+        key = {k: row[k] for k in ("case", "op", "labels", "mode")}
+        naive = _ms(rows, peer="naive", **key)
+        if naive:
+            out.append(dict(key, naive_ms=naive, compat_ms=row["ms"], speedup=naive / row["ms"]))
+    return out
+
+
 def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict], args,
                   offsets: list[dict] | None = None) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     ratios = targets(rows, args)
+    speedups = compat_speedups(rows)
     offsets = offsets or []
     if offsets:
         ratios.append(("global max |fg float32 - fg float64|, offsets 0-1000",
                        f"{max(o['max_abs_fg_diff'] for o in offsets):.2g}"))
     stem.with_suffix(".json").write_text(json.dumps(dict(machine=info, rows=rows, thread_scaling=scaling,
-                                                         ratios=dict(ratios), offset_robustness=offsets), indent=1))
+                                                         ratios=dict(ratios), compat_speedups=speedups,
+                                                         offset_robustness=offsets), indent=1))
     lines = [f"# cfbi_ops benchmark ({info['device']})", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
              "Command: `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`", "",
@@ -320,6 +336,11 @@ def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict],
         lines.append(f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['mode']} | {r['peer']} | {r['ms']:.2f} | {mem} |")
     if ratios:
         lines += ["", "## Ratios", "", "| ratio | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in ratios]
+    if speedups:
+        lines += ["", "## The authors' functions: their implementation (naive) / cfbi_ops.compat", "",
+                  "| case | op | L | mode | naive ms | compat ms | speed-up |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['case']} | {s['op']} | {s['labels']} | {s['mode']} | {s['naive_ms']:.2f} | "
+                  f"{s['compat_ms']:.2f} | {s['speedup']:.1f} |" for s in speedups]
     if scaling:
         lines += ["", "## Threads (cfbi_ops forward, L = 4)", "", "| case | op | 1 thread ms | 2 threads ms | speed-up | "
                   "bit-identical |", "|---|---|---|---|---|---|"]

@@ -7,7 +7,7 @@
 Without the compiled extension (or with ``backend="reference"`` / ``CFBI_OPS_BACKEND=reference``) the same calls
 run on the plain-PyTorch implementation in ``cfbi_ops.reference``; importing warns once and says why.
 """
-from . import reference
+from . import compat, reference
 from .ops import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -29,6 +29,7 @@ __all__ = [
     "HAS_EXTENSION",
     "GlobalMatchFunction",
     "LocalMatchFunction",
+    "compat",
     "global_match",
     "local_match",
     "reference",

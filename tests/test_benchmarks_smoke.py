@@ -18,6 +18,8 @@ def test_compare_quick_writes_results(tmp_path: Path) -> None:
     data = json.loads(stem.with_suffix(".json").read_text())
     peers = {(r["op"], r["peer"], r["mode"]) for r in data["rows"]}
     assert ("global", "cfbi_ops", "fwd+bwd") in peers and ("local", "naive", "fwd") in peers
+    assert {(s["op"], s["mode"]) for s in data["compat_speedups"]} == {(op, mode) for op in ("global", "local")
+                                                                       for mode in ("fwd", "fwd+bwd")}
     assert all(r["ms"] > 0 for r in data["rows"])
     assert "| tiny | global | 2 | fwd | cfbi_ops |" in stem.with_suffix(".md").read_text()
 

@@ -1,45 +1,47 @@
-"""cfbi_ops against the authors' formulation of the matching (benchmarks/cases.py `naive_*`: the full distance
-matrix with 5e4-padded wrong labels and a masked min for global matching, F.unfold of the padded previous frame
-for local matching, their sigmoid and their foreground-to-background min): values in float32 and float64,
-gradients in float64 (in float32 their expanded distance ||q||^2 + ||r||^2 - 2 q.r can reorder near-ties, a few ulp
-apart, and send a gradient to the other candidate)."""
+"""cfbi_ops against the authors' formulation of the matching (tests/authors_matching.py: the chunked full
+distance matrix with 5e4-padded wrong labels and a masked min for global matching, F.unfold of the padded
+previous frame for local matching, their score and their foreground-to-background min), with ignored pixels
+among the labels: values in float32 and float64, gradients in float64 (in float32 their expanded distance
+||q||^2 + ||r||^2 - 2 q.r can reorder near-ties, a few ulp apart, and send a gradient to the other candidate)."""
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import grads, make_global_case, make_local_case, weighted_loss
 
-from benchmarks.cases import Case, make_inputs, naive_global, naive_local, ours_global, ours_local
+import cfbi_ops
+from tests import authors_matching as authors
 
+# name, H, W, C, global atrous, local windows, local atrous
 CASES = [
-    Case("square-a2", 15, 15, 16, 2, (4, 8, 12), 2),
-    Case("wide-a1", 9, 21, 8, 1, (2, 4, 6), 1),
-    Case("tall-a3", 20, 11, 12, 3, (3, 6, 9), 3),
-    Case("windows-below-rate", 12, 13, 8, 2, (1, 4, 2), 2),
+    ("square-a2", 15, 15, 16, 2, (4, 8, 12), 2),
+    ("wide-a1", 9, 21, 8, 1, (2, 4, 6), 1),
+    ("tall-a3", 20, 11, 12, 3, (3, 6, 9), 3),
+    ("windows-below-rate", 12, 13, 8, 2, (1, 4, 2), 2),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("labels", [1, 2, 5])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
 @pytest.mark.parametrize("op", ["global", "local"])
-def test_matches_authors_formulation(op: str, case: Case, labels: int, dtype: torch.dtype) -> None:
-    ours, theirs = (ours_global, naive_global) if op == "global" else (ours_local, naive_local)
-    x = make_inputs(case, labels, grad=True, seed=labels, dtype=dtype)
-    with torch.no_grad():
-        x.fg_bias.fill_(0.3)
-        x.bg_bias.fill_(-0.2)
-    leaves = [x.query, x.reference if op == "global" else x.previous, x.fg_bias, x.bg_bias]
-    results = []
-    for fn in (ours, theirs):
-        fg, bg = fn(case, x)
-        weights = torch.linspace(-1, 1, fg.numel(), dtype=dtype).reshape(fg.shape)
-        loss = (fg * weights).sum() + (bg * weights.flip(-1)).sum()
-        results.append((fg, bg, torch.autograd.grad(loss, leaves, allow_unused=True)))
-    (fg, bg, grads), (fg_ref, bg_ref, grads_ref) = results
-    torch.testing.assert_close(fg, fg_ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(bg, bg_ref, atol=1e-5, rtol=0)
+def test_matches_authors_formulation(op: str, case: tuple, labels: int, dtype: torch.dtype) -> None:
+    _, height, width, channels, global_atrous, windows, local_atrous = case
+    common = dict(C=channels, H=height, W=width, L=labels, dtype=dtype, seed=labels, fg_bias=0.3, bg_bias=-0.2)
+    if op == "global":
+        x = make_global_case(atrous=global_atrous, **common)
+        args = (x.query, x.reference, x.labels, labels, x.fg_bias, x.bg_bias)
+        ours = cfbi_ops.global_match(*args, atrous=global_atrous)
+        theirs = authors.global_match_op_layout(*args, atrous=global_atrous, n_chunks=3)
+    else:
+        x = make_local_case(windows=windows, atrous=local_atrous, **common)
+        args = (x.query, x.previous, x.labels, labels, x.fg_bias, x.bg_bias)
+        ours = cfbi_ops.local_match(*args, windows=windows, atrous=local_atrous)
+        theirs = authors.local_match_op_layout(*args, windows=windows, atrous=local_atrous)
+    for name, got, want in zip(["fg", "bg"], ours, theirs):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     if dtype != torch.float64:
         return
-    for name, got, want in zip(["query", "candidates", "fg_bias", "bg_bias"], grads, grads_ref):
-        want = torch.zeros_like(got) if want is None else want
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=0, msg=lambda m: f"{name}: {m}")
+    for name, got, want in zip(["query", "candidates", "fg_bias", "bg_bias"], grads(weighted_loss(*ours), x.leaves()),
+                               grads(weighted_loss(*theirs), x.leaves())):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

@@ -2,8 +2,8 @@
 with its exit signal instead of the end of the suite.
 
 Targets: "global" / "local" draw valid cases from the harness's Case fields (tests/test_ops_harness.py) and check
-the compiled op against the harness oracle (forward, float32 / float64) and against the reference (float64
-gradients); then invalid arguments, which must raise an exception whose message names the argument. "raw" calls
+the compiled op against the harness oracle (forward, every CPU dtype of the harness) and against the reference
+(float64 gradients); then invalid arguments, which must raise an exception whose message names the argument. "raw" calls
 the torch.ops.cfbi ops with mutated canonical arguments: each call returns or raises RuntimeError.
 
 Run one target by hand: python tests/test_ops_fuzz.py global 1000
@@ -27,7 +27,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
     import torch
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-    from test_ops_harness import TOLERANCE, Case, call, inputs, oracle
+    from test_ops_harness import CPU_DTYPES, TOLERANCE, Case, call, inputs, oracle
 
     import cfbi_ops
 
@@ -174,7 +174,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
 
     if target in ("global", "local"):
         @config
-        @given(cases(target), st.sampled_from([torch.float32, torch.float64]))
+        @given(cases(target), st.sampled_from(CPU_DTYPES))
         def valid(case, dtype):
             try:
                 check_valid(case, dtype)

@@ -109,6 +109,9 @@ def test_signal_in_process_raises_after_the_checkpoint(data_root, tmp_path):
     assert stop.value.signum == signal.SIGINT and stop.value.step == 2
     assert read_training_checkpoint(trainer.checkpoint_path)["step"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    trainer.on_log = None
+    trainer.train()  # the same trainer continues; the old signal does not stop it again
+    assert trainer.step == 6
 
 
 # ------------------------------------------------------------------------------------------ damaged files

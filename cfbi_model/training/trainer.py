@@ -402,6 +402,7 @@ class Trainer:
         if self.step >= end:
             return self.history
         handlers = {}
+        self._signal = None  # a signal that stopped an earlier call does not stop this one
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 handlers[signum] = signal.signal(signum, self._on_signal)

@@ -367,3 +367,10 @@ def test_train_help_shows_every_default(capsys):
     for expected in ("(default: 100000; a --recipe sets its own)", "--accumulate K", "--keep N", "--init PATH",
                      "ytvos-2x"):
         assert expected in text, expected
+
+
+def test_training_speed_benchmark_runs(capsys):
+    from benchmarks import training_speed
+    assert training_speed.main(["--config", "small", "--crop", "65", "--num-current", "2", "--steps", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["config"] == "small" and len(result["seconds"]) == 1 and result["steps_per_s"] > 0

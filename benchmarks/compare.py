@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -149,9 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--quick", action="store_true", help="one repeat, no memory or thread runs (smoke test)")
     parser.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/results/<device>)")
+    parser.add_argument("--protocol", default="auto", choices=["auto", "cpu", "gpu"],
+                        help="gpu: the GPU table (dtypes, TF32 / 16-bit torch.mm, targets); auto: by --device")
+    parser.add_argument("--dtypes", nargs="+", default=list(GPU_DTYPES), choices=list(GPU_DTYPES),
+                        help="cfbi_ops dtypes of the GPU table")
+    parser.add_argument("--add-model", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="add benchmarks/model_speed.py --json results to the GPU table at --out (runs nothing)")
     args = parser.parse_args(argv)
+    if args.add_model:
+        if args.out is None:
+            parser.error("--add-model needs --out")
+        add_model_results(args.out, args.add_model)
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
+    if args.protocol == "gpu" or (args.protocol == "auto" and args.device == "cuda"):
+        return run_gpu_protocol(args)
     if args.quick:
         args.repeats, args.budget, args.no_memory = 1, 0.0, True
 
@@ -264,6 +278,243 @@ def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict],
         lines += [f"| {s['case']} | {s['op']} | {s['ms_1_thread']:.2f} | {s['ms_2_threads']:.2f} | {s['speedup']:.2f} | "
                   f"{s['bit_identical']} |" for s in scaling]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU table (--device cuda, or --protocol gpu): cfbi_ops in float32 / float16 / bfloat16 against torch.mm of the
+# same size (float32, TF32, 16-bit) and the naive approach, peak memory from the CUDA allocator's statistics (in
+# process), the issue's targets, and the model's per-frame time added by --add-model.
+# ----------------------------------------------------------------------------------------------------------------
+
+GPU_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TARGET_GLOBAL_VS_MM = 1.5     # global forward <= 1.5 x the float32 torch.mm of the same size
+TARGET_LOCAL_VS_NAIVE = 20.0  # local forward >= 20 x faster than the naive unfold approach
+TARGET_PEAK_VS_OUTPUTS = 2.0  # peak extra memory of a forward <= 2 x its outputs (fg, bg, argmin)
+TARGET_FPS = 11.0             # float32, 480p, 2 objects: twice CFBI+'s published 5.52 frames/s on a V100
+
+
+def gpu_call(case: Case, op: str, peer: str, labels: int, backward: bool, device: str,
+             dtype: torch.dtype) -> Callable[[], object]:
+    """A closure running one forward (and backward) of the peer in dtype on fixed inputs."""
+    x = make_inputs(case, labels, device, grad=backward, dtype=dtype)
+    fn = PEERS[op][peer]
+    if not backward:
+        def forward():
+            with torch.no_grad():
+                return fn(case, x)
+        return forward
+    leaves = [x.query, x.reference if op == "global" else x.previous, x.fg_bias, x.bg_bias]
+
+    def forward_backward():
+        fg, bg = fn(case, x)
+        torch.autograd.grad((fg.float().sum() + bg.float().sum(),), leaves, allow_unused=True)
+    return forward_backward
+
+
+def gpu_mm(case: Case, op: str, device: str, dtype: torch.dtype, tf32: bool) -> Callable[[], object]:
+    """torch.mm with the operands of the op's search ([N, C] x [C, M]); tf32 switches TF32 on for float32."""
+    a, b = (mm_global_operands if op == "global" else mm_local_operands)(case, device)
+    a, b = a.to(dtype), b.to(dtype)
+
+    def mm():
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        try:
+            return torch.mm(a, b)
+        finally:
+            torch.set_float32_matmul_precision(saved)
+    return mm
+
+
+def device_peak_mb(fn: Callable[[], object], device: str) -> float | None:
+    """Peak memory allocated on the CUDA device during fn() beyond what was allocated before, in MB (None on
+    the CPU, where compare.peak_memory_mb measures a fresh process instead)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def gpu_rows(args) -> tuple[list[dict], list[str]]:
+    """Measures every row of the GPU table (printing each); returns the rows and the calls that failed (a
+    RuntimeError such as running out of memory loses that row only)."""
+    device, rows, errors = args.device, [], []
+
+    def measure(case_name, op, labels, dtype_name, mode, peer, make):
+        try:
+            fn = make()
+            ms = median_ms(fn, device, args.repeats, args.budget)
+            peak = device_peak_mb(fn, device)
+        except RuntimeError as error:
+            first_line = (str(error).splitlines() or [repr(error)])[0]
+            errors.append(f"{case_name} {op} L={labels} {dtype_name} {mode} {peer}: {first_line}")
+            print("failed: " + errors[-1], flush=True)
+            return
+        finally:
+            fn = None
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        out_mb = outputs_bytes(CASES[case_name], labels, op) / 2**20 if labels else None
+        rows.append(dict(case=case_name, op=op, labels=labels, dtype=dtype_name, mode=mode, peer=peer, ms=ms,
+                         peak_mb=peak, outputs_mb=out_mb))
+        print(f"{case_name:8s} {op:6s} L={labels or '-'!s:<2s} {dtype_name:8s} {mode:7s} {peer:14s} {ms:9.3f} ms"
+              + (f"  {peak:8.1f} MB" if peak is not None else ""), flush=True)
+
+    for case_name in args.cases:
+        case = CASES[case_name]
+        for op in ("global", "local"):
+            for labels in args.labels:
+                for dtype_name in args.dtypes:
+                    for backward in (False, True):
+                        measure(case_name, op, labels, dtype_name, "fwd+bwd" if backward else "fwd", "cfbi_ops",
+                                partial(gpu_call, case, op, "cfbi_ops", labels, backward, device,
+                                        GPU_DTYPES[dtype_name]))
+                for backward in (False, True) if labels == 4 else (False,):
+                    measure(case_name, op, labels, "float32", "fwd+bwd" if backward else "fwd", "naive",
+                            partial(gpu_call, case, op, "naive", labels, backward, device, torch.float32))
+            for dtype_name, tf32 in [("float32", False), ("float32", True)] + [(d, False) for d in args.dtypes
+                                                                               if d != "float32"]:
+                measure(case_name, op, None, dtype_name, "fwd", "torch.mm-tf32" if tf32 else "torch.mm",
+                        partial(gpu_mm, case, op, device, GPU_DTYPES[dtype_name], tf32))
+    return rows, errors
+
+
+def _gpu_ms(rows: list[dict], **key) -> float | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in key.items()):
+            return row["ms"]
+    return None
+
+
+def _target(name: str, value: float, target: str | None, ok: bool | None) -> dict:
+    return dict(name=name, value=value, target=target, ok=ok)
+
+
+def gpu_targets(rows: list[dict], cases: list[str]) -> list[dict]:
+    """The issue's targets per case (float32, L = 4) and informative ratios (target None)."""
+    out = []
+    for case in cases:
+        ours = dict(case=case, labels=4, dtype="float32", mode="fwd", peer="cfbi_ops")
+        g, mm = _gpu_ms(rows, op="global", **ours), _gpu_ms(rows, case=case, op="global", dtype="float32",
+                                                           peer="torch.mm")
+        if g and mm:
+            out.append(_target(f"{case} global fwd / float32 torch.mm", g / mm, f"<= {TARGET_GLOBAL_VS_MM}",
+                               g / mm <= TARGET_GLOBAL_VS_MM))
+        tf32 = _gpu_ms(rows, case=case, op="global", peer="torch.mm-tf32")
+        if g and tf32:
+            out.append(_target(f"{case} global fwd / TF32 torch.mm", g / tf32, None, None))
+        for dtype in ("float16", "bfloat16"):
+            g16 = _gpu_ms(rows, case=case, op="global", labels=4, dtype=dtype, mode="fwd", peer="cfbi_ops")
+            mm16 = _gpu_ms(rows, case=case, op="global", dtype=dtype, peer="torch.mm")
+            if g16 and mm16:
+                out.append(_target(f"{case} global fwd / torch.mm, {dtype}", g16 / mm16, None, None))
+        loc = _gpu_ms(rows, op="local", **ours)
+        naive = _gpu_ms(rows, case=case, op="local", labels=4, dtype="float32", mode="fwd", peer="naive")
+        if loc and naive:
+            out.append(_target(f"{case} local fwd: naive / cfbi_ops", naive / loc, f">= {TARGET_LOCAL_VS_NAIVE:g}",
+                               naive / loc >= TARGET_LOCAL_VS_NAIVE))
+        lmm = _gpu_ms(rows, case=case, op="local", dtype="float32", peer="torch.mm")
+        if loc and lmm:
+            out.append(_target(f"{case} local fwd / float32 torch.mm (same MACs)", loc / lmm, None, None))
+        for row in rows:
+            if all(row.get(k) == v for k, v in ours.items()) and row["peak_mb"] is not None and row["outputs_mb"]:
+                ratio = row["peak_mb"] / row["outputs_mb"]
+                out.append(_target(f"{case} {row['op']} fwd peak memory / outputs", ratio,
+                                   f"<= {TARGET_PEAK_VS_OUTPUTS:g}", ratio <= TARGET_PEAK_VS_OUTPUTS))
+    return out
+
+
+def model_targets(model: list[dict]) -> list[dict]:
+    """Frames per second of each model row; float32 rows against the issue's target."""
+    out = []
+    for run in model:
+        for row in run["rows"]:
+            fps = 1.0 / row["median"]
+            name = (f"model {row['config']} {run['args']['height']}x{run['args']['width']} "
+                    f"{run['args']['objects']} objects {'AMP' if run['args']['amp'] else 'float32'} frames/s")
+            if run["args"]["amp"]:
+                out.append(_target(name, fps, None, None))
+            else:
+                out.append(_target(name, fps, f">= {TARGET_FPS:g}", fps >= TARGET_FPS))
+    return out
+
+
+def render_gpu_markdown(data: dict) -> str:
+    """The Markdown page of a GPU table (the JSON written by write_gpu_results / add_model_results)."""
+    info = data["machine"]
+    lines = [f"# cfbi_ops benchmark ({info.get('gpu', info['device'])})", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+             f"Command: `{data['command']}`", "",
+             "Median ms per call (CUDA synchronised); peak MB: the CUDA allocator's peak during one call beyond what "
+             "was allocated before (inputs excluded, outputs included); outputs MB: fg + bg + int32 argmin in "
+             "float32. torch.mm: [N, C] x [C, M] with the search's multiply-adds.", "",
+             "| case | op | L | dtype | mode | peer | ms | peak MB | outputs MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.2f}"
+        out = "" if r["outputs_mb"] is None else f"{r['outputs_mb']:.2f}"
+        lines.append(f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['dtype']} | {r['mode']} | {r['peer']} | "
+                     f"{r['ms']:.3f} | {peak} | {out} |")
+    for run in data.get("model", []):
+        a = run["args"]
+        lines += ["", f"## Model per-frame time ({'AMP' if a['amp'] else 'float32'})", "",
+                  f"`VideoSegmenter.step` on a {a['height']}x{a['width']} frame, {a['objects']} objects, "
+                  f"{a['warmup']} warm-up and {a['frames']} timed frames, random weights "
+                  "(benchmarks/model_speed.py).", "",
+                  "| config | network input | ms/frame (median) | frames/s | global match ms | local match ms | "
+                  "matching share | features ms | ensembler ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in run["rows"]:
+            lines.append(f"| {r['config']} | {r['input'][0]}x{r['input'][1]} | {r['median'] * 1000:.1f} | "
+                         f"{1 / r['median']:.1f} | {r['global'] * 1000:.1f} | {r['local'] * 1000:.1f} | "
+                         f"{100 * r['share']:.1f}% | {r['features'] * 1000:.1f} | {r['ensembler'] * 1000:.1f} |")
+    if data.get("errors"):
+        lines += ["", "## Failed calls", ""] + [f"- {e}" for e in data["errors"]]
+    if data["targets"]:
+        lines += ["", "## Targets and ratios", "", "| ratio | value | target | met |", "|---|---|---|---|"]
+        for t in data["targets"]:
+            met = "" if t["ok"] is None else ("yes" if t["ok"] else "**no**")
+            lines.append(f"| {t['name']} | {t['value']:.2f} | {t['target'] or ''} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_gpu(stem: Path, data: dict) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    stem.with_suffix(".md").write_text(render_gpu_markdown(data))
+
+
+def run_gpu_protocol(args) -> int:
+    """Measures the GPU table and writes <stem>.{md,json} (default benchmarks/results/cuda-<gpu>)."""
+    if args.quick:
+        args.repeats, args.budget = 1, 0.0
+    rows, errors = gpu_rows(args)
+    info = machine_info(args.device)
+    stem = args.out or RESULTS / ("cuda-" + info.get("gpu", args.device).replace(" ", "-").lower())
+    data = dict(machine=info, command="python benchmarks/compare.py " + " ".join(sys.argv[1:]), rows=rows,
+                errors=errors, targets=gpu_targets(rows, args.cases), model=[])
+    _write_gpu(stem, data)
+    print(f"wrote {stem}.md and {stem}.json" + (f"; {len(errors)} call(s) failed" if errors else ""))
+    return 1 if errors else 0
+
+
+def add_model_results(stem: Path, model_jsons: list[Path]) -> None:
+    """Adds the runs of benchmarks/model_speed.py --json (missing files are skipped) and their frames/s targets to
+    the GPU table at stem (created without kernel rows if the kernel benchmark did not write it)."""
+    path = stem.with_suffix(".json")
+    if path.exists():
+        data = json.loads(path.read_text())
+    else:
+        data = dict(machine=machine_info("cuda" if torch.cuda.is_available() else "cpu"), command="(not run)",
+                    rows=[], targets=[], model=[])
+    runs = [json.loads(p.read_text()) for p in model_jsons if p.exists()]
+    data["model"] = data.get("model", []) + runs
+    data["targets"] = data["targets"] + model_targets(runs)
+    _write_gpu(stem, data)
+    print(f"added {len(runs)} model run(s) to {stem}.md and {stem}.json")
 
 
 if __name__ == "__main__":

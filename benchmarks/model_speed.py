@@ -11,6 +11,7 @@ Writes a Markdown table to benchmarks/results/model.md (or --output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -24,7 +25,7 @@ import torch
 
 import cfbi_model.modeling.matching as matching_module
 import cfbi_ops
-from cfbi_model import CFBIPlus, VideoSegmenter
+from cfbi_model import CFBIPlus, InferenceConfig, VideoSegmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3, help="timed frames per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed frames after the first")
     parser.add_argument("--global-atrous", type=int, default=2)
-    parser.add_argument("--min-matching-pixels", type=int, default=100, help="default: the authors' setting")
+    parser.add_argument("--min-matching-pixels", type=int, default=InferenceConfig().min_matching_pixels,
+                        help="default: cfbi_model.config.InferenceConfig (100 is the authors' released setting)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch intra-op thread counts to measure (default: torch's current setting)")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results", "model.md"))
+    parser.add_argument("--json", default=None, help="also write the rows and settings as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     header = machine_info(device)
@@ -231,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.output}", file=sys.stderr)
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("height", "width", "objects", "frames", "warmup", "global_atrous",
+                                                  "min_matching_pixels", "device", "amp")}
+        with open(args.json, "w") as f:
+            json.dump(dict(args=settings, machine=header, rows=rows), f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 

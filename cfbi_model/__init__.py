@@ -19,6 +19,8 @@ _EXPORTS = {
     "ModelConfig": "config", "InferenceConfig": "config", "TrainConfig": "config", "ClipConfig": "config",
     "get_config": "config",
     "StepResult": "inference.segmenter", "VideoSegmenter": "inference.segmenter",
+    "FramePrediction": "inference.propagate", "LabelMap": "inference.propagate",
+    "segment_video": "inference.video", "VideoResult": "inference.video",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,6 +13,7 @@ hold no configuration and load as "resnet101"; files of earlier versions that na
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,9 +84,20 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> An
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a corrupt file also makes torch warn about its pickle protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {error}") from error
+        text = str(error)
+        # torch's text for files refused by weights_only suggests weights_only=False, i.e. running whatever code
+        # the file holds: never pass that on.
+        if "Unsupported global" in text:
+            raise CheckpointError(f"checkpoint {path!r} holds Python objects other than tensors and plain values "
+                                  "(code that unpickling would run); it was not loaded") from None
+        if "WeightsUnpickler error:" in text:
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        reason = (text.strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {reason}") from None
 
 
 def checkpoint_config(checkpoint: Any, path: str | os.PathLike = "checkpoint") -> ModelConfig | None:

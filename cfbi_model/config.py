@@ -11,6 +11,7 @@ This module imports neither torch nor numpy, so that the command line's argument
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -235,6 +236,9 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+MAX_SCALE = 4.0  # an input scale beyond this multiplies the frame's pixels (and memory) by more than 16
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """How a model segments a video; the one default of the Python API, `cfbi segment`, `cfbi demo`,
@@ -269,8 +273,10 @@ class InferenceConfig:
         if int(self.min_matching_pixels) < 0:
             raise ValueError(f"min_matching_pixels must be >= 0, got {self.min_matching_pixels}")
         scales = tuple(float(s) for s in self.scales)
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales}")
+        if not scales or any(not math.isfinite(s) or not 0 < s <= MAX_SCALE for s in scales):
+            raise ValueError(f"scales must be a non-empty sequence of numbers in (0, {MAX_SCALE}], got {scales}")
+        if self.max_long_edge is not None and not (math.isfinite(self.max_long_edge) and self.max_long_edge >= 17):
+            raise ValueError(f"max_long_edge must be a number >= 17 (or None), got {self.max_long_edge}")
         object.__setattr__(self, "global_atrous", int(self.global_atrous))
         object.__setattr__(self, "min_matching_pixels", int(self.min_matching_pixels))
         object.__setattr__(self, "scales", scales)

@@ -1,7 +1,7 @@
 """Argument checks of the public functions: clear errors that name the argument."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -38,18 +38,26 @@ def _labels(value: object, name: str, query: Tensor, shape: Sequence[int]) -> Te
     return value
 
 
-def _positive_int(value: object, name: str, minimum: int) -> int:
+# num_labels and atrous are held in int32 inside the kernels; every other integer is an int64 of the op schema.
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+
+
+def _positive_int(value: object, name: str, minimum: int, maximum: int = MAX_INT64) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
 def bias(value: object, name: str, query: Tensor) -> Tensor:
     """fg_bias / bg_bias: a one-element tensor (any shape, e.g. [1, 1, 1]) or a Python number."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=query.dtype, device=query.device)
+        # torch.full writes the value on the device: no blocking host-to-device copy, and CUDA-graph safe.
+        return torch.full((1,), float(value), dtype=query.dtype, device=query.device)
     value = _tensor(value, name)
     if value.numel() != 1:
         raise ValueError(f"{name} must hold exactly one element, got shape {tuple(value.shape)}")
@@ -80,8 +88,8 @@ def global_args(query: object, reference: object, ref_labels: object, num_labels
         raise ValueError(f"reference has batch {reference.shape[0]} but query has {query.shape[0]}")
     if reference.shape[2] != query.shape[1]:
         raise ValueError(f"reference has {reference.shape[2]} channels but query has {query.shape[1]}")
-    _positive_int(num_labels, "num_labels", 1)
-    _positive_int(atrous, "atrous", 1)
+    _positive_int(num_labels, "num_labels", 1, MAX_INT32)
+    _positive_int(atrous, "atrous", 1, MAX_INT32)
     _positive_int(atrous_min_pixels, "atrous_min_pixels", 0)
     return query, reference, ref_labels
 
@@ -97,9 +105,30 @@ def local_args(query: object, previous: object, prev_labels: object, num_labels:
         raise ValueError(f"previous must have the shape of query {tuple(query.shape)}, got {tuple(previous.shape)}")
     batch, _, height, width = query.shape
     prev_labels = _labels(prev_labels, "prev_labels", query, (batch, height, width))
-    _positive_int(num_labels, "num_labels", 1)
-    _positive_int(atrous, "atrous", 1)
+    _positive_int(num_labels, "num_labels", 1, MAX_INT32)
+    _positive_int(atrous, "atrous", 1, MAX_INT32)
     if isinstance(windows, int) or not isinstance(windows, Sequence) or len(windows) == 0:
         raise ValueError(f"windows must be a non-empty sequence of ints, got {windows!r}")
     windows = [_positive_int(w, "windows", 0) for w in windows]
     return query, previous, prev_labels, windows
+
+
+def raw_op_args(query: Tensor, candidates: Tensor, labels: Tensor, num_labels: int, fg_bias: Tensor,
+                bg_bias: Tensor, atrous: int) -> None:
+    """The device / dtype / range checks of csrc/checks.h, for the fake (meta) kernels of the raw ops: a meta
+    tensor among real ones dispatches there, and must fail as the real kernels do (RuntimeError)."""
+    for name, value in (("candidates", candidates), ("labels", labels), ("fg_bias", fg_bias), ("bg_bias", bg_bias)):
+        if value.device != query.device:
+            raise RuntimeError(f"{name} is on {value.device} but query is on {query.device}")
+    if candidates.dtype != query.dtype:
+        raise RuntimeError(f"the reference / previous frame has dtype {candidates.dtype} but query has {query.dtype}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise RuntimeError(f"labels must be an integer tensor, got {labels.dtype}")
+    for name, value in (("fg_bias", fg_bias), ("bg_bias", bg_bias)):
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise RuntimeError(f"{name} must be a floating tensor of one element, got {value.dtype} "
+                               f"{tuple(value.shape)}")
+    if not 1 <= num_labels <= MAX_INT32:
+        raise RuntimeError(f"num_labels must be in [1, 2^31), got {num_labels}")
+    if not 1 <= atrous <= MAX_INT32:
+        raise RuntimeError(f"atrous must be in [1, 2^31), got {atrous}")

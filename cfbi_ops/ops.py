@@ -1,21 +1,31 @@
-"""Public matching operators: validation, torch custom ops (fake kernels + autograd) and the
-torch.autograd.Function entry points, all sharing one backward implementation."""
+"""Public matching operators: validation, backend choice, torch custom ops (fake kernels + autograd) and the
+torch.autograd.Function entry points, all sharing one backward implementation.
+
+Backends (README, "The operators"; docs/design.md):
+- ``"compiled"``: the cfbi:: custom ops of the extension cfbi_ops._C (CPU and CUDA kernels);
+- ``"reference"``: the plain-PyTorch implementation in cfbi_ops.reference (differentiable by torch autograd);
+- ``"auto"`` (default): ``"compiled"`` when the extension is loaded, else ``"reference"``.
+A call chooses with ``backend=...``; a process with the environment variable ``CFBI_OPS_BACKEND``.
+"""
 from __future__ import annotations
 
+import logging
+import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from . import _validate, reference
+from . import _validate
+from . import reference as _reference
 
 try:
     from . import _C  # noqa: F401  (loading it registers the cfbi:: ops)
 
     HAS_EXTENSION = True
     EXTENSION_ERROR: str | None = None
-except ImportError as error:  # pragma: no cover - exercised only without a build
+except ImportError as error:  # exercised with the import blocked (tests/test_ops_backends.py)
     HAS_EXTENSION = False
     EXTENSION_ERROR = str(error)
     warnings.warn(
@@ -26,6 +36,39 @@ except ImportError as error:  # pragma: no cover - exercised only without a buil
     )
 
 DEFAULT_WINDOWS = (4, 8, 12, 16, 20, 24)
+BACKENDS = ("auto", "compiled", "reference")
+_logger = logging.getLogger("cfbi_ops")
+_logged: set[str] = set()
+
+
+def _check_backend(value: object, source: str) -> str:
+    if value not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+# The process-wide choice, read once at import (an invalid value fails the import with a clear message).
+DEFAULT_BACKEND = _check_backend(os.environ.get("CFBI_OPS_BACKEND", "auto"), "CFBI_OPS_BACKEND")
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """The backend a call runs on: ``"compiled"`` or ``"reference"``.
+
+    backend: ``None`` (the process default, ``CFBI_OPS_BACKEND``, else ``"auto"``), ``"auto"``, ``"compiled"``
+    or ``"reference"``. The first use of each backend is logged once (logger ``cfbi_ops``, level INFO).
+    """
+    choice = DEFAULT_BACKEND if backend is None else _check_backend(backend, "backend")
+    if choice == "auto":
+        choice = "compiled" if HAS_EXTENSION else "reference"
+    if choice == "compiled" and not HAS_EXTENSION:
+        raise RuntimeError(f"backend 'compiled' asked for, but the extension cfbi_ops._C could not be loaded: "
+                           f"{EXTENSION_ERROR}")
+    if choice not in _logged:
+        _logged.add(choice)
+        reason = "the compiled extension is not loaded" if not HAS_EXTENSION else (
+            f"chosen by {'CFBI_OPS_BACKEND' if backend is None else 'backend='}")
+        _logger.info("cfbi_ops: running on the %s backend (%s)", choice, reason)
+    return choice
 
 
 def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
@@ -36,7 +79,7 @@ def _global_backward(query: Tensor, reference_: Tensor, fg: Tensor, argmin: Tens
                      bg_bias: Tensor, grad_fg: Tensor | None, grad_bg: Tensor | None
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     gq, gr, gfb, gbb = torch.ops.cfbi.global_match_backward(
-        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_)
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias)
     return gq, gr, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
 
@@ -44,7 +87,7 @@ def _local_backward(query: Tensor, previous: Tensor, fg: Tensor, argmin: Tensor,
                     bg_bias: Tensor, grad_fg: Tensor | None, grad_bg: Tensor | None
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(
-        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous)
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias)
     return gq, gp, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
 
@@ -52,21 +95,23 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("cfbi::global_match")
     def _global_match_fake(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels):
+        _validate.raw_op_args(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous)
         shape = (query.shape[0], num_labels, query.shape[2], query.shape[3])
         return query.new_empty(shape), query.new_empty(shape), query.new_empty(shape, dtype=torch.int32)
 
     @torch.library.register_fake("cfbi::local_match")
     def _local_match_fake(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous):
+        _validate.raw_op_args(query, previous, prev_labels, num_labels, fg_bias, bg_bias, atrous)
         shape = (query.shape[0], num_labels, len(windows), query.shape[2], query.shape[3])
         return query.new_empty(shape), query.new_empty(shape), query.new_empty(shape, dtype=torch.int32)
 
     # The kernels return each gradient in the layout of its input (as empty_like).
     @torch.library.register_fake("cfbi::global_match_backward")
-    def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_):
+    def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_, fg_bias, bg_bias):
         return torch.empty_like(query), torch.empty_like(reference_), query.new_empty(1), query.new_empty(1)
 
     @torch.library.register_fake("cfbi::local_match_backward")
-    def _local_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, previous):
+    def _local_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, previous, fg_bias, bg_bias):
         return torch.empty_like(query), torch.empty_like(previous), query.new_empty(1), query.new_empty(1)
 
     def _setup_context(ctx, inputs, output):
@@ -88,7 +133,7 @@ if HAS_EXTENSION:
 
 def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_labels: int,
                  fg_bias: Tensor | float, bg_bias: Tensor | float, *, atrous: int = 1,
-                 atrous_min_pixels: int = 0) -> tuple[Tensor, Tensor]:
+                 atrous_min_pixels: int = 0, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """Per-object global nearest-neighbour matching (CFBI eq. 1-3, atrous eq. 8-9).
 
     Args:
@@ -99,6 +144,7 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
         fg_bias, bg_bias: one-element tensors (or numbers); label 0 uses bg_bias, the others fg_bias.
         atrous: only candidates with y % atrous == 0 and x % atrous == 0 count ...
         atrous_min_pixels: ... unless their label has at most atrous_min_pixels * atrous**2 pixels in that frame.
+        backend: "auto", "compiled" or "reference"; None takes the process default (see resolve_backend).
 
     Returns:
         (fg, bg), each [B, L, H, W]: fg_l = 1 - 2 / (1 + exp(min_q ||e_p - e_q||^2 + b_l)) over the candidates of
@@ -108,9 +154,9 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
                                                           atrous_min_pixels)
     fg_bias = _validate.bias(fg_bias, "fg_bias", query)
     bg_bias = _validate.bias(bg_bias, "bg_bias", query)
-    if not HAS_EXTENSION:
-        return reference.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
-                                      atrous_min_pixels=atrous_min_pixels)
+    if resolve_backend(backend) == "reference":
+        return _reference.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
+                                       atrous_min_pixels=atrous_min_pixels)
     fg, bg, _ = torch.ops.cfbi.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous,
                                             atrous_min_pixels)
     return fg, bg
@@ -118,7 +164,7 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
 
 def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels: int,
                 fg_bias: Tensor | float, bg_bias: Tensor | float, *, windows: Sequence[int] = DEFAULT_WINDOWS,
-                atrous: int = 1) -> tuple[Tensor, Tensor]:
+                atrous: int = 1, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """Multi-window local nearest-neighbour matching against the previous frame (CFBI eq. 4-7, 10-12).
 
     Args:
@@ -129,6 +175,7 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
         windows: K window sizes; window k holds the offsets (i*atrous, j*atrous) with |i|, |j| <= k // atrous.
             Offsets outside the frame are not candidates.
         atrous: stride of the window offsets.
+        backend: "auto", "compiled" or "reference"; None takes the process default (see resolve_backend).
 
     Returns:
         (fg, bg), each [B, L, K, H, W], windows in the order given; scores as in global_match.
@@ -137,9 +184,9 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
                                                                  atrous)
     fg_bias = _validate.bias(fg_bias, "fg_bias", query)
     bg_bias = _validate.bias(bg_bias, "bg_bias", query)
-    if not HAS_EXTENSION:
-        return reference.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
-                                     atrous=atrous)
+    if resolve_backend(backend) == "reference":
+        return _reference.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
+                                      atrous=atrous)
     fg, bg, _ = torch.ops.cfbi.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows,
                                            atrous)
     return fg, bg
@@ -168,7 +215,7 @@ class GlobalMatchFunction(torch.autograd.Function):
     def apply(cls, query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=1, atrous_min_pixels=0):
         fg_bias = _validate.bias(fg_bias, "fg_bias", query)
         bg_bias = _validate.bias(bg_bias, "bg_bias", query)
-        if not HAS_EXTENSION:
+        if resolve_backend() == "reference":
             return global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
                                 atrous_min_pixels=atrous_min_pixels)
         return super().apply(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels)
@@ -196,7 +243,7 @@ class LocalMatchFunction(torch.autograd.Function):
     def apply(cls, query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=DEFAULT_WINDOWS, atrous=1):
         fg_bias = _validate.bias(fg_bias, "fg_bias", query)
         bg_bias = _validate.bias(bg_bias, "bg_bias", query)
-        if not HAS_EXTENSION:
+        if resolve_backend() == "reference":
             return local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
                                atrous=atrous)
         return super().apply(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous)

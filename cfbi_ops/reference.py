@@ -7,7 +7,7 @@ candidate index, as in the compiled kernels.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,10 +34,12 @@ def background_maps(fg: Tensor) -> Tensor:
     if num_labels == 1:
         return fg
     labels = torch.arange(num_labels, device=fg.device).reshape((1, num_labels) + (1,) * (fg.dim() - 2))
-    first_val, first = fg.min(dim=1, keepdim=True)
+    # The NaN rule: a NaN score orders before every number (scores are never -inf, so -inf stands for it).
+    key = torch.where(fg.isnan(), float("-inf"), fg)
+    first_val = key.min(dim=1, keepdim=True).values
     # torch.min's index on ties is not specified: recompute the lowest label attaining the minimum.
-    first = torch.where(fg == first_val, labels, num_labels).amin(dim=1, keepdim=True)
-    others = fg.masked_fill(labels == first, float("inf"))
+    first = torch.where(key == first_val, labels, num_labels).amin(dim=1, keepdim=True)
+    others = key.masked_fill(labels == first, float("inf"))
     second_val = others.min(dim=1, keepdim=True).values
     second = torch.where(others == second_val, labels, num_labels).amin(dim=1, keepdim=True)
     source = torch.where(labels == first, second, first).expand_as(fg)
@@ -45,14 +47,17 @@ def background_maps(fg: Tensor) -> Tensor:
 
 
 def _select(dist: Tensor, cand_labels: Tensor, num_labels: int) -> tuple[Tensor, Tensor]:
-    """Per-label argmin over candidates. dist [n, M], cand_labels [M] -> (index [L, n], found [L, n])."""
+    """Per-label argmin over candidates. dist [n, M], cand_labels [M] -> (index [L, n], found [L, n]).
+
+    The NaN rule: a NaN distance wins (torch.min propagates it); among NaNs the lowest index."""
     n, m = dist.shape
     order = torch.arange(m, device=dist.device)
     index, found = [], []
     for label in range(num_labels):
-        masked = dist.masked_fill((cand_labels != label).unsqueeze(0), float("inf"))
+        is_label = (cand_labels == label).unsqueeze(0)
+        masked = dist.masked_fill(~is_label, float("inf"))
         best = masked.min(dim=1, keepdim=True).values
-        hit = (masked == best) & (cand_labels == label).unsqueeze(0)
+        hit = ((masked == best) | (masked.isnan() & best.isnan())) & is_label
         index.append(torch.where(hit, order, m).amin(dim=1))
         found.append(hit.any(dim=1))
     index, found = torch.stack(index), torch.stack(found)
@@ -73,7 +78,9 @@ def _global_candidate_labels(labels: Tensor, num_labels: int, atrous: int, min_p
         counts = torch.zeros(frames, num_labels, dtype=torch.long, device=labels.device)
         counts.scatter_add_(1, safe.reshape(frames, -1), valid.reshape(frames, -1).long())
         label_pixels = counts.gather(1, safe.reshape(frames, -1)).reshape(frames, height, width)
-        small = (label_pixels <= min_pixels * atrous * atrous) if min_pixels > 0 else torch.zeros_like(valid)
+        # Capped at the frame size: min_pixels * atrous**2 may not fit int64, and no label has more pixels.
+        threshold = min(min_pixels * atrous * atrous, height * width)
+        small = (label_pixels <= threshold) if min_pixels > 0 else torch.zeros_like(valid)
         keep = valid & (on_grid.unsqueeze(0) | small)
     return torch.where(keep, labels, -1).reshape(-1)
 
@@ -87,13 +94,20 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
     batch, channels, height, width = query.shape
     fgs = []
     for b in range(batch):
-        q = query[b].reshape(channels, -1).t()  # [N, C]
-        r = reference[b].transpose(0, 1).reshape(channels, -1).t()  # [M, C], order (t, y, x)
+        # Explicit sizes: with C = 0 a -1 would be ambiguous.
+        q = query[b].reshape(channels, height * width).t()  # [N, C]
+        r = reference[b].transpose(0, 1).reshape(channels, ref_labels[b].numel()).t()  # [M, C], order (t, y, x)
         cand = _global_candidate_labels(ref_labels[b], num_labels, atrous, atrous_min_pixels)
         min_dist, found = _nearest(q, r, cand, num_labels)
         fgs.append((min_dist, found))
-    min_dist = torch.stack([m for m, _ in fgs]).reshape(batch, num_labels, height, width)
-    found = torch.stack([f for _, f in fgs]).reshape(batch, num_labels, height, width)
+    if not fgs:  # B = 0
+        fgs = [(query.new_zeros(0, num_labels, height * width), torch.zeros(0, num_labels, height * width,
+                                                                            dtype=torch.bool, device=query.device))]
+        min_dist, found = fgs[0]
+    else:
+        min_dist, found = torch.stack([m for m, _ in fgs]), torch.stack([f for _, f in fgs])
+    min_dist = min_dist.reshape(batch, num_labels, height, width)
+    found = found.reshape(batch, num_labels, height, width)
     fg = _scores(min_dist, found, fg_bias, bg_bias)
     return fg, background_maps(fg)
 
@@ -114,8 +128,10 @@ def _nearest(q: Tensor, r: Tensor, cand_labels: Tensor, num_labels: int) -> tupl
             # Selection in float64 so that float32 inputs pick the candidate the kernels pick.
             dist = (qc.double() ** 2).sum(1, keepdim=True) + r_sq.unsqueeze(0) - 2 * qc.double() @ r.double().t()
             index, found = _select(dist, cand_labels, num_labels)
-        # Exact distance to the selected candidate, differentiable in q and r.
-        mins.append(((qc.unsqueeze(0) - r[index]) ** 2).sum(-1))
+        # Exact distance to the selected candidate, differentiable in q and r. Labels without a candidate get
+        # a zero difference, so that a NaN at the stand-in index cannot leak into the gradients.
+        diff = torch.where(found.unsqueeze(-1), qc.unsqueeze(0) - r[index], 0.0)
+        mins.append((diff ** 2).sum(-1))
         founds.append(found)
     return torch.cat(mins, 1), torch.cat(founds, 1)
 
@@ -126,7 +142,9 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
     """Reference local matching. query, previous [B, C, H, W]; prev_labels [B, H, W].
     Returns (fg, bg), each [B, L, K, H, W] with K = len(windows), windows in the order given."""
     batch, channels, height, width = query.shape
-    radii = [w // atrous for w in windows]
+    # Radii clamped to the frame (docs/design.md, "The operators"): larger windows hold the same candidates.
+    reach = max((max(height, width) - 1) // atrous, 0)
+    radii = [min(w // atrous, reach) for w in windows]
     max_radius = max(radii)
     labels = prev_labels.long()
     shape = (batch, num_labels, len(windows), height, width)
@@ -150,14 +168,18 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
                 for w, radius in enumerate(radii):
                     if ring > radius:
                         continue
-                    better = is_label & (dist.unsqueeze(1) < best[:, :, w])
+                    d, current = dist.unsqueeze(1), best[:, :, w]
+                    # The NaN rule: a NaN distance beats every number; the first one (lowest index) stays.
+                    better = is_label & ((d < current) | (d.isnan() & ~current.isnan()))
                     best[:, :, w] = torch.where(better, dist.unsqueeze(1), best[:, :, w])
                     index[:, :, w] = torch.where(better, cand, index[:, :, w])
     found = index >= 0
     # Exact, differentiable distance to the selected candidate.
-    flat_prev = previous.reshape(batch, channels, 1, -1)
-    sel = index.clamp(min=0).reshape(batch, 1, -1).expand(batch, channels, -1)
+    flat_prev = previous.reshape(batch, channels, 1, height * width)
+    count = num_labels * len(windows) * height * width
+    sel = index.clamp(min=0).reshape(batch, 1, count).expand(batch, channels, count)
     chosen = flat_prev.squeeze(2).gather(2, sel).reshape(batch, channels, num_labels, len(windows), height, width)
-    min_dist = ((query.unsqueeze(2).unsqueeze(2) - chosen) ** 2).sum(1)
+    diff = torch.where(found.unsqueeze(1), query.unsqueeze(2).unsqueeze(2) - chosen, 0.0)
+    min_dist = (diff ** 2).sum(1)
     fg = _scores(min_dist, found, fg_bias, bg_bias)
     return fg, background_maps(fg)

@@ -13,9 +13,32 @@
 
 namespace cfbi {
 
+// Upper bound of num_labels and atrous: labels and strides are held in int32 inside the kernels.
+constexpr int64_t kMaxInt32Argument = (int64_t(1) << 31) - 1;
+
 inline void check_bias(const at::Tensor& bias, const char* name, const at::Tensor& query) {
   TORCH_CHECK(bias.numel() == 1, name, " must hold exactly one element, got ", bias.numel());
+  TORCH_CHECK(at::isFloatingType(bias.scalar_type()), name, " must be a floating tensor, got ", bias.scalar_type());
   TORCH_CHECK(bias.device() == query.device(), name, " must be on the device of query");
+}
+
+inline void check_int_arguments(int64_t num_labels, int64_t atrous) {
+  TORCH_CHECK(num_labels >= 1 && num_labels <= kMaxInt32Argument, "num_labels must be in [1, 2^31), got ",
+              num_labels);
+  TORCH_CHECK(atrous >= 1 && atrous <= kMaxInt32Argument, "atrous must be in [1, 2^31), got ", atrous);
+}
+
+// The outputs [B, L, (K,) H, W]; a failed allocation names num_labels (the argument that sizes them).
+inline at::Tensor empty_output(c10::IntArrayRef sizes, const at::TensorOptions& options, int64_t num_labels) {
+  try {
+    return at::empty(sizes, options);
+  } catch (const c10::OutOfMemoryError& e) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, "num_labels = ", num_labels, ": the outputs of shape ", sizes,
+                     " cannot be allocated (", e.what_without_backtrace(), ")");
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "num_labels = ", num_labels, ": the outputs of shape ", sizes, " cannot be allocated (",
+                e.what_without_backtrace(), ")");
+  }
 }
 
 inline void check_labels(const at::Tensor& labels, const char* name) {
@@ -41,8 +64,7 @@ inline void check_global_args(const at::Tensor& query, const at::Tensor& referen
   TORCH_CHECK(reference.size(1) * reference.size(3) * reference.size(4) < (int64_t(1) << 31),
               "too many reference pixels for int32 indices");
   check_labels(ref_labels, "ref_labels");
-  TORCH_CHECK(num_labels >= 1, "num_labels must be >= 1, got ", num_labels);
-  TORCH_CHECK(atrous >= 1, "atrous must be >= 1, got ", atrous);
+  check_int_arguments(num_labels, atrous);
   TORCH_CHECK(atrous_min_pixels >= 0, "atrous_min_pixels must be >= 0, got ", atrous_min_pixels);
   check_bias(fg_bias, "fg_bias", query);
   check_bias(bg_bias, "bg_bias", query);
@@ -61,8 +83,7 @@ inline void check_local_args(const at::Tensor& query, const at::Tensor& previous
               "previous and prev_labels must be on the device of query");
   TORCH_CHECK(query.size(2) * query.size(3) < (int64_t(1) << 31), "frame too large for int32 indices");
   check_labels(prev_labels, "prev_labels");
-  TORCH_CHECK(num_labels >= 1, "num_labels must be >= 1, got ", num_labels);
-  TORCH_CHECK(atrous >= 1, "atrous must be >= 1, got ", atrous);
+  check_int_arguments(num_labels, atrous);
   TORCH_CHECK(!windows.empty(), "windows must not be empty");
   for (const int64_t w : windows) TORCH_CHECK(w >= 0, "windows must be >= 0, got ", w);
   check_bias(fg_bias, "fg_bias", query);
@@ -131,7 +152,8 @@ inline BackwardProblem prepare_backward(const at::Tensor& grad_fg, const at::Ten
   pb.grad_candidates = at::empty_like(pb.candidates);
   pb.grad_fg_bias = at::empty({1}, query.options());
   pb.grad_bg_bias = at::empty({1}, query.options());
-  pb.empty = query.numel() == 0 || fg.numel() == 0;
+  // With C = 0 every distance is 0 and the scores still depend on the biases: only empty outputs are empty.
+  pb.empty = fg.numel() == 0;
   if (pb.empty) {
     pb.grad_query.zero_(), pb.grad_candidates.zero_(), pb.grad_fg_bias.zero_(), pb.grad_bg_bias.zero_();
   }

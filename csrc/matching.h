@@ -54,19 +54,28 @@ CFBI_HD bool is_valid_label(int64_t label, int64_t num_labels) {
   return label >= 0 && label < num_labels;
 }
 
-// Tie rule of every min: the smaller distance wins, equal distances go to the lower flattened
-// candidate index. Candidates with kNoCandidate never win against a real one.
+// NaN rule of every min (as torch.min): a NaN distance or score propagates, so it orders before every
+// number; NaNs are equal among themselves. Written without std::isnan so that host and device share it.
+template <typename A>
+CFBI_HD bool is_nan_value(A value) { return value != value; }
+template <typename A>
+CFBI_HD bool nan_first_less(A a, A b) { return is_nan_value(a) ? !is_nan_value(b) : a < b; }
+
+// Tie rule of every min: the smaller distance wins (a NaN before any number), equal distances (or two NaNs)
+// go to the lower flattened candidate index. Candidates with kNoCandidate never win against a real one.
 template <typename A>
 CFBI_HD bool is_better(A dist, int64_t index, A best_dist, int64_t best_index) {
   if (best_index < 0) return index >= 0;
   if (index < 0) return false;
-  return dist < best_dist || (dist == best_dist && index < best_index);
+  if (nan_first_less(dist, best_dist)) return true;
+  if (nan_first_less(best_dist, dist)) return false;
+  return index < best_index;
 }
 
 // is_better's order as one unsigned 64-bit key (float scores, indices in [0, 2^31)): the score's bits made
 // order-preserving in the high word, the index in the low word, so that the smaller key is the better pair
 // and minima can be merged with an integer atomicMin in any order. -0 is folded into +0 (they compare
-// equal as floats). Not for NaN scores.
+// equal as floats). A NaN (either sign) gets the smallest high word, as the NaN rule above orders it.
 CFBI_HD uint32_t float_bits(float value) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(value);
@@ -78,24 +87,37 @@ CFBI_HD uint32_t float_bits(float value) {
 }
 CFBI_HD unsigned long long selection_key(float score, int64_t index) {
   const uint32_t bits = float_bits(score + 0.0f);
-  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  const uint32_t ordered = is_nan_value(score) ? 0u : (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
   return (static_cast<unsigned long long>(ordered) << 32) | static_cast<uint32_t>(index);
 }
 CFBI_HD int64_t selection_key_index(unsigned long long key) { return static_cast<int64_t>(key & 0xffffffffull); }
 // The key of "no candidate yet": larger than every real key.
 constexpr unsigned long long kNoSelectionKey = ~0ull;
 
+// ceil(n / d) for n >= 0, d >= 1, without the overflow of n + d - 1.
+CFBI_HD int64_t ceil_div(int64_t n, int64_t d) { return n == 0 ? 0 : (n - 1) / d + 1; }
+
 // Global atrous rule (eq. 8-9): a candidate at (y, x) of its frame counts when it lies on the atrous
 // grid, or when its label is small (at most min_pixels * atrous^2 pixels in that frame, min_pixels > 0).
+// The product can overflow int64 (min_pixels 2^62, atrous 2); n <= m a^2 <=> ceil(ceil(n / a) / a) <= m cannot.
 CFBI_HD bool keeps_global_candidate(int64_t y, int64_t x, int64_t atrous, int64_t label_pixels,
                                     int64_t min_pixels) {
   if (atrous <= 1) return true;
   if (y % atrous == 0 && x % atrous == 0) return true;
-  return min_pixels > 0 && label_pixels <= min_pixels * atrous * atrous;
+  return min_pixels > 0 && ceil_div(ceil_div(label_pixels, atrous), atrous) <= min_pixels;
 }
 
 // Local windows: window k with atrous r holds the offsets (i r, j r) with |i|, |j| <= k / r.
 CFBI_HD int64_t window_radius(int64_t window, int64_t atrous) { return window / atrous; }
+
+// The radius clamped to the frame: beyond (max(H, W) - 1) / r steps every offset falls outside, so the
+// window holds the same candidates. Everything sized from a radius uses this one (no allocation grows with
+// the window value, and no index arithmetic overflows).
+CFBI_HD int64_t frame_window_radius(int64_t window, int64_t atrous, int64_t height, int64_t width) {
+  const int64_t radius = window_radius(window, atrous);
+  const int64_t reach = ((height > width ? height : width) - 1) / atrous;
+  return radius < reach ? radius : (reach > 0 ? reach : 0);
+}
 
 // The ring of an offset (i, j) in atrous steps: the smallest radius whose window holds it.
 CFBI_HD int64_t offset_ring(int64_t i, int64_t j) {
@@ -147,12 +169,12 @@ struct TwoSmallest {
   int64_t first = -1, second = -1;
 
   CFBI_HD void push(A value, int64_t label) {
-    if (first < 0 || value < first_value) {
+    if (first < 0 || nan_first_less(value, first_value)) {
       second = first;
       second_value = first_value;
       first = label;
       first_value = value;
-    } else if (second < 0 || value < second_value) {
+    } else if (second < 0 || nan_first_less(value, second_value)) {
       second = label;
       second_value = value;
     }
@@ -190,12 +212,39 @@ CFBI_HD void write_pixel_scores(const A* best_dist, const int64_t* best_index, i
                                             argmin, stride);
 }
 
+// The slope d score / d (min distance + bias) of label l's entry, from its stored score: exact for float32 and
+// float64, whose stored score is the computed one.
+struct ScoreSlope {
+  template <typename A>
+  CFBI_HD A operator()(int64_t, A score) const { return score_grad(score); }
+};
+
+// The same for float16 / bfloat16: the stored score keeps too few bits of 1 + s near s = -1 (large negative
+// biases), so the score is recomputed in A from the selected candidate's distance and the bias.
+template <typename T, typename A>
+struct DistanceSlope {
+  const T* query;          // channel c of this query pixel at query[c * query_stride]
+  int64_t query_stride;
+  const T* candidates;     // channel c of candidate m at candidates[c * candidate_stride + m]
+  int64_t candidate_stride;
+  int64_t channels;
+  const int32_t* argmin;   // strided like the outputs
+  int64_t stride;
+  A fg_bias, bg_bias;
+
+  CFBI_HD A operator()(int64_t label, A) const {
+    const A d = squared_distance<T, A>(query, query_stride, candidates + argmin[label * stride], candidate_stride,
+                                       channels);
+    return score_grad(distance_to_score(d, label_bias(label, fg_bias, bg_bias)));
+  }
+};
+
 // Backward epilogue of one query pixel (and one window): the gradient with respect to
 // (min distance + bias) of every label, from the gradients of fg and bg. Labels without a
 // candidate get 0. coef is strided like the outputs.
-template <typename T, typename A>
+template <typename T, typename A, typename Slope>
 CFBI_HD void pixel_distance_grads(const T* grad_fg, const T* grad_bg, const T* fg, const int32_t* argmin,
-                                  int64_t num_labels, int64_t stride, A* coef) {
+                                  int64_t num_labels, int64_t stride, A* coef, const Slope& slope) {
   TwoSmallest<A> smallest;
   for (int64_t l = 0; l < num_labels; ++l) {
     smallest.push(static_cast<A>(fg[l * stride]), l);
@@ -206,8 +255,14 @@ CFBI_HD void pixel_distance_grads(const T* grad_fg, const T* grad_bg, const T* f
     coef[source * stride] += static_cast<A>(grad_bg[l * stride]);
   }
   for (int64_t l = 0; l < num_labels; ++l) {
-    coef[l * stride] = argmin[l * stride] < 0 ? A(0) : coef[l * stride] * score_grad(static_cast<A>(fg[l * stride]));
+    coef[l * stride] = argmin[l * stride] < 0 ? A(0) : coef[l * stride] * slope(l, static_cast<A>(fg[l * stride]));
   }
+}
+
+template <typename T, typename A>
+CFBI_HD void pixel_distance_grads(const T* grad_fg, const T* grad_bg, const T* fg, const int32_t* argmin,
+                                  int64_t num_labels, int64_t stride, A* coef) {
+  pixel_distance_grads<T, A, ScoreSlope>(grad_fg, grad_bg, fg, argmin, num_labels, stride, coef, ScoreSlope{});
 }
 
 }  // namespace cfbi

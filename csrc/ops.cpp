@@ -15,10 +15,11 @@ TORCH_LIBRARY(cfbi, m) {
   m.def(
       "global_match(Tensor query, Tensor reference, Tensor ref_labels, int num_labels, Tensor fg_bias, "
       "Tensor bg_bias, int atrous, int atrous_min_pixels) -> (Tensor, Tensor, Tensor)");
-  // Returns grad_query, grad_reference, grad_fg_bias [1], grad_bg_bias [1].
+  // Returns grad_query, grad_reference, grad_fg_bias [1], grad_bg_bias [1]. The biases of the forward call give
+  // float16 / bfloat16 the slope of the score computed in float (the stored score is rounded).
   m.def(
       "global_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "
-      "Tensor reference) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor reference, Tensor fg_bias, Tensor bg_bias) -> (Tensor, Tensor, Tensor, Tensor)");
   // query, previous [B, C, H, W]; prev_labels [B, H, W] (integer); windows: K window sizes.
   // Returns fg, bg [B, L, K, H, W] and argmin [B, L, K, H, W] (int32 index into H*W, -1 = none).
   m.def(
@@ -26,7 +27,7 @@ TORCH_LIBRARY(cfbi, m) {
       "Tensor bg_bias, int[] windows, int atrous) -> (Tensor, Tensor, Tensor)");
   m.def(
       "local_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "
-      "Tensor previous) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor previous, Tensor fg_bias, Tensor bg_bias) -> (Tensor, Tensor, Tensor, Tensor)");
   // The instruction set of the float32 CPU kernels in use ("avx2" or "portable").
   m.def("cpu_isa() -> str", []() { return std::string(cfbi::simd_kernels().name); });
 }

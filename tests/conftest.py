@@ -13,11 +13,31 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-import cfbi_ops
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# CFBI_TEST_BLOCK_EXTENSION=1: the suite runs as on a machine where cfbi_ops._C cannot be loaded (CI runs the op
+# and model tests so once). The blocker must be in place before the first import of cfbi_ops.
+BLOCK_EXTENSION_CODE = """
+import sys
+class _BlockCfbiExtension:
+    def find_spec(self, name, path=None, target=None):
+        if name == "cfbi_ops._C":
+            raise ImportError("cfbi_ops._C blocked by CFBI_TEST_BLOCK_EXTENSION")
+        return None
+sys.meta_path.insert(0, _BlockCfbiExtension())
+"""
+if os.environ.get("CFBI_TEST_BLOCK_EXTENSION") == "1":
+    assert "cfbi_ops" not in sys.modules, "cfbi_ops was imported before the extension could be blocked"
+    exec(BLOCK_EXTENSION_CODE)
+
+import cfbi_ops  # noqa: E402
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+requires_extension = pytest.mark.skipif(not cfbi_ops.HAS_EXTENSION, reason="needs the compiled extension")
+# Tests of the compiled kernels themselves (raw ops, dispatch, opcheck) skip when the public functions are
+# forced onto the reference, as well as without the extension.
+COMPILED = cfbi_ops.resolve_backend() == "compiled"
+requires_compiled = pytest.mark.skipif(not COMPILED, reason="the public ops run on the reference backend")
 
 # Output tolerances (values) and gradient tolerances, per dtype.
 TOL = {

@@ -221,9 +221,10 @@ def test_all_background_ground_truth(tmp_path, capsys):
 
 def test_usage_errors(dataset, capsys):
     gt_root, pred_root = dataset
-    expect_error(capsys, ["--gt", gt_root], "--gt and --pred are required", code=2)
+    expect_error(capsys, ["--gt", gt_root], "--pred is required", code=2)
+    expect_error(capsys, ["--pred", pred_root], "--gt (or --data", code=2)
     expect_error(capsys, ["--checkpoint", "model.pth"], "--checkpoint needs --data", code=2)
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--data", "x"], "--data", code=2)
+    expect_error(capsys, ["--pred", pred_root, "--data", "x"], "ground-truth folder not found", code=1)
     with pytest.raises(SystemExit):
         run_cli("--gt", gt_root, "--pred", pred_root, "--workers", "0")
 
@@ -231,6 +232,27 @@ def test_usage_errors(dataset, capsys):
 # ---------------------------------------------------------------------------------------------------------
 # --checkpoint: the segmenter hook
 # ---------------------------------------------------------------------------------------------------------
+
+
+def test_data_and_split_score_existing_predictions(tmp_path, capsys):
+    """`cfbi predict --split val` then `cfbi evaluate --data ROOT --split val --pred DIR`: only the split's
+    sequences are scored, the ground truth is ROOT/Annotations/480p."""
+    data = tmp_path / "DAVIS"
+    perfect = perfect_sequence()
+    write_sequence(data / "Annotations" / "480p", "listed", perfect)
+    write_sequence(data / "Annotations" / "480p", "not-in-split", perfect)
+    (data / "ImageSets" / "2017").mkdir(parents=True)
+    (data / "ImageSets" / "2017" / "val.txt").write_text("listed\n")
+    pred = tmp_path / "pred"
+    write_sequence(pred / "Annotations", "listed", np.where(perfect == 255, 0, perfect))
+    out_json = tmp_path / "r.json"
+    assert run_cli("--data", data, "--split", "val", "--pred", pred, "--json", out_json, "--workers", "1") == 0
+    result = json.loads(out_json.read_text())
+    assert [s["name"] for s in result["sequences"]] == ["listed"]
+    assert result["global"]["J&F-Mean"] == 1.0
+    capsys.readouterr()
+    # Without the split, every annotated sequence needs a prediction.
+    expect_error(capsys, ["--gt", data / "Annotations" / "480p", "--pred", pred], "not-in-split")
 
 
 def test_checkpoint_runs_segmenter_then_evaluates(monkeypatch, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cfbi_ops
-from conftest import embeddings, generator, random_labels, run_isolated
+from conftest import embeddings, generator, random_labels, requires_extension, run_isolated
 
 ERRORS = (ValueError, RuntimeError)
 
@@ -163,6 +163,7 @@ RAW_FORWARD_ERRORS = {
 }
 
 
+@requires_extension
 @pytest.mark.parametrize("name", list(RAW_FORWARD_ERRORS))
 def test_raw_forward_op_errors(name):
     which, index, change = RAW_FORWARD_ERRORS[name]
@@ -174,23 +175,24 @@ def test_raw_forward_op_errors(name):
         op(*args)
 
 
+@requires_extension
 def test_raw_backward_op_mismatched_grad_shapes():
     args = _canonical_global()
     fg, _, argmin = torch.ops.cfbi.global_match(*args)
-    q, r = args[0], args[1]
+    q, r, b = args[0], args[1], args[4]
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.global_match_backward(torch.ones_like(fg)[:, :2], torch.ones_like(fg), fg, argmin, q, r)
+        torch.ops.cfbi.global_match_backward(torch.ones_like(fg)[:, :2], torch.ones_like(fg), fg, argmin, q, r, b, b)
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin.long(), q, r)
+        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin.long(), q, r, b, b)
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q[..., :-1], r)
+        torch.ops.cfbi.global_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q[..., :-1], r, b, b)
     args = _canonical_local()
     fg, _, argmin = torch.ops.cfbi.local_match(*args)
-    q, p = args[0], args[1]
+    q, p, b = args[0], args[1], args[4]
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.local_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q, p[..., 1:])
+        torch.ops.cfbi.local_match_backward(torch.ones_like(fg), torch.ones_like(fg), fg, argmin, q, p[..., 1:], b, b)
     with pytest.raises(RuntimeError):
-        torch.ops.cfbi.local_match_backward(torch.ones_like(fg)[:1], torch.ones_like(fg), fg, argmin, q, p)
+        torch.ops.cfbi.local_match_backward(torch.ones_like(fg)[:1], torch.ones_like(fg), fg, argmin, q, p, b, b)
 
 
 # Backward ops fed a reference that does not fit the forward call: the kernels index the candidates with
@@ -215,7 +217,7 @@ def attempt(name, fn):
         print(name, "RAISED", str(e).splitlines()[0], flush=True)
 """
 
-_BACKWARD = "torch.ops.cfbi.global_match_backward(g, g, fg, am, q, {})"
+_BACKWARD = "torch.ops.cfbi.global_match_backward(g, g, fg, am, q, {}, fb, bb)"
 ISOLATED_CASES = {
     # Control: a check that exists (the harness itself reports RAISED).
     "reference-4d": _BACKWARD.format("r[:, 0]"),
@@ -254,6 +256,7 @@ def isolated_results():
     return results
 
 
+@requires_extension
 @pytest.mark.parametrize("name", list(ISOLATED_CASES))
 def test_raw_global_backward_bad_reference_raises(name, isolated_results):
     returncode, line, err_tail = isolated_results[name]

@@ -1,142 +1,29 @@
-"""Forward parity: compiled ops vs cfbi_ops.reference vs a brute-force loop written here.
-
-The brute force is independent of reference.py: squared distances come from numpy (float64), and the
-candidate rules (ignored labels, atrous grid, atrous_min_pixels, local windows), the per-label minimum,
-the score 1 - 2 / (1 + exp(d + b)) and the background maps are explicit Python loops over pixels.
-"""
+"""Forward parity on hand-made cases (the harness in tests/test_ops_harness.py runs the generated case list on
+every backend): the oracle itself on a case computed by hand, atrous_min_pixels on labels around the threshold,
+the per-frame atrous grid, window 0 and windows that are not shifted inwards."""
 from __future__ import annotations
 
 import math
-import zlib
 
-import numpy as np
 import pytest
 import torch
 
 import cfbi_ops
 from cfbi_ops import reference as ref_impl
-from conftest import (
-    DTYPES,
-    IGNORE,
-    TOL,
-    dtype_id,
-    embeddings,
-    generator,
-    make_bias,
-    make_global_case,
-    make_local_case,
-    requires_cuda,
-    run_global,
-    run_local,
-)
+from conftest import (DTYPES, IGNORE, TOL, dtype_id, embeddings, generator, make_bias, make_global_case,
+                      make_local_case, run_local)
+from test_ops_harness import Case, oracle
 
-
-# --------------------------------------------------------------------------------------------------
-# Brute force
-# --------------------------------------------------------------------------------------------------
 
 def _score(d: float, b: float) -> float:
     return 1.0 - 2.0 / (1.0 + math.exp(d + b))
 
 
-def _background(fg_pixel: list[float]) -> list[float]:
-    num_labels = len(fg_pixel)
-    if num_labels == 1:
-        return list(fg_pixel)
-    return [min(fg_pixel[j] for j in range(num_labels) if j != l) for l in range(num_labels)]
-
-
-def _pairwise_sq(a: np.ndarray, b: np.ndarray) -> list[list[float]]:
-    """a [N, C], b [M, C] -> nested list d[n][m] = sum_c (a[n, c] - b[m, c])^2 in float64."""
-    return (((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).tolist()
-
-
 def brute_global(query, reference, labels, num_labels, fg_bias, bg_bias, atrous=1, min_pixels=0):
-    """Returns (fg, bg) as float64 numpy arrays [B, L, H, W]."""
-    query = query.detach().double().numpy()
-    reference = reference.detach().double().numpy()
-    labels = labels.long().numpy()
-    if reference.ndim == 4:
-        reference, labels = reference[:, None], labels[:, None]
-    fb, bb = float(fg_bias), float(bg_bias)
-    B, C, H, W = query.shape
-    _, T, _, Hr, Wr = reference.shape
-    fg = np.empty((B, num_labels, H, W))
-    bg = np.empty((B, num_labels, H, W))
-    for b in range(B):
-        # Candidates (flat index over (t, y, x), label), by explicit loops.
-        cands = []
-        for t in range(T):
-            counts = [0] * num_labels
-            for y in range(Hr):
-                for x in range(Wr):
-                    lab = int(labels[b, t, y, x])
-                    if 0 <= lab < num_labels:
-                        counts[lab] += 1
-            for y in range(Hr):
-                for x in range(Wr):
-                    lab = int(labels[b, t, y, x])
-                    if not 0 <= lab < num_labels:
-                        continue
-                    on_grid = y % atrous == 0 and x % atrous == 0
-                    small = min_pixels > 0 and counts[lab] <= min_pixels * atrous * atrous
-                    if on_grid or small:
-                        cands.append(((t * Hr + y) * Wr + x, lab))
-        q = query[b].reshape(C, H * W).T
-        r = reference[b].transpose(1, 0, 2, 3).reshape(C, T * Hr * Wr).T
-        dist = _pairwise_sq(q, r)
-        for p in range(H * W):
-            best = [math.inf] * num_labels
-            row = dist[p]
-            for m, lab in cands:
-                if row[m] < best[lab]:
-                    best[lab] = row[m]
-            scores = [1.0 if best[l] == math.inf else _score(best[l], bb if l == 0 else fb)
-                      for l in range(num_labels)]
-            back = _background(scores)
-            for l in range(num_labels):
-                fg[b, l, p // W, p % W] = scores[l]
-                bg[b, l, p // W, p % W] = back[l]
-    return fg, bg
-
-
-def brute_local(query, previous, labels, num_labels, fg_bias, bg_bias, windows=(4, 8, 12, 16, 20, 24), atrous=1):
-    """Returns (fg, bg) as float64 numpy arrays [B, L, K, H, W]."""
-    query = query.detach().double().numpy()
-    previous = previous.detach().double().numpy()
-    labels = labels.long().numpy()
-    fb, bb = float(fg_bias), float(bg_bias)
-    B, C, H, W = query.shape
-    K = len(windows)
-    fg = np.empty((B, num_labels, K, H, W))
-    bg = np.empty((B, num_labels, K, H, W))
-    for b in range(B):
-        dist = _pairwise_sq(query[b].reshape(C, H * W).T, previous[b].reshape(C, H * W).T)
-        lab = labels[b].tolist()
-        for y in range(H):
-            for x in range(W):
-                row = dist[y * W + x]
-                for w, window in enumerate(windows):
-                    radius = window // atrous
-                    best = [math.inf] * num_labels
-                    for i in range(-radius, radius + 1):
-                        yy = y + i * atrous
-                        if yy < 0 or yy >= H:
-                            continue
-                        for j in range(-radius, radius + 1):
-                            xx = x + j * atrous
-                            if xx < 0 or xx >= W:
-                                continue
-                            l = lab[yy][xx]
-                            if 0 <= l < num_labels and row[yy * W + xx] < best[l]:
-                                best[l] = row[yy * W + xx]
-                    scores = [1.0 if best[l] == math.inf else _score(best[l], bb if l == 0 else fb)
-                              for l in range(num_labels)]
-                    back = _background(scores)
-                    for l in range(num_labels):
-                        fg[b, l, w, y, x] = scores[l]
-                        bg[b, l, w, y, x] = back[l]
-    return fg, bg
+    """The harness oracle on explicit tensors: (fg, bg) as float64 numpy arrays [B, L, H, W]."""
+    case = Case("global", L=num_labels, atrous=atrous, min_pixels=min_pixels)
+    return oracle(case, dict(query=query, candidates=reference, labels=labels, fg_bias=torch.as_tensor(fg_bias),
+                             bg_bias=torch.as_tensor(bg_bias)))
 
 
 def _check(name, got: torch.Tensor, expected, dtype):
@@ -144,17 +31,6 @@ def _check(name, got: torch.Tensor, expected, dtype):
     assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
     assert tuple(got.shape) == tuple(expected.shape), f"{name}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(got.detach().double(), expected, msg=lambda m: f"{name}: {m}", **TOL[dtype])
-
-
-def _check_all(case, op, reference, brute, dtype):
-    """The op's and the reference's (fg, bg) against the brute force and each other; absent labels give
-    exactly 1.0 everywhere."""
-    for part, got_op, got_ref, expected in zip(("fg", "bg"), op, reference, brute):
-        _check(f"op {part} vs brute", got_op, expected, dtype)
-        _check(f"reference {part} vs brute", got_ref, expected, dtype)
-        torch.testing.assert_close(got_op, got_ref, **TOL[dtype])
-    for label in case.absent:
-        assert torch.all(op[0][:, label] == 1.0), f"absent label {label} must score exactly 1.0"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,43 +54,6 @@ def test_brute_force_hand_case():
 # --------------------------------------------------------------------------------------------------
 # Global matching
 # --------------------------------------------------------------------------------------------------
-
-GLOBAL_CASES = {
-    "b1-square-L1": dict(B=1, C=3, H=5, W=5, L=1),
-    "b2-nonsquare-L2": dict(B=2, C=8, H=6, W=9, L=2),
-    "b2-L3-absent2": dict(B=2, C=5, H=7, W=7, L=3, absent=(2,)),
-    "b1-L4-refsize": dict(B=1, C=6, H=6, W=8, Hr=9, Wr=5, L=4),
-    "b2-L5-absent-bg": dict(B=2, C=4, H=8, W=6, L=5, absent=(0, 3)),
-    "b1-L6-C16": dict(B=1, C=16, H=9, W=9, Hr=11, Wr=10, L=6),
-    "b1-atrous2": dict(B=1, C=5, H=7, W=9, Hr=9, Wr=11, L=3, atrous=2),
-    "b2-atrous3-nonsquare": dict(B=2, C=4, H=6, W=8, Hr=13, Wr=10, L=4, atrous=3),
-    # skew: labels of very different sizes, so that atrous_min_pixels keeps some whole, subsamples others.
-    "b2-atrous2-minpx3": dict(B=2, C=6, H=7, W=6, Hr=10, Wr=9, L=5, atrous=2, min_pixels=3, skew=0.5),
-    "b1-atrous3-minpx1": dict(B=1, C=3, H=8, W=8, Hr=12, Wr=12, L=6, atrous=3, min_pixels=1, skew=0.5),
-    "b1-atrous1-minpx5": dict(B=1, C=4, H=5, W=7, L=3, atrous=1, min_pixels=5),
-    "T2-b1": dict(B=1, C=4, H=6, W=7, T=2, Hr=7, Wr=5, L=3),
-    "T2-b2-atrous2": dict(B=2, C=7, H=5, W=9, T=2, Hr=8, Wr=9, L=4, atrous=2),
-    "T2-b2-atrous3-minpx1-absent": dict(B=2, C=3, H=7, W=5, T=2, Hr=10, Wr=7, L=4, atrous=3, min_pixels=1,
-                                        absent=(1,), skew=0.4),
-    "T1-as-5d": dict(B=2, C=4, H=6, W=6, T=1, Hr=7, Wr=8, L=3, ref_5d=True),
-    "uint8-labels": dict(B=2, C=4, H=6, W=7, L=3, atrous=2, label_dtype=torch.uint8),
-    "int32-labels-T2": dict(B=1, C=4, H=6, W=7, T=2, L=4, label_dtype=torch.int32),
-}
-
-
-@pytest.mark.parametrize("noncontig", [False, True], ids=["contig", "noncontig"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("name", list(GLOBAL_CASES))
-def test_global_match_parity(name, dtype, noncontig):
-    params = dict(GLOBAL_CASES[name])
-    seed = zlib.crc32(name.encode()) % 1000
-    case = make_global_case(dtype=dtype, noncontig=noncontig, seed=seed, requires_grad=False, **params)
-    fg, bg = run_global(case)
-    rfg, rbg = run_global(case, ref_impl.global_match)
-    bfg, bbg = brute_global(case.query, case.reference, case.labels, case.num_labels, case.fg_bias,
-                            case.bg_bias, case.atrous, case.atrous_min_pixels)
-    _check_all(case, (fg, bg), (rfg, rbg), (bfg, bbg), dtype)
-
 
 def test_global_match_without_any_candidate_is_one():
     case = make_global_case(B=2, C=4, H=5, W=6, L=3, requires_grad=False)
@@ -292,42 +131,6 @@ def test_global_atrous_grid_is_per_frame_and_zero_based():
 # Local matching
 # --------------------------------------------------------------------------------------------------
 
-LOCAL_CASES = {
-    "b1-square-L1-default": dict(B=1, C=3, H=7, W=7, L=1),
-    "b2-nonsquare-L2": dict(B=2, C=5, H=6, W=9, L=2, windows=(1, 2, 3)),
-    "b2-L3-absent": dict(B=2, C=4, H=8, W=7, L=3, windows=(2, 4), absent=(1,)),
-    "b1-L4-unsorted": dict(B=1, C=6, H=9, W=8, L=4, windows=(24, 4, 8)),
-    "b1-L5-window0": dict(B=1, C=4, H=7, W=6, L=5, windows=(0,)),
-    "b2-L6-with0": dict(B=2, C=8, H=6, W=6, L=6, windows=(3, 0, 1)),
-    "b1-C16-big": dict(B=1, C=16, H=11, W=13, L=3, windows=(5, 2)),
-    "atrous2-default": dict(B=1, C=4, H=9, W=10, L=3, atrous=2),
-    "atrous2-k-lt-atrous": dict(B=2, C=3, H=8, W=9, L=4, windows=(1, 0, 3, 4), atrous=2),
-    "atrous3-unsorted": dict(B=1, C=5, H=10, W=11, L=3, windows=(24, 2, 6, 7), atrous=3),
-    "atrous3-absent-bg": dict(B=2, C=4, H=7, W=7, L=4, windows=(3, 9), atrous=3, absent=(0,)),
-    "uint8-labels": dict(B=1, C=4, H=6, W=8, L=3, windows=(2, 5), label_dtype=torch.uint8),
-    "int32-labels-atrous2": dict(B=2, C=4, H=6, W=5, L=2, windows=(4, 1), atrous=2, label_dtype=torch.int32),
-}
-
-
-@pytest.mark.parametrize("noncontig", [False, True], ids=["contig", "noncontig"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("name", list(LOCAL_CASES))
-def test_local_match_parity(name, dtype, noncontig):
-    params = dict(LOCAL_CASES[name])
-    seed = zlib.crc32(name.encode()) % 1000 + 1
-    default_windows = "windows" not in params
-    case = make_local_case(dtype=dtype, noncontig=noncontig, seed=seed, requires_grad=False, **params)
-    if default_windows:  # exercise the default argument of the public function
-        fg, bg = cfbi_ops.local_match(case.query, case.previous, case.labels, case.num_labels, case.fg_bias,
-                                      case.bg_bias, atrous=case.atrous)
-    else:
-        fg, bg = run_local(case)
-    rfg, rbg = run_local(case, ref_impl.local_match)
-    bfg, bbg = brute_local(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias,
-                           case.windows, case.atrous)
-    _check_all(case, (fg, bg), (rfg, rbg), (bfg, bbg), dtype)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_local_window0_is_own_pixel(dtype):
     """Window 0 holds only the pixel itself: fg_l(p) = score(||q_p - prev_p||^2) where prev_labels(p) == l,
@@ -358,33 +161,3 @@ def test_local_windows_are_not_shifted_inwards():
     assert fg[0, 1, 0, 0, 0].item() == 1.0       # window 1 at (0, 0): no candidate of label 1
     assert fg[0, 1, 1, 0, 0].item() == pytest.approx(0.0, abs=1e-12)  # window 2 reaches (2, 2)
     assert torch.all(fg[:, 0] == 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# CUDA parity smoke test
-# --------------------------------------------------------------------------------------------------
-
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_cuda_matches_cpu(dtype):
-    gcase = make_global_case(B=2, C=8, H=7, W=9, T=2, Hr=8, Wr=6, L=4, atrous=2, min_pixels=1, dtype=dtype,
-                             seed=31)
-    lcase = make_local_case(B=2, C=8, H=7, W=9, L=4, windows=(24, 2, 0, 5), atrous=2, dtype=dtype, seed=32)
-    for case, run in ((gcase, run_global), (lcase, run_local)):
-        cpu_out = run(case)
-        cpu_grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(cpu_out)), case.leaves())
-        cuda_leaves = [x.detach().cuda().requires_grad_() for x in case.leaves()]
-        fields = dict(case.__dict__)
-        names = ["query", "reference" if "reference" in fields else "previous", "fg_bias", "bg_bias"]
-        fields.update(dict(zip(names, cuda_leaves)))
-        fields["labels"] = case.labels.cuda()
-        cuda_case = type(case)(**fields)
-        cuda_out = run(cuda_case)
-        cuda_grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(cuda_out)), cuda_leaves)
-        for got, expected in zip(cuda_out, cpu_out):
-            assert got.device.type == "cuda"
-            torch.testing.assert_close(got.cpu(), expected, **TOL[dtype])
-        for got, expected in zip(cuda_grads, cpu_grads):
-            tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
-            torch.testing.assert_close(got.cpu(), expected, **tol)

@@ -53,7 +53,8 @@ def data(tmp_path: Path) -> dict[str, Path]:
     (frames / "notes.txt").write_text("not a frame")
     mask = tmp_path / "first.png"
     write_palette_png(mask, first_labels())
-    return {"root": tmp_path, "frames": frames, "mask": mask, "out": tmp_path / "out"}
+    return {"root": tmp_path, "frames": frames, "mask": mask, "out": tmp_path / "out",
+            "written": tmp_path / "out" / "frames"}
 
 
 def segment(*args: str | Path) -> int:
@@ -69,16 +70,17 @@ def test_frame_folder_with_random_weights_and_gif_overlay(data, capsys):
     overlay = data["root"] / "overlay.gif"
     assert segment(*small_args(data), "--allow-random", "--overlay", overlay) == 0
     err = capsys.readouterr().err
-    assert "RANDOM weights" in err and "wrote 4 masks" in err
-    names = sorted(p.name for p in data["out"].iterdir())
+    assert "RANDOM weights" in err and "4 frames, 2 object(s)" in err and "frames/s" in err
+    assert sorted(p.name for p in data["out"].iterdir()) == ["frames"]  # no .partial folder left
+    names = sorted(p.name for p in data["written"].iterdir())
     assert names == [f"frame_{t:03d}.png" for t in range(4)]
     for name in names:
-        with Image.open(data["out"] / name) as image:
+        with Image.open(data["written"] / name) as image:
             assert image.mode == "P" and image.size == (W, H)
             assert image.getpalette()[:12] == PALETTE[:12]
             labels = np.asarray(image)
             assert labels.max() <= 2
-    with Image.open(data["out"] / names[0]) as image:
+    with Image.open(data["written"] / names[0]) as image:
         assert np.array_equal(np.asarray(image), first_labels())
     with Image.open(overlay) as gif:
         assert gif.n_frames == 4 and gif.size == (W, H)
@@ -92,7 +94,7 @@ def test_saved_checkpoint_and_options(data, tmp_path, capsys):
                    "--min-matching-pixels", "100", "--global-atrous", "1", "--device", "cpu")
     assert code == 0
     assert "RANDOM" not in capsys.readouterr().err
-    assert len(list(data["out"].glob("*.png"))) == 4
+    assert len(list(data["written"].glob("*.png"))) == 4
 
 
 @pytest.mark.skipif(not HAS_FFMPEG, reason="needs imageio and imageio-ffmpeg")
@@ -104,7 +106,7 @@ def test_video_file_with_mp4_overlay(data, capsys):
     overlay = data["root"] / "overlay.mp4"
     args = ["--video", video, "--mask", data["mask"], "--out", data["out"], "--config", "small", "--quiet"]
     assert segment(*args, "--allow-random", "--overlay", overlay) == 0
-    assert sorted(p.name for p in data["out"].iterdir()) == [f"{t:05d}.png" for t in range(5)]
+    assert sorted(p.name for p in (data["out"] / "clip").iterdir()) == [f"{t:05d}.png" for t in range(5)]
     frames = iio.imread(overlay)
     assert frames.shape[0] == 5 and frames.shape[1:3] == (H, W)
 
@@ -151,7 +153,7 @@ def test_mask_errors(data, tmp_path, capsys):
 
 def test_frame_errors(data, tmp_path, capsys):
     (data["frames"] / "frame_002.jpg").write_bytes(b"corrupt")
-    _fails(capsys, *small_args(data), "--allow-random", expect=["frame_002.jpg", "cannot read image"])
+    _fails(capsys, *small_args(data), "--allow-random", expect=["frame_002.jpg", "cannot read frame"])
     empty = tmp_path / "empty"
     empty.mkdir()
     args = small_args(data)
@@ -164,8 +166,10 @@ def test_frame_errors(data, tmp_path, capsys):
 def test_frame_size_change_and_output_folder(data, capsys):
     Image.fromarray(clip(1)[0][:40]).save(data["frames"] / "frame_009.jpg")
     _fails(capsys, *small_args(data), "--allow-random", expect=["frame_009.jpg", "80x40"])
+    assert not data["out"].exists()  # every frame's size is checked before anything is written
+    Image.fromarray(clip(1)[0]).save(data["frames"] / "frame_009.jpg")
     args = small_args(data)
-    args[args.index("--out") + 1] = data["frames"]
+    args[args.index("--out") + 1] = data["root"]  # root/frames is the frame folder
     _fails(capsys, *args, "--allow-random", expect=["frame folder"])
     Image.fromarray(clip(1)[0]).save(data["frames"] / "frame_009.png")  # same stem as frame_009.jpg
     _fails(capsys, *small_args(data), "--allow-random", expect=["'frame_009'", "overwrite"])
@@ -183,6 +187,9 @@ def test_video_errors(data, tmp_path, capsys):
         broken = tmp_path / "broken.mp4"
         broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage")
         _fails(capsys, "--video", broken, *args, expect=["broken.mp4", "cannot read video"])
+        code = segment("--video", broken, *args)
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "ffmpeg version" not in err, err
 
 
 def test_overlay_extension_and_usage(data, capsys):
@@ -203,7 +210,7 @@ def test_checkpoint_brings_its_own_config(data, capsys):
 
     args = ["--frames", data["frames"], "--mask", data["mask"], "--out", data["out"], "--quiet"]
     assert segment(*args, "--checkpoint", default_weights()) == 0
-    assert len(list(data["out"].glob("*.png"))) == 4
+    assert len(list(data["written"].glob("*.png"))) == 4
     _fails(capsys, *args, "--checkpoint", default_weights(), "--config", "resnet101",
            expect=["small_synthetic.pth", "'small'", "disagrees", "'resnet101'"])
     assert segment(*args, "--checkpoint", default_weights(), "--config", "small") == 0  # agreeing is fine

@@ -7,7 +7,8 @@ import typing
 
 from ..config import InferenceConfig, config_names
 
-__all__ = ["HelpFormatter", "positive_int", "add_inference_arguments", "inference_config", "add_config_argument"]
+__all__ = ["HelpFormatter", "positive_int", "add_inference_arguments", "inference_config", "add_config_argument",
+           "add_runtime_arguments", "apply_runtime"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,3 +53,22 @@ def inference_config(args: argparse.Namespace, prefix: str = "") -> InferenceCon
 def add_config_argument(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--config", default=None, choices=config_names(),
                         help=f"model configuration {what}; a checkpoint that names its own must agree with it")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads and --device, shared by every command that computes."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="torch CPU threads (None: torch's choice; 1 is often fastest on a busy machine)")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="None: cuda when available")
+
+
+def apply_runtime(args: argparse.Namespace) -> str:
+    """Set the thread count; the device to run on ("cuda" / "cpu"). ValueError when CUDA is asked for and
+    missing."""
+    import torch  # noqa: PLC0415
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ._options import HelpFormatter, add_inference_arguments, inference_config
+from ._options import HelpFormatter, add_inference_arguments, add_runtime_arguments, apply_runtime, inference_config
 
 __all__ = ["add_parser", "run", "default_weights"]
 
@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic clip")
     parser.add_argument("--frames", type=int, default=24, help="frames in the clip")
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="weights (None: the shipped ones)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser)
     add_inference_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -39,33 +40,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from PIL import Image
+    from tqdm import tqdm
 
     from ..build import CheckpointError, load_model
     from ..data.synthetic import SyntheticConfig, render_video
     from ..evaluation import metrics
-    from ..evaluation.run import segment_frames
+    from ..inference.segmenter import VideoSegmenter
     from ..io.masks import default_palette, write_mask
     from ..io.overlay import overlay
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.frames < 3:
         print("cfbi demo: error: --frames must be at least 3", file=sys.stderr)
         return 2
     try:
+        device = apply_runtime(args)
         inference = inference_config(args)
     except ValueError as error:
         print(f"cfbi demo: error: {error}", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.checkpoint or default_weights())
+        model = load_model(args.checkpoint or default_weights(), device=device)
     except CheckpointError as error:
         print(f"cfbi demo: error: {error}", file=sys.stderr)
         return 1
     frames, gt = render_video(args.seed, SyntheticConfig(num_frames=(args.frames, args.frames)))
-    pred = segment_frames(model, list(frames), gt[0], inference)
+    pred = np.zeros_like(gt)
+    segmenter = VideoSegmenter(model, inference)
+    with tqdm(total=len(frames), unit="frame", desc="demo", disable=args.quiet, file=sys.stderr) as progress:
+        for index, labels, _ in segmenter.propagate(frames, {0: gt[0]}):
+            pred[index] = labels
+            progress.update(1)
     palette = default_palette()
     folders = {name: os.path.join(args.out, name) for name in ("frames", "ground_truth", "masks")}
     for folder in folders.values():

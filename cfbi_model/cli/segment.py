@@ -1,25 +1,30 @@
-"""`cfbi segment`: segment the objects of a first-frame mask through a video (frame folder or video file).
+"""`cfbi segment`: segment the objects of annotated frames through a video (frame folder or video file).
 
-    cfbi segment --frames DIR | --video FILE --mask FIRST.png --out DIR --checkpoint PATH
-                 [--overlay FILE.mp4|.gif] [--device cpu|cuda] [inference options] [--allow-random [--config NAME]]
+    cfbi segment (--frames DIR | --video FILE) (--mask FIRST.png | --masks DIR) --out DIR --checkpoint PATH
+                 [--name NAME] [--per-object] [--overlay FILE.mp4|.gif] [--threads N] [--device cpu|cuda]
+                 [inference options] [--allow-random [--config NAME]]
 
-The model is the checkpoint's own (its configuration is stored in it; the authors' released files load as
-resnet101); --config is needed only for --allow-random or files without a configuration.
-
-Writes one palette PNG per frame into --out (the palette of the input mask), named after the frame files
-(or 00000.png, 00001.png, ... for a video file).
+--masks holds palette PNGs named after frames (same stem; 00000.png, ... for a video file): an object starts at
+the first annotated frame that contains it, frames before the first annotation are background, and a later
+annotation of a known object is a correction. Writes DIR/<name>/<frame>.png (name: the frame folder's or the
+video's; the palette of the first mask), through DIR/<name>.partial/ renamed at the end, which is the layout
+`cfbi evaluate --pred DIR` reads.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Iterator
-
-import numpy as np
 
 from .. import io as cfbi_io
-from ._options import HelpFormatter, add_config_argument, add_inference_arguments, inference_config
+from ._options import (
+    HelpFormatter,
+    add_config_argument,
+    add_inference_arguments,
+    add_runtime_arguments,
+    apply_runtime,
+    inference_config,
+)
 
 _PROG = "cfbi segment"
 
@@ -30,20 +35,29 @@ class _UsageError(Exception):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "segment", help="segment the objects of a first-frame mask through a video",
-        description="Propagate the objects of a first-frame mask through a video with CFBI+.",
+        "segment", help="segment annotated objects through a video",
+        description="Propagate the objects of annotated frames (a first-frame mask, or masks on any frames) "
+                    "through a video with CFBI+.",
         formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", metavar="DIR", help="folder of frames (sorted by file name)")
     source.add_argument("--video", metavar="FILE", help="video file (needs imageio and imageio-ffmpeg)")
-    parser.add_argument("--mask", required=True, metavar="FIRST.png",
-                        help="label mask of the first frame (palette PNG: 0 background, 1..K objects)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the palette PNGs")
+    annotation = parser.add_mutually_exclusive_group(required=True)
+    annotation.add_argument("--mask", metavar="FIRST.png",
+                            help="label mask of the first frame (palette PNG: 0 background, ids 1..254, "
+                                 "255 ignored)")
+    annotation.add_argument("--masks", metavar="DIR",
+                            help="folder of label masks named after frames (same stem, .png); objects start at "
+                                 "their first annotation, later ones are corrections")
+    parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<name>/<frame>.png")
+    parser.add_argument("--name", default=None,
+                        help="output sub-folder (None: the frame folder's name or the video file's stem)")
+    parser.add_argument("--per-object", action="store_true",
+                        help="also write DIR/<name>/objects/<id>/<frame>.png (one 0/255 mask per object)")
     parser.add_argument("--checkpoint", metavar="PATH", help="CFBI+ checkpoint (.pth)")
     add_config_argument(parser, "(default: the checkpoint's; resnet101 without a checkpoint)")
     parser.add_argument("--overlay", metavar="FILE", help="also write an overlay video (.mp4) or animation (.gif)")
-    parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
-                        help="None: cuda when available, else cpu")
+    add_runtime_arguments(parser)
     parser.add_argument("--allow-random", action="store_true",
                         help="run with random weights when no checkpoint is given (for testing only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -57,46 +71,22 @@ def _error(message: str) -> int:
     return 2
 
 
-def _frames(args: argparse.Namespace) -> tuple[Iterator[tuple[str, str, np.ndarray]], int | None, float]:
-    """(iterator of (output name, source description, RGB frame), frame count if known, fps)."""
-    if args.frames:
-        paths = cfbi_io.list_frames(args.frames)
-        names = [os.path.splitext(os.path.basename(path))[0] + ".png" for path in paths]
-        if len(set(names)) != len(names):
-            duplicate = next(n for n in names if names.count(n) > 1)
-            raise _UsageError(f"frame folder {args.frames!r} holds several frames named {duplicate[:-4]!r}.*; "
-                              "their masks would overwrite each other")
-
-        def from_folder() -> Iterator[tuple[str, str, np.ndarray]]:
-            for name, path in zip(names, paths):
-                yield name, repr(path), cfbi_io.read_frame(path)
-
-        return from_folder(), len(paths), 24.0
-    if not os.path.isfile(args.video):
-        raise cfbi_io.MediaError(f"video {args.video!r} does not exist")
-
-    def from_video() -> Iterator[tuple[str, str, np.ndarray]]:
-        for index, frame in enumerate(cfbi_io.iter_video(args.video)):
-            yield f"{index:05d}.png", f"frame {index} of {args.video!r}", frame
-
-    return from_video(), None, cfbi_io.video_fps(args.video)
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..inference.propagate import AnnotationError  # noqa: PLC0415
+
     try:
         return _run(args)
-    except (cfbi_io.MediaError, _UsageError) as error:
+    except (cfbi_io.MediaError, _UsageError, AnnotationError) as error:
         return _error(str(error))
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch  # noqa: PLC0415 - keep `cfbi --help` light
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415 - keep `cfbi --help` light
 
     from ..build import CheckpointError, build_model, load_model  # noqa: PLC0415
-    from ..inference.segmenter import VideoSegmenter  # noqa: PLC0415
+    from ..inference.video import load_annotations, open_source, segment_video  # noqa: PLC0415
 
-    # Check everything that can be checked before the (slow) model is built.
+    # Check everything that can be checked before the (slow) model is built and the first frame is written.
     if args.checkpoint is None and not args.allow_random:
         raise _UsageError("no --checkpoint given; refusing to segment with random weights "
                           "(pass --allow-random to do so anyway, e.g. for testing)")
@@ -104,24 +94,18 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.overlay and os.path.splitext(args.overlay)[1].lower() not in (".mp4", ".gif"):
         raise _UsageError(f"overlay {args.overlay!r} must end with .mp4 or .gif")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise _UsageError("--device cuda requested but CUDA is not available")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        device = apply_runtime(args)
         inference = inference_config(args)
     except ValueError as error:
         raise _UsageError(str(error)) from error
-    first_labels, palette = cfbi_io.read_mask(args.mask)
-    frames, total, fps = _frames(args)
-    try:
-        first_name, first_source, first_frame = next(frames)
-    except StopIteration:
-        raise _UsageError(f"{args.video or args.frames!r} holds no frames") from None
-    if first_frame.shape[:2] != first_labels.shape:
-        raise _UsageError(f"mask {args.mask!r} is {first_labels.shape[1]}x{first_labels.shape[0]} (WxH) but the "
-                          f"first frame ({first_source}) is {first_frame.shape[1]}x{first_frame.shape[0]}")
-    if args.frames and os.path.isdir(args.out) and os.path.samefile(args.out, args.frames):
-        raise _UsageError(f"--out {args.out!r} is the frame folder; choose another folder")
+    source = open_source(args.frames or args.video)  # a folder: every frame's header checked
+    name = args.name or source.name
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise _UsageError(f"--name {name!r} is not a folder name")
+    if args.frames and os.path.realpath(os.path.join(args.out, name)) == os.path.realpath(args.frames):
+        raise _UsageError(f"--out {args.out!r} with --name {name!r} is the frame folder; choose another folder")
+    annotations, palette = load_annotations(args.masks or args.mask, source)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as error:
@@ -136,35 +120,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{_PROG}: warning: running with RANDOM weights (--allow-random); the masks are meaningless",
               file=sys.stderr)
         model = build_model(args.config or "resnet101").to(device)
-    segmenter = VideoSegmenter(model, inference)
 
-    writer = cfbi_io.OverlayWriter(args.overlay, fps) if args.overlay else None
-    progress = tqdm(total=total, unit="frame", desc="segment", disable=args.quiet, file=sys.stderr)
-    count = 0
-    try:
-        segmenter.start(first_frame, first_labels)
-        _emit(args.out, first_name, first_frame, first_labels, palette, writer)
-        progress.update(1)
-        count = 1
-        for name, source, frame in frames:
-            if frame.shape[:2] != first_labels.shape:
-                raise _UsageError(f"frame {source} is {frame.shape[1]}x{frame.shape[0]}, the first frame is "
-                                  f"{first_frame.shape[1]}x{first_frame.shape[0]}")
-            labels = segmenter.step(frame).labels.cpu().numpy().astype(np.uint8)
-            _emit(args.out, name, frame, labels, palette, writer)
-            progress.update(1)
-            count += 1
-    finally:
-        progress.close()
-        if writer is not None:
-            writer.close()
-    print(f"{_PROG}: wrote {count} masks to {args.out}" + (f" and {args.overlay}" if args.overlay else ""),
+    total = len(source.names) if source.names is not None else None
+    with tqdm(total=total, unit="frame", desc="segment", disable=args.quiet, file=sys.stderr) as progress:
+        result = segment_video(source, annotations, model=model, config=inference, out=args.out, name=name,
+                               per_object=args.per_object, overlay=args.overlay, palette=palette,
+                               on_frame=lambda _: progress.update(1))
+    print(f"{_PROG}: {result.summary()}; wrote {result.folder}" + (f" and {args.overlay}" if args.overlay else ""),
           file=sys.stderr)
     return 0
-
-
-def _emit(out: str, name: str, frame: np.ndarray, labels: np.ndarray, palette: list[int] | None,
-          writer: cfbi_io.OverlayWriter | None) -> None:
-    cfbi_io.write_mask(os.path.join(out, name), labels, palette)
-    if writer is not None:
-        writer.add(cfbi_io.overlay(frame, labels, palette))

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..config import IGNORE_LABEL
 from ..io.frames import MediaError
-from ..io.masks import read_mask
+from ..io.masks import PARTIAL_SUFFIX, read_mask
 from . import metrics
 from .metrics import GLOBAL_MEASURES, DatasetResult, SequenceResult
 
@@ -91,7 +91,9 @@ def _evaluate_job(job: _Job) -> SequenceResult:
     allowed = np.asarray([0, *object_ids])
 
     if not job.pred_dir.is_dir():
-        raise EvaluationError(f"missing prediction folder for sequence {job.name!r}: {job.pred_dir}")
+        partial = job.pred_dir.with_name(job.pred_dir.name + PARTIAL_SUFFIX)
+        hint = f" ({partial} is what an interrupted run left)" if partial.is_dir() else ""
+        raise EvaluationError(f"missing prediction folder for sequence {job.name!r}: {job.pred_dir}{hint}")
     pred = np.zeros(gt.shape, dtype=np.uint8)
     for i in range(1, len(frames) - 1):
         path = job.pred_dir / f"{frames[i]}.png"

@@ -20,6 +20,7 @@ the frames that brought new objects) and the previous frame's, nothing else.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..modeling.matching import one_hot_labels
 from ..modeling.network import CFBIPlus, FrameFeatures
 from ..modeling.precision import amp_dtype, autocast
 from ..modeling.preprocess import preprocess
+from .propagate import FramePrediction, propagate
 
 __all__ = ["VideoSegmenter", "StepResult", "inference_size"]
 
@@ -153,9 +155,10 @@ class VideoSegmenter:
 
     @torch.inference_mode()
     def step(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> StepResult:
-        """Segment the next frame. `labels` [H, W] annotates objects that first appear in this frame: their
-        pixels (values 1..254) override the prediction, new label values add objects, and the frame joins the
-        reference set."""
+        """Segment the next frame. `labels` [H, W] annotates objects in this frame: every object it contains
+        (values 1..254) takes exactly its annotated mask there (a new value adds an object, a known one is a
+        correction), the prediction of the objects it does not contain is kept, and the frame joins the
+        reference set. Label values must be compact (cfbi_model.inference.LabelMap maps arbitrary ids)."""
         if not self._augs:
             raise RuntimeError("VideoSegmenter.step() called before start()")
         frame = self._frame(image)
@@ -185,12 +188,16 @@ class VideoSegmenter:
 
         if annotation is not None:
             annotated = (annotation > 0) & (annotation != IGNORE_LABEL)
-            prediction = torch.where(annotated, annotation, prediction)
+            contained = torch.unique(annotation[annotated])
+            # A contained object's predicted pixels outside its annotation become background: the annotation
+            # is its whole mask in this frame.
+            dropped = torch.isin(prediction, contained) & ~annotated
+            prediction = torch.where(annotated, annotation, torch.where(dropped, 0, prediction))
             new_count = max(self.num_labels, _count_labels(annotation))
             if new_count > self.num_labels:
                 probs = torch.cat([probs, probs.new_zeros((new_count - self.num_labels,) + probs.shape[1:])])
             one_hot = one_hot_labels(prediction, new_count)
-            probs = torch.where(annotated.unsqueeze(0), one_hot, probs)
+            probs = torch.where((annotated | dropped).unsqueeze(0), one_hot, probs)
             self.num_labels = new_count
 
         for aug, features in zip(self._augs, all_features):
@@ -205,6 +212,15 @@ class VideoSegmenter:
                                         for old, new in zip(aug.reference_labels, scaled)]
         self.frame_index += 1
         return StepResult(probs, prediction)
+
+    def propagate(self, frames: Iterable[np.ndarray | Tensor], annotations: Mapping[int, Any]
+                  ) -> Iterator[FramePrediction]:
+        """Segment a whole video lazily: yields (index, labels, probs) per frame of `frames` (any iterable:
+        a list, a folder reader, a video reader), from annotations {frame index: label map [H, W] of object
+        ids, or a mask file}. Objects start at their first annotation, frames before the first annotation are
+        background, later annotations of known objects are corrections; ids are mapped to compact labels and
+        back (cfbi_model.inference.propagate)."""
+        return propagate(self, frames, annotations)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):

@@ -6,9 +6,13 @@ import os
 import numpy as np
 from PIL import Image
 
-__all__ = ["MediaError", "IMAGE_EXTENSIONS", "list_frames", "read_frame"]
+__all__ = ["MediaError", "IMAGE_EXTENSIONS", "READ_ERRORS", "list_frames", "read_frame", "image_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# What Pillow raises for files it cannot read; UnidentifiedImageError is an OSError, and a header announcing
+# more pixels than Image.MAX_IMAGE_PIXELS allows (a decompression bomb) raises DecompressionBombError.
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class MediaError(RuntimeError):
@@ -34,5 +38,18 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
+    except READ_ERRORS as error:
         raise MediaError(f"cannot read image {path!r}: {error}") from None
+
+
+def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding it (checks a folder before a long run);
+    MediaError naming the file when it is missing, unreadable or a decompression bomb."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"missing {what}: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except READ_ERRORS as error:
+        raise MediaError(f"cannot read {what} {path!r}: {error}") from None

@@ -6,9 +6,13 @@ import os
 import numpy as np
 from PIL import Image
 
-from .frames import MediaError
+from .frames import READ_ERRORS, MediaError
 
-__all__ = ["default_palette", "read_mask", "write_mask"]
+__all__ = ["default_palette", "read_mask", "write_mask", "PARTIAL_SUFFIX"]
+
+# A folder of masks still being written is named <name>.partial and renamed to <name> when complete, so a
+# folder named after a video is always complete (cfbi_model.inference.video.MaskFolderWriter).
+PARTIAL_SUFFIX = ".partial"
 
 _LABEL_MODES = ("P", "L", "I", "I;16", "1")
 
@@ -43,7 +47,7 @@ def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, list[int] | None]:
             mode = image.mode
             palette = image.getpalette() if mode == "P" else None
             labels = np.asarray(image)
-    except (OSError, ValueError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
+    except READ_ERRORS as error:
         raise MediaError(f"cannot read mask {path!r}: {error}") from None
     if mode not in _LABEL_MODES:
         raise MediaError(f"mask {path!r} must be a palette or greyscale image of label ids, got mode {mode!r}")

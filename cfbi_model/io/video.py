@@ -36,7 +36,16 @@ def iter_video(path: str) -> Iterator[np.ndarray]:
     except MediaError:
         raise
     except Exception as error:  # plugin errors come in many types
-        raise MediaError(f"cannot read video {path!r}: {error}") from error
+        raise MediaError(f"cannot read video {path!r}: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """A decoder error in one line: ffmpeg's messages carry its whole version banner; keep the first line and
+    ffmpeg's last (the reason, e.g. "Invalid data found when processing input")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ({lines[-1]})"
 
 
 def video_fps(path: str, default: float = 24.0) -> float:

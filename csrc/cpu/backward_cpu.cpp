@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -18,8 +19,8 @@ template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const scalar_t* fg, const int32_t* argmin,
                      const scalar_t* query, const scalar_t* candidates, int64_t batch, int64_t num_labels,
                      int64_t windows, int64_t pixels, int64_t channels, int64_t num_candidates,
-                     scalar_t* grad_query, scalar_t* grad_candidates, scalar_t* grad_fg_bias,
-                     scalar_t* grad_bg_bias) {
+                     acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* grad_query,
+                     scalar_t* grad_candidates, scalar_t* grad_fg_bias, scalar_t* grad_bg_bias) {
   using A = acc_t<scalar_t>;
   const int64_t plane = windows * pixels;  // stride between labels
   const int64_t per_batch = num_labels * plane;
@@ -28,9 +29,17 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
   std::vector<A> coef(batch * per_batch);
   at::parallel_for(0, batch * plane, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t offset = (i / plane) * per_batch + i % plane;
-      pixel_distance_grads<scalar_t, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset,
-                                        num_labels, plane, coef.data() + offset);
+      const int64_t b = i / plane, offset = b * per_batch + i % plane;
+      if constexpr (std::is_same_v<scalar_t, A>) {
+        pixel_distance_grads<scalar_t, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset,
+                                          num_labels, plane, coef.data() + offset);
+      } else {  // float16 / bfloat16: the slope from the score recomputed in float
+        const DistanceSlope<scalar_t, A> slope{query + b * channels * pixels + (i % plane) % pixels, pixels,
+                                               candidates + b * channels * num_candidates, num_candidates, channels,
+                                               argmin + offset, plane, fg_bias, bg_bias};
+        pixel_distance_grads<scalar_t, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset,
+                                          num_labels, plane, coef.data() + offset, slope);
+      }
     }
   });
 
@@ -106,15 +115,16 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& candidates) {
+    const at::Tensor& query, const at::Tensor& candidates, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   const BackwardProblem pb = prepare_backward(grad_fg, grad_bg, fg, argmin, query, candidates);
   if (pb.empty) return pb.gradients();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "matching_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
     backward_kernel<scalar_t>(pb.grad_fg.data_ptr<scalar_t>(), pb.grad_bg.data_ptr<scalar_t>(),
                               pb.fg.data_ptr<scalar_t>(), pb.argmin.data_ptr<int32_t>(),
                               pb.query.data_ptr<scalar_t>(), pb.candidates.data_ptr<scalar_t>(), pb.batch,
                               pb.num_labels, pb.windows, pb.pixels, pb.channels, pb.num_candidates,
-                              pb.grad_query.data_ptr<scalar_t>(), pb.grad_candidates.data_ptr<scalar_t>(),
+                              fg_bias.item<A>(), bg_bias.item<A>(), pb.grad_query.data_ptr<scalar_t>(), pb.grad_candidates.data_ptr<scalar_t>(),
                               pb.grad_fg_bias.data_ptr<scalar_t>(), pb.grad_bg_bias.data_ptr<scalar_t>());
   });
   return pb.gradients();

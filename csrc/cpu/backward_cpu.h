@@ -12,6 +12,7 @@ namespace cfbi {
 // Deterministic and independent of the number of threads.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& candidates);
+    const at::Tensor& query, const at::Tensor& candidates, const at::Tensor& fg_bias,
+    const at::Tensor& bg_bias);
 
 }  // namespace cfbi

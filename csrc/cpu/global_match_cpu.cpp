@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -73,7 +74,7 @@ struct ReferenceView {
 // Any dtype: per query pixel and label, a scan of the label's bucket with exact distances.
 // query [C, N] and reference [T, C, Hr * Wr] of one batch element, as stored (no channels-last copies).
 template <typename scalar_t>
-void global_match_batch(const scalar_t* query, const scalar_t* reference, const int64_t* labels,
+void global_match_exact(const scalar_t* query, const scalar_t* reference, const int64_t* labels,
                         const GlobalProblem& pb, acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg,
                         scalar_t* bg, int32_t* argmin) {
   using A = acc_t<scalar_t>;
@@ -98,7 +99,7 @@ void global_match_batch(const scalar_t* query, const scalar_t* reference, const 
         int64_t best_k = -1;
         for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
           const A d = squared_distance<scalar_t, A>(q.data(), 1, candidates.data() + k * channels, 1, channels);
-          if (best_k < 0 || d < best) {
+          if (best_k < 0 || nan_first_less(d, best)) {  // the NaN rule of matching.h
             best = d;
             best_k = k;
           }
@@ -110,6 +111,13 @@ void global_match_batch(const scalar_t* query, const scalar_t* reference, const 
                                       bg + p, argmin + p, pb.pixels);
     }
   });
+}
+
+template <typename scalar_t>
+void global_match_batch(const scalar_t* query, const scalar_t* reference, const int64_t* labels,
+                        const GlobalProblem& pb, acc_t<scalar_t> fg_bias, acc_t<scalar_t> bg_bias, scalar_t* fg,
+                        scalar_t* bg, int32_t* argmin) {
+  global_match_exact<scalar_t>(query, reference, labels, pb, fg_bias, bg_bias, fg, bg, argmin);
 }
 
 // float32: the search is a blocked GEMM-like pass (||q||^2 + ||r||^2 - 2 q.r over candidate blocks that stay
@@ -198,9 +206,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
   const at::Tensor query_c = query.contiguous(), reference_c = reference.contiguous();
   const at::Tensor labels = ref_labels.to(at::kLong).contiguous();
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, query.size(2), query.size(3)};
-  at::Tensor fg = at::empty(out_sizes, query.options());
-  at::Tensor bg = at::empty(out_sizes, query.options());
-  at::Tensor argmin = at::empty(out_sizes, query.options().dtype(at::kInt));
+  at::Tensor fg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor bg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor argmin = empty_output(out_sizes, query.options().dtype(at::kInt), num_labels);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "global_match_cpu", [&] {
     using A = acc_t<scalar_t>;
@@ -208,8 +216,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
     const int64_t ref_pixels = frames * ref_height * ref_width;
     const GlobalProblem problem{pixels, channels, frames, ref_height, ref_width, num_labels, atrous,
                                 atrous_min_pixels};
+    // Non-finite embeddings take the exact scan, which applies the NaN rule (the float32 GEMM-like pass would
+    // skip NaN distances and turn inf into NaN).
+    const bool exact = std::is_same_v<scalar_t, float> && query_c.numel() + reference_c.numel() > 0 &&
+                       !(at::isfinite(query_c).all().item<bool>() && at::isfinite(reference_c).all().item<bool>());
     for (int64_t b = 0; b < batch; ++b) {
-      global_match_batch<scalar_t>(query_c.data_ptr<scalar_t>() + b * pixels * channels,
+      (exact ? global_match_exact<scalar_t> : global_match_batch<scalar_t>)(query_c.data_ptr<scalar_t>() + b * pixels * channels,
                                    reference_c.data_ptr<scalar_t>() + b * ref_pixels * channels,
                                    labels.data_ptr<int64_t>() + b * ref_pixels, problem, fg_b, bg_b,
                                    fg.data_ptr<scalar_t>() + b * num_labels * pixels,
@@ -228,13 +240,15 @@ at::Tensor global_reference_as_candidates(const at::Tensor& reference) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward_cpu(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& reference) {
+    const at::Tensor& query, const at::Tensor& reference, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
   const at::Tensor candidates = global_reference_as_candidates(reference);
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_argmin_range(argmin, candidates);
+  check_bias(fg_bias, "fg_bias", query);
+  check_bias(bg_bias, "bg_bias", query);
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
-      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates);
+      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates, fg_bias, bg_bias);
   const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
   at::Tensor grad_reference =
       grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})

@@ -174,24 +174,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor&
   const int64_t height = query.size(2), width = query.size(3), pixels = height * width;
   const int64_t num_windows = static_cast<int64_t>(windows.size());
   std::vector<int64_t> radii;
-  for (const int64_t w : windows) radii.push_back(window_radius(w, atrous));
+  for (const int64_t w : windows) radii.push_back(frame_window_radius(w, atrous, height, width));
   const at::Tensor labels = prev_labels.to(at::kLong).contiguous();
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, num_windows, height, width};
-  at::Tensor fg = at::empty(out_sizes, query.options());
-  at::Tensor bg = at::empty(out_sizes, query.options());
-  at::Tensor argmin = at::empty(out_sizes, query.options().dtype(at::kInt));
+  at::Tensor fg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor bg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor argmin = empty_output(out_sizes, query.options().dtype(at::kInt), num_labels);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "local_match_cpu", [&] {
     using A = acc_t<scalar_t>;
     const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
     const int64_t out_batch = num_labels * num_windows * pixels;
-    if constexpr (std::is_same_v<scalar_t, float>) {
+    // Non-finite embeddings take the exact scan below, which applies the NaN rule of matching.h.
+    const bool finite = query.numel() == 0 || (at::isfinite(query).all().item<bool>() &&
+                                               at::isfinite(previous).all().item<bool>());
+    if (std::is_same_v<scalar_t, float> && finite) {
       const at::Tensor query_c = query.contiguous(), previous_c = previous.contiguous();
       for (int64_t b = 0; b < batch; ++b) {
         local_match_batch_float(query_c.data_ptr<float>() + b * channels * pixels,
                                 previous_c.data_ptr<float>() + b * channels * pixels,
                                 labels.data_ptr<int64_t>() + b * pixels, height, width, channels, num_labels, radii,
-                                atrous, fg_b, bg_b, fg.data_ptr<float>() + b * out_batch,
+                                atrous, float(fg_b), float(bg_b), fg.data_ptr<float>() + b * out_batch,
                                 bg.data_ptr<float>() + b * out_batch, argmin.data_ptr<int32_t>() + b * out_batch);
       }
       return;
@@ -212,14 +215,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_cpu(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& previous) {
+    const at::Tensor& query, const at::Tensor& previous, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
   const at::Tensor candidates =
       previous.reshape({previous.size(0), previous.size(1), previous.size(2) * previous.size(3)});
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_argmin_range(argmin, candidates);
+  check_bias(fg_bias, "fg_bias", query);
+  check_bias(bg_bias, "bg_bias", query);
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
-      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates);
+      matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates, fg_bias, bg_bias);
   return {like_input(grad_query, query), like_input(grad_candidates.view(previous.sizes()), previous), grad_fg_bias,
           grad_bg_bias};
 }

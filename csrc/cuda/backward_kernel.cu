@@ -12,6 +12,8 @@
 //      run by binary search and sums it in increasing entry order, as the CPU kernel does.
 #include <cub/device/device_radix_sort.cuh>
 
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace cfbi {
@@ -26,18 +28,28 @@ constexpr int64_t kMaxBiasBlocks = 1024;
 template <typename T>
 __global__ void coef_kernel(const T* __restrict__ grad_fg, const T* __restrict__ grad_bg, const T* __restrict__ fg,
                             const int32_t* __restrict__ argmin, int64_t batch, int64_t num_labels, int64_t plane,
-                            int64_t num_candidates, acc_t<T>* __restrict__ coef) {
+                            int64_t num_candidates, const T* __restrict__ query, const T* __restrict__ candidates,
+                            int64_t channels, int64_t pixels, const acc_t<T>* __restrict__ fg_bias,
+                            const acc_t<T>* __restrict__ bg_bias, acc_t<T>* __restrict__ coef) {
   using A = acc_t<T>;
   const int64_t per_batch = num_labels * plane;
   for (int64_t i = global_thread_index(); i < batch * plane; i += grid_thread_count()) {
-    const int64_t offset = (i / plane) * per_batch + i % plane;
+    const int64_t b = i / plane, offset = b * per_batch + i % plane;
     for (int64_t l = 0; l < num_labels; ++l) {
       const int64_t index = argmin[offset + l * plane];
       CFBI_DEVICE_CHECK(index >= -1 && index < num_candidates,
                         "argmin holds indices outside the reference / previous frame");
     }
-    pixel_distance_grads<T, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset, num_labels, plane,
-                               coef + offset);
+    if constexpr (std::is_same<T, A>::value) {
+      pixel_distance_grads<T, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset, num_labels, plane,
+                                 coef + offset);
+    } else {  // float16 / bfloat16: the slope from the score recomputed in float
+      const DistanceSlope<T, A> slope{query + b * channels * pixels + (i % plane) % pixels, pixels,
+                                      candidates + b * channels * num_candidates, num_candidates, channels,
+                                      argmin + offset, plane, *fg_bias, *bg_bias};
+      pixel_distance_grads<T, A>(grad_fg + offset, grad_bg + offset, fg + offset, argmin + offset, num_labels, plane,
+                                 coef + offset, slope);
+    }
   }
 }
 
@@ -250,7 +262,8 @@ cudaError_t run_backward(const BackwardArgs& a, cudaStream_t stream) {
 
   coef_kernel<T><<<grid_stride_blocks(a.batch * plane, kThreads), kThreads, 0, stream>>>(
       static_cast<const T*>(a.grad_fg), static_cast<const T*>(a.grad_bg), static_cast<const T*>(a.fg), a.argmin,
-      a.batch, a.num_labels, plane, a.num_candidates, coef);
+      a.batch, a.num_labels, plane, a.num_candidates, query, candidates, a.channels, a.pixels,
+      static_cast<const A*>(a.fg_bias), static_cast<const A*>(a.bg_bias), coef);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
   const int64_t bias_blocks = backward_bias_blocks(entries);

@@ -89,6 +89,8 @@ struct BackwardArgs {
   const int32_t* argmin;  // [B, L, P]
   const void* query;      // [B, C, N]
   const void* candidates; // [B, C, M]
+  const void* fg_bias;    // one element of acc type (float16 / bfloat16 recompute their score's slope with it)
+  const void* bg_bias;
   int64_t batch, num_labels, windows, pixels, channels, num_candidates;
   bool deterministic;
   // Workspace:

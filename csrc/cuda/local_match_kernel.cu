@@ -316,10 +316,9 @@ cudaError_t run_local_match(const LocalMatchArgs& a, cudaStream_t stream) {
   const int64_t blocks = a.batch * grid_y * grid_x * tiles_y * tiles_x;
   if (blocks >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration;
 
-  // Offsets beyond this radius are outside the frame: larger windows equal the capped one.
-  const int64_t frame_radius = (std::max(a.height, a.width) - 1) / a.atrous;
+  // Offsets beyond the frame's radius are outside it: larger windows equal the capped one.
   std::vector<int64_t> radius(a.num_windows);
-  for (int64_t w = 0; w < a.num_windows; ++w) radius[w] = std::min(window_radius(a.windows[w], a.atrous), frame_radius);
+  for (int64_t w = 0; w < a.num_windows; ++w) radius[w] = frame_window_radius(a.windows[w], a.atrous, a.height, a.width);
   std::vector<int64_t> order(a.num_windows);
   std::iota(order.begin(), order.end(), int64_t(0));
   std::stable_sort(order.begin(), order.end(), [&](int64_t u, int64_t v) { return radius[u] < radius[v]; });

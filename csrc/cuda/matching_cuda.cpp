@@ -61,9 +61,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   const at::Tensor labels = ref_labels.to(at::kLong).contiguous();
   const at::Tensor fg_b = device_bias(fg_bias, acc), bg_b = device_bias(bg_bias, acc);
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, query.size(2), query.size(3)};
-  at::Tensor fg = at::empty(out_sizes, query.options());
-  at::Tensor bg = at::empty(out_sizes, query.options());
-  at::Tensor argmin = at::empty(out_sizes, query.options().dtype(at::kInt));
+  at::Tensor fg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor bg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor argmin = empty_output(out_sizes, query.options().dtype(at::kInt), num_labels);
   if (fg.numel() == 0) return {fg, bg, argmin};
 
   const auto int_options = query.options().dtype(at::kInt);
@@ -133,9 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cuda(const at::Tensor
   const at::Tensor labels = prev_labels.to(at::kLong).contiguous();
   const at::Tensor fg_b = device_bias(fg_bias, acc), bg_b = device_bias(bg_bias, acc);
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, num_windows, height, width};
-  at::Tensor fg = at::empty(out_sizes, query.options());
-  at::Tensor bg = at::empty(out_sizes, query.options());
-  at::Tensor argmin = at::empty(out_sizes, query.options().dtype(at::kInt));
+  at::Tensor fg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor bg = empty_output(out_sizes, query.options(), num_labels);
+  at::Tensor argmin = empty_output(out_sizes, query.options().dtype(at::kInt), num_labels);
   if (fg.numel() == 0) return {fg, bg, argmin};
 
   const bool shared_state = cuda::local_match_state_in_shared(dtype, num_labels);
@@ -175,13 +175,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cuda(const at::Tensor
 // assert) rather than on the host, which would synchronise.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cuda(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& candidates) {
+    const at::Tensor& query, const at::Tensor& candidates, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
+  check_bias(fg_bias, "fg_bias", query);
+  check_bias(bg_bias, "bg_bias", query);
   check_cuda(query);
   const c10::cuda::CUDAGuard device_guard(query.device());
   const BackwardProblem pb = prepare_backward(grad_fg, grad_bg, fg, argmin, query, candidates);
   if (pb.empty) return pb.gradients();
   const at::ScalarType acc = acc_type(query.scalar_type());
+  const at::Tensor fg_b = device_bias(fg_bias, acc), bg_b = device_bias(bg_bias, acc);
 
   const int64_t entries = fg.numel();
   const bool deterministic = at::globalContext().deterministicAlgorithms();
@@ -214,6 +217,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
   args.argmin = pb.argmin.data_ptr<int32_t>();
   args.query = pb.query.data_ptr();
   args.candidates = pb.candidates.data_ptr();
+  args.fg_bias = fg_b.data_ptr();
+  args.bg_bias = bg_b.data_ptr();
   args.batch = pb.batch;
   args.num_labels = pb.num_labels;
   args.windows = pb.windows;
@@ -242,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cud
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward_cuda(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& reference) {
+    const at::Tensor& query, const at::Tensor& reference, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
   TORCH_CHECK(fg.dim() == 4, "fg must be [B, L, H, W]");
   const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
@@ -250,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward
   const at::Tensor candidates =
       reference.transpose(1, 2).reshape({batch, channels, frames * reference.size(3) * reference.size(4)});
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
-      matching_backward_cuda(grad_fg, grad_bg, fg, argmin, query, candidates);
+      matching_backward_cuda(grad_fg, grad_bg, fg, argmin, query, candidates, fg_bias, bg_bias);
   at::Tensor grad_reference =
       grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})
           .transpose(1, 2)
@@ -260,12 +265,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_cuda(
     const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& previous) {
+    const at::Tensor& query, const at::Tensor& previous, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
   TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
   TORCH_CHECK(fg.dim() == 5, "fg must be [B, L, K, H, W]");
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] = matching_backward_cuda(
       grad_fg, grad_bg, fg, argmin, query,
-      previous.reshape({previous.size(0), previous.size(1), previous.size(2) * previous.size(3)}));
+      previous.reshape({previous.size(0), previous.size(1), previous.size(2) * previous.size(3)}), fg_bias, bg_bias);
   return {like_input(grad_query, query), like_input(grad_candidates.view(previous.sizes()), previous), grad_fg_bias,
           grad_bg_bias};
 }

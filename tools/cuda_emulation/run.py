@@ -121,6 +121,7 @@ def compare(lib: str) -> int:
         return {torch.float32: 1e-6, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
 
     def backward(tag, fn, args, fwd, dtype, g):
+        # args: (query, reference / previous, fg_bias, bg_bias)
         grad_fg = torch.randn(fwd[0].shape, generator=g).to(dtype)
         grad_bg = torch.randn(fwd[0].shape, generator=g).to(dtype)
         expected = getattr(ops_cpu, fn)(grad_fg, grad_bg, fwd[0], fwd[2], *args)
@@ -154,7 +155,7 @@ def compare(lib: str) -> int:
         check.close(tag + " fg", got[0], expected[0], exact=False, tol=tolerances(dtype))
         check.close(tag + " bg", got[1], expected[1], exact=False, tol=tolerances(dtype))
         check.close(tag + " argmin", got[2], expected[2], exact=exact or ints, argmin=True)
-        backward(tag, "global_match_backward", (q, r), expected, dtype, g)
+        backward(tag, "global_match_backward", (q, r, fb, bb), expected, dtype, g)
 
     def local_case(B, C, H, W, L, windows, atrous, dtype, seed, ints=False):
         g = torch.Generator().manual_seed(seed)
@@ -175,7 +176,7 @@ def compare(lib: str) -> int:
         check.close(tag + " fg", got[0], expected[0], exact=False, tol=tolerances(dtype))
         check.close(tag + " bg", got[1], expected[1], exact=False, tol=tolerances(dtype))
         check.close(tag + " argmin", got[2], expected[2], exact=exact or ints, argmin=True)
-        backward(tag, "local_match_backward", (q, p), expected, dtype, g)
+        backward(tag, "local_match_backward", (q, p, fb, bb), expected, dtype, g)
 
     dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
     for dtype in dtypes:
@@ -226,8 +227,17 @@ def compare(lib: str) -> int:
         fg, bg, argmin = ops_emu.global_match(q, r, labels, 3, fb, bb, 2, 1)
         expected = ops_cpu.global_match(q, r, labels, 3, fb, bb, 2, 1)
         check.close(f"global degenerate {tuple(q.shape)} {tuple(r.shape)} fg", fg, expected[0])
-        grads = ops_emu.global_match_backward(fg, fg, fg, argmin, q, r)
-        check.close("global degenerate grads", torch.tensor([float(x.abs().sum()) for x in grads]), torch.zeros(4))
+        grads = ops_emu.global_match_backward(fg, fg, fg, argmin, q, r, fb, bb)
+        # Zero, except the bias gradients with C = 0 (every distance 0: the scores still depend on the biases).
+        sums = torch.tensor([float(x.abs().sum()) for x in grads])
+        if q.shape[1] == 0:
+            want = ops_cpu.global_match_backward(expected[0], expected[0], expected[0], expected[2], q, r, fb, bb)
+            check.close("global degenerate C=0 grads", sums, torch.tensor([float(x.abs().sum()) for x in want]),
+                        exact=False, tol=1e-5)
+            check.close("global degenerate C=0 bias grads are not zero", torch.tensor(float(sums[2:].sum() > 0)),
+                        torch.ones(()), exact=False)
+        else:
+            check.close("global degenerate grads", sums, torch.zeros(4))
 
     for q, labels in [(torch.randn(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long)),
                       (torch.randn(1, 3, 0, 4), torch.zeros(1, 0, 4, dtype=torch.long)),
@@ -246,7 +256,7 @@ def compare(lib: str) -> int:
     block = "\n".join(line[4:] for line in ops_py[start:end].splitlines())
     helpers = ops_py[ops_py.index("def _global_backward"):ops_py.index("if HAS_EXTENSION:")]
     code = ("from __future__ import annotations\nimport torch\nfrom torch import Tensor\n"
-            "from cfbi_ops.ops import _grad_or_zeros\n" + helpers + block)
+            "from cfbi_ops import _validate\nfrom cfbi_ops.ops import _grad_or_zeros\n" + helpers + block)
     exec(code.replace("cfbi::", "cfbi_emu::").replace("torch.ops.cfbi.", "torch.ops.cfbi_emu."), {})
     import test_ops_registration as reg
 

@@ -1,0 +1,386 @@
+"""One harness for every backend of cfbi_ops: one case generator, one oracle, the backends as a list.
+
+- Cases: `Case` holds every argument that shapes a call (op, sizes, L, ignored labels, atrous, atrous_min_pixels,
+  T reference frames, windows, input layout). `CASES` is the fixed list; tests/test_ops_fuzz.py draws `Case`s
+  with hypothesis. To add a case, append a `Case(...)` to CASES.
+- Oracle: `oracle(case, inputs)`, an explicit brute force in float64 (Python loops over candidates and windows),
+  independent of cfbi_ops.reference.
+- Backends: `BACKENDS`, each with a name, the dtypes it runs and how it runs a case (`run(case, inputs)` in this
+  process, or `child_env` for a child interpreter, e.g. a CPU instruction set chosen with CFBI_CPU_ISA and checked
+  with torch.ops.cfbi.cpu_isa()). To add an instruction set, add its name to CPU_ISAS; to add CPU dtypes (e.g.
+  float16, bfloat16), add them to CPU_DTYPES (tolerances in TOLERANCE). A backend whose `skip` says why is skipped.
+
+Every backend is checked for forward parity with the oracle on every case and dtype; the compiled backends also
+for gradients against the reference (float64), gradcheck, opcheck and bit-identical repeated calls.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+import cfbi_ops
+
+IGNORED = 255
+CPU_ISAS = ["portable", "avx2"]
+CPU_DTYPES = [torch.float32, torch.float64]
+CUDA_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# Output tolerance against the float64 oracle, per dtype (the inputs are rounded to the dtype first).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str  # "global" or "local"
+    B: int = 1
+    C: int = 4
+    H: int = 6
+    W: int = 7
+    L: int = 3
+    atrous: int = 1
+    min_pixels: int = 0          # global only
+    T: int = 1                   # global only: reference frames; T > 1 or ref_5d gives [B, T, C, Hr, Wr]
+    Hr: int | None = None
+    Wr: int | None = None
+    ref_5d: bool = False
+    windows: tuple = (4, 8)      # local only
+    layout: str = "contiguous"   # contiguous, channels_last, sliced, expanded
+    absent: tuple = ()           # labels that never occur
+    ignore: float = 0.1          # fraction of ignored pixels (255 and L + 1)
+    skew: float | None = None    # label l drawn with weight skew**l (objects of very different sizes)
+    label_dtype: str = "int64"
+    seed: int = 0
+    fg_bias: float = -0.3
+    bg_bias: float = 0.2
+
+    @property
+    def id(self) -> str:
+        d = asdict(self)
+        return "-".join(f"{k}{v}" for k, v in d.items() if v != Case.__dataclass_fields__[k].default or k == "op")
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout."""
+    if layout == "channels_last" and not x.is_floating_point():
+        return x  # labels have no channel dimension
+    if layout == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":  # [B, T, C, H, W]: C innermost
+        return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if layout == "sliced":  # every other element of a wider buffer
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x  # contiguous; "expanded" views are made in inputs()
+
+
+def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
+    """The tensors of a case: embeddings 0.1 * randn drawn in float64 (the same numbers for every dtype), labels
+    with ignored pixels; in the case's layout. With layout 'expanded' the batch entries are copies of entry 0."""
+    g = torch.Generator().manual_seed(case.seed)
+    Hr, Wr = case.Hr or case.H, case.Wr or case.W
+    def rand(*shape):
+        return (0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
+    query = rand(case.B, case.C, case.H, case.W)
+    if case.op == "global":
+        cand = rand(case.B, case.T, case.C, Hr, Wr)
+        label_shape = (case.B, case.T, Hr, Wr)
+    else:
+        cand = rand(case.B, case.C, case.H, case.W)
+        label_shape = (case.B, case.H, case.W)
+    if case.skew is None:
+        labels = torch.randint(0, case.L, label_shape, generator=g)
+    else:
+        weights = torch.tensor([case.skew ** i for i in range(case.L)], dtype=torch.float64)
+        labels = torch.multinomial(weights, math.prod(label_shape), True, generator=g).reshape(label_shape)
+    u = torch.rand(label_shape, generator=g)
+    labels[u < case.ignore / 2] = IGNORED
+    labels[(u >= case.ignore / 2) & (u < case.ignore)] = case.L + 1
+    for label in case.absent:
+        labels[labels == label] = IGNORED
+    if case.layout == "expanded":  # batch entries sharing memory (batch stride 0)
+        query, cand = query[:1].expand_as(query), cand[:1].expand_as(cand)
+        labels = labels[:1].expand_as(labels).clone()
+    if case.op == "global" and not (case.ref_5d or case.T > 1):
+        cand, labels = cand[:, 0], labels[:, 0]
+    labels = labels.clamp(max=255).to(getattr(torch, case.label_dtype))
+    query, cand, labels = (_layout(x.to(device), case.layout) for x in (query, cand, labels))
+    return dict(query=query, candidates=cand, labels=labels,
+                fg_bias=torch.full((1,), case.fg_bias, dtype=dtype, device=device),
+                bg_bias=torch.full((1,), case.bg_bias, dtype=dtype, device=device))
+
+
+def call(case: Case, x: dict, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public function on a case's inputs (x from `inputs`)."""
+    if case.op == "global":
+        return cfbi_ops.global_match(x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"],
+                                     atrous=case.atrous, atrous_min_pixels=case.min_pixels, backend=backend)
+    return cfbi_ops.local_match(x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"],
+                                windows=case.windows, atrous=case.atrous, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------------ the oracle
+def _score(d: float, b: float) -> float:
+    return 1.0 - 2.0 / (1.0 + math.exp(d + b))
+
+
+def _pixel_outputs(best: list, fb: float, bb: float) -> tuple[list, list]:
+    scores = [1.0 if d is None else _score(d, bb if i == 0 else fb) for i, d in enumerate(best)]
+    if len(scores) == 1:
+        return scores, scores
+    return scores, [min(s for j, s in enumerate(scores) if j != i) for i in range(len(scores))]
+
+
+def oracle(case: Case, x: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(fg, bg) in float64 by explicit loops: the candidate rules of docs/design.md ("The operators")."""
+    q = x["query"].detach().double().cpu().numpy()
+    r = x["candidates"].detach().double().cpu().numpy()
+    lab = x["labels"].long().cpu().numpy()
+    fb, bb = float(x["fg_bias"]), float(x["bg_bias"])
+    B, C, H, W = q.shape
+    L = case.L
+    if case.op == "global":
+        if r.ndim == 4:
+            r, lab = r[:, None], lab[:, None]
+        T, Hr, Wr = r.shape[1], r.shape[3], r.shape[4]
+        fg, bg = np.empty((B, L, H, W)), np.empty((B, L, H, W))
+        for b in range(B):
+            cands = []  # (embedding, label) of every kept candidate
+            for t in range(T):
+                counts = np.bincount(lab[b, t][(lab[b, t] >= 0) & (lab[b, t] < L)].ravel(), minlength=L)
+                for y in range(Hr):
+                    for xx in range(Wr):
+                        label = lab[b, t, y, xx]
+                        if not 0 <= label < L:
+                            continue
+                        small = case.min_pixels > 0 and counts[label] <= case.min_pixels * case.atrous ** 2
+                        if (y % case.atrous == 0 and xx % case.atrous == 0) or small:
+                            cands.append((r[b, t, :, y, xx], label))
+            for y in range(H):
+                for xx in range(W):
+                    best = [None] * L
+                    for emb, label in cands:
+                        d = float(((q[b, :, y, xx] - emb) ** 2).sum())
+                        if best[label] is None or d < best[label]:
+                            best[label] = d
+                    fg[b, :, y, xx], bg[b, :, y, xx] = _pixel_outputs(best, fb, bb)
+        return fg, bg
+    K = len(case.windows)
+    fg, bg = np.empty((B, L, K, H, W)), np.empty((B, L, K, H, W))
+    for b in range(B):
+        for y in range(H):
+            for xx in range(W):
+                for w, window in enumerate(case.windows):
+                    k = window // case.atrous
+                    best = [None] * L
+                    for i in range(-min(k, H), min(k, H) + 1):
+                        for j in range(-min(k, W), min(k, W) + 1):
+                            yy, xj = y + i * case.atrous, xx + j * case.atrous
+                            if 0 <= yy < H and 0 <= xj < W and 0 <= lab[b, yy, xj] < L:
+                                d = float(((q[b, :, y, xx] - r[b, :, yy, xj]) ** 2).sum())
+                                label = lab[b, yy, xj]
+                                if best[label] is None or d < best[label]:
+                                    best[label] = d
+                    fg[b, :, w, y, xx], bg[b, :, w, y, xx] = _pixel_outputs(best, fb, bb)
+    return fg, bg
+
+
+# ------------------------------------------------------------------------------------------------ the cases
+CASES = [
+    Case("global", C=3, H=5, W=5, L=1),
+    Case("global", B=2, C=8, H=6, W=9, L=2, layout="channels_last"),
+    Case("global", B=2, C=5, H=7, W=7, L=3, absent=(2,), layout="sliced"),
+    Case("global", C=6, H=6, W=8, Hr=9, Wr=5, L=4, label_dtype="uint8"),
+    Case("global", B=2, C=4, H=8, W=6, L=5, absent=(0, 3), layout="expanded"),
+    Case("global", C=5, H=7, W=9, Hr=9, Wr=11, L=3, atrous=2),
+    Case("global", B=2, C=6, H=7, W=6, Hr=10, Wr=9, L=5, atrous=2, min_pixels=3, skew=0.5),
+    Case("global", C=3, H=8, W=8, Hr=12, Wr=12, L=6, atrous=3, min_pixels=1, skew=0.5, layout="channels_last"),
+    Case("global", B=2, C=7, H=5, W=9, T=2, Hr=8, Wr=9, L=4, atrous=2, label_dtype="int32"),
+    Case("global", B=2, C=3, H=7, W=5, T=2, Hr=10, Wr=7, L=4, atrous=3, min_pixels=1, absent=(1,), skew=0.4,
+         layout="sliced"),
+    Case("global", B=2, C=4, H=6, W=6, Hr=7, Wr=8, ref_5d=True, atrous=5, min_pixels=2**62),
+    Case("local", C=3, H=7, W=7, L=1, windows=(4, 8, 12, 16, 20, 24)),
+    Case("local", B=2, C=5, H=6, W=9, L=2, windows=(1, 2, 3), layout="channels_last"),
+    Case("local", B=2, C=4, H=8, W=7, L=3, windows=(2, 4), absent=(1,), layout="sliced"),
+    Case("local", C=6, H=9, W=8, L=4, windows=(24, 4, 8), label_dtype="uint8"),
+    Case("local", B=2, C=8, H=6, W=6, L=6, windows=(3, 0, 1), layout="expanded"),
+    Case("local", B=2, C=3, H=8, W=9, L=4, windows=(1, 0, 3, 4), atrous=2),  # k < atrous
+    Case("local", C=5, H=10, W=11, L=3, windows=(24, 2, 6, 7), atrous=3, layout="channels_last"),
+    Case("local", B=2, C=4, H=7, W=7, L=4, windows=(3, 9, 10**9), atrous=3, absent=(0,)),  # k > the frame
+    Case("local", C=16, H=11, W=13, L=3, windows=(5, 2), label_dtype="int32"),
+]
+CASES = [Case(**{**asdict(c), "seed": i}) for i, c in enumerate(CASES)]
+
+
+# ------------------------------------------------------------------------------------------------ backends
+@dataclass
+class Backend:
+    name: str
+    dtypes: list
+    device: str = "cpu"
+    run: Callable | None = None          # run(case, x) -> (fg, bg), in this process
+    child_env: dict = field(default_factory=dict)  # else: run in a child interpreter with this environment
+    expect_isa: str | None = None         # the child checks torch.ops.cfbi.cpu_isa() == expect_isa
+    skip: str | None = None
+    compiled: bool = True
+
+
+def _emulation_library() -> str | None:
+    path = os.path.join(REPO_ROOT, "build", "cuda_emulation", "cfbi_emu", "cfbi_emu.so")
+    return path if os.path.isfile(path) else None
+
+
+def _run_emulation(case: Case, x: dict):
+    if not hasattr(torch.ops.cfbi_emu, "global_match"):
+        torch.ops.load_library(_emulation_library())
+    if case.op == "global":
+        cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"][:, None]
+        labels = x["labels"] if x["labels"].dim() == 4 else x["labels"][:, None]
+        out = torch.ops.cfbi_emu.global_match(x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"],
+                                              case.atrous, case.min_pixels)
+    else:
+        out = torch.ops.cfbi_emu.local_match(x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"],
+                                             x["bg_bias"], list(case.windows), case.atrous)
+    return out[0], out[1]
+
+
+def _backends() -> list[Backend]:
+    no_ext = None if cfbi_ops.HAS_EXTENSION else f"no compiled extension: {cfbi_ops.EXTENSION_ERROR}"
+    found = [Backend("reference", CPU_DTYPES, run=lambda c, x: call(c, x, "reference"), compiled=False)]
+    found += [Backend(f"cpu-{isa}", CPU_DTYPES, child_env={"CFBI_CPU_ISA": isa}, expect_isa=isa, skip=no_ext)
+              for isa in CPU_ISAS]
+    found.append(Backend("cpu", CPU_DTYPES, run=lambda c, x: call(c, x, "compiled"), skip=no_ext))
+    found.append(Backend("cuda", CUDA_DTYPES, device="cuda", run=lambda c, x: call(c, x, "compiled"),
+                         skip=no_ext or (None if torch.cuda.is_available() else "no CUDA device")))
+    found.append(Backend("cuda-emulation", CPU_DTYPES, run=_run_emulation, compiled=False,
+                         skip=None if _emulation_library() else "tools/cuda_emulation not built"))
+    return found
+
+
+BACKENDS = _backends()
+
+
+# ------------------------------------------------------------------------------------------------ child runs
+_CHILD = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import test_ops_harness as h
+if torch.ops.cfbi.cpu_isa() != {isa!r}:
+    print("UNAVAILABLE", torch.ops.cfbi.cpu_isa())
+    raise SystemExit(0)
+out = {{}}
+for case in h.CASES:
+    for dtype in h.CPU_DTYPES:
+        out[(case.id, str(dtype))] = [t.detach() for t in h.call(case, h.inputs(case, dtype), "compiled")]
+torch.save(out, {path!r})
+print("DONE")
+"""
+
+
+@pytest.fixture(scope="module")
+def child_results(tmp_path_factory):
+    """Outputs of the backends that run in a child interpreter, per backend name (None: ISA unavailable)."""
+    results = {}
+    for backend in BACKENDS:
+        if backend.run is not None or backend.skip:
+            continue
+        path = str(tmp_path_factory.mktemp(backend.name) / "out.pt")
+        env = dict(os.environ, **backend.child_env, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1")
+        code = _CHILD.format(tests=os.path.join(REPO_ROOT, "tests"), isa=backend.expect_isa, path=path)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{backend.name}: exit code {proc.returncode}\n{proc.stderr[-3000:]}"
+        results[backend.name] = torch.load(path) if "DONE" in proc.stdout else proc.stdout.strip()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ tests
+@pytest.fixture(scope="module")
+def oracles():
+    cache = {}
+
+    def get(case: Case, dtype: torch.dtype):
+        key = (case.id, str(dtype))
+        if key not in cache:
+            cache[key] = oracle(case, inputs(case, dtype))
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_forward_equals_oracle(backend: Backend, case: Case, oracles, child_results, single_thread_module):
+    if backend.skip:
+        pytest.skip(backend.skip)
+    for dtype in backend.dtypes:
+        if backend.run is None:
+            got = child_results[backend.name]
+            if isinstance(got, str):
+                pytest.skip(f"instruction set not available here ({got})")
+            fg, bg = got[(case.id, str(dtype))]
+        else:
+            fg, bg = backend.run(case, inputs(case, dtype, backend.device))
+        efg, ebg = oracles(case, dtype)
+        assert fg.dtype == dtype and fg.device.type == backend.device and tuple(fg.shape) == efg.shape
+        for name, got_, want in (("fg", fg, efg), ("bg", bg, ebg)):
+            torch.testing.assert_close(got_.detach().double().cpu(), torch.from_numpy(want), rtol=0,
+                                       atol=TOLERANCE[dtype],
+                                       msg=lambda m, d=dtype, n=name: f"{backend.name} {d} {n}: {m}")
+
+
+GRAD_CASES = [c for c in CASES if c.B * c.H * c.W <= 120][:8]
+
+
+def _leaves(case: Case, dtype, device):
+    x = inputs(case, dtype, device)
+    for k in ("query", "candidates", "fg_bias", "bg_bias"):
+        x[k] = x[k].detach().clone().requires_grad_()
+    return x
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.compiled and b.run is not None], ids=lambda b: b.name)
+def test_gradients_determinism_and_gradcheck(backend: Backend, case: Case, single_thread_module):
+    """Gradients equal the reference's (float64); two calls are bit-identical; gradcheck passes."""
+    if backend.skip:
+        pytest.skip(backend.skip)
+    keys = ("query", "candidates", "fg_bias", "bg_bias")
+    results = []
+    for which in ("compiled", "compiled", "reference"):
+        x = _leaves(case, torch.float64, backend.device)
+        fg, bg = call(case, x, which)
+        w = torch.linspace(-1, 1, fg.numel(), dtype=torch.float64, device=fg.device).reshape(fg.shape)
+        grads = torch.autograd.grad((fg * w).sum() + (bg * w.flip(-1)).sum(), [x[k] for k in keys])
+        results.append([fg, bg, *grads])
+    for a, b in zip(results[0], results[1]):
+        assert torch.equal(a, b), "two calls differ"
+    for a, b in zip(results[0], results[2]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    x = _leaves(case, torch.float64, backend.device)
+    def fn(*t):
+        return call(case, dict(x, **dict(zip(keys, t))), "compiled")
+    assert torch.autograd.gradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.layout != "expanded"][::3], ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.compiled and b.run is not None], ids=lambda b: b.name)
+def test_opcheck(backend: Backend, case: Case, single_thread_module):
+    if backend.skip:
+        pytest.skip(backend.skip)
+    x = _leaves(case, torch.float32, backend.device)
+    if case.op == "global":
+        cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"].unsqueeze(1)
+        labels = x["labels"] if x["labels"].dim() == 4 else x["labels"].unsqueeze(1)
+        args = (x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels)
+        torch.library.opcheck(torch.ops.cfbi.global_match.default, args)
+    else:
+        args = (x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"], list(case.windows),
+                case.atrous)
+        torch.library.opcheck(torch.ops.cfbi.local_match.default, args)

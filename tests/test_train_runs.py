@@ -364,8 +364,8 @@ def test_train_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # unwrapped
-    for expected in ("(default: 100000; a --recipe sets its own)", "--accumulate K", "--keep N", "--init PATH",
-                     "ytvos-2x"):
+    for expected in ("total optimizer steps; a --recipe sets its own (default: 100000)", "--accumulate K",
+                     "--keep N", "--init PATH", "ytvos-2x"):
         assert expected in text, expected
 
 

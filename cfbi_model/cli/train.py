@@ -16,24 +16,22 @@ from ._options import HelpFormatter, add_inference_arguments, inference_config, 
 
 __all__ = ["add_parser", "run"]
 
-# Options a recipe sets: their argparse default is None ("not given"), their help shows TrainConfig's default.
+# Options a recipe sets (their defaults are TrainConfig's otherwise): the flags given on the command line
+# override the recipe, so the parser records which were given.
 _RECIPE_FIELDS = {"config": "model", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
                   "youtube_ratio": "youtube_ratio", "num_current": "num_current"}
 
 
-class _TrainHelp(HelpFormatter):
-    """Shows `action.shown_default` (the dataclass default) for the options whose parsed default is None."""
+class _Given(argparse._StoreAction):
+    """Stores the value and adds the option's dest to `namespace.given_options`."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
-        shown = getattr(action, "shown_default", None)
-        if shown is not None:
-            return f"{action.help} (default: {shown}; a --recipe sets its own)"
-        return super()._get_help_string(action)
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given_options = frozenset(getattr(namespace, "given_options", frozenset())) | {self.dest}
 
 
-def _recipe_option(parser: argparse.ArgumentParser, *names: str, shown: object, **kwargs) -> None:
-    action = parser.add_argument(*names, default=None, **kwargs)
-    action.shown_default = shown
+def _recipe_option(parser: argparse.ArgumentParser, *names: str, help: str, **kwargs) -> None:
+    parser.add_argument(*names, action=_Given, help=help + "; a --recipe sets its own", **kwargs)
 
 
 def _recipes_help() -> str:
@@ -50,17 +48,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "damaged checkpoint or changed settings. Every logged step goes to --out/log.jsonl and, when "
                     "tensorboard is installed, --out/tensorboard. SIGINT / SIGTERM write the checkpoint of the "
                     "current step and exit with 130 / 143. Start under torchrun for several processes.",
-        formatter_class=_TrainHelp)
+        formatter_class=HelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                         help="the paper's settings (each overridable by its flag); with another global batch "
                              "(processes x --batch-size x --accumulate) the lr is scaled linearly. "
                              + _recipes_help())
-    _recipe_option(parser, "--config", shown=train.model, choices=config_names(), help="model configuration")
+    _recipe_option(parser, "--config", default=train.model, choices=config_names(), help="model configuration")
     parser.add_argument("--data", metavar="DIR", default=None, help="DAVIS-2017 root (JPEGImages/480p, "
                         "Annotations/480p, ImageSets/2017); needed unless the run trains on YouTube-VOS only")
     parser.add_argument("--data-youtube", metavar="DIR", default=None, help="YouTube-VOS root (train/JPEGImages, "
                         "train/Annotations, train/meta.json), mixed with DAVIS")
-    _recipe_option(parser, "--youtube-ratio", shown=train.youtube_ratio, type=float,
+    _recipe_option(parser, "--youtube-ratio", default=train.youtube_ratio, type=float,
                    help="fraction of the clips drawn from YouTube-VOS when --data-youtube is given")
     parser.add_argument("--init", metavar="PATH", default=train.init,
                         help="start from these weights: a torchvision ResNet, a DeepLabV3+ (jfzhang95 or VainF "
@@ -73,14 +71,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="validate on the first N sequences of the split only (None: all)")
     parser.add_argument("--val-max-frames", type=int, default=train.val_max_frames, metavar="N",
                         help="frames per validation video (None: all)")
-    _recipe_option(parser, "--steps", shown=train.steps, type=positive_int, help="total optimizer steps")
-    _recipe_option(parser, "--batch-size", shown=train.batch_size, type=positive_int,
+    _recipe_option(parser, "--steps", default=train.steps, type=positive_int, help="total optimizer steps")
+    _recipe_option(parser, "--batch-size", default=train.batch_size, type=positive_int,
                    help="clips per micro-batch and process (with a recipe: its global batch / (processes x "
                         "--accumulate))")
     parser.add_argument("--accumulate", type=positive_int, default=train.accumulate, metavar="K",
                         help="micro-batches per optimizer step (gradient accumulation; the same clips as a "
                              "K-times-larger --batch-size)")
-    _recipe_option(parser, "--lr", shown=train.lr, type=float, help="base learning rate (given: not scaled)")
+    _recipe_option(parser, "--lr", default=train.lr, type=float, help="base learning rate (given: not scaled)")
     parser.add_argument("--momentum", type=float, default=train.momentum, help="SGD momentum")
     parser.add_argument("--weight-decay", type=float, default=train.weight_decay, help="SGD weight decay")
     parser.add_argument("--warmup", type=int, default=train.warmup_steps, help="warm-up steps")
@@ -93,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="random scale of a clip")
     parser.add_argument("--short-edge", type=int, default=clip.short_edge,
                         help="resize frames to this short edge before the random scale (0: keep the size)")
-    _recipe_option(parser, "--num-current", shown=clip.num_current, type=positive_int,
+    _recipe_option(parser, "--num-current", default=clip.num_current, type=positive_int,
                    help="current frames per clip (N)")
     parser.add_argument("--max-objects", type=positive_int, default=clip.max_objects, help="objects kept per clip")
     parser.add_argument("--sequential-start", type=int, default=train.sequential_start,
@@ -118,7 +116,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bar (loss, lr, steps/s, ETA) on stderr")
     add_inference_arguments(parser, prefix="val-", title="validation inference")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, given_options=frozenset())
     return parser
 
 
@@ -130,10 +128,12 @@ def _error(message: str, status: int = 1) -> int:
 def run(args: argparse.Namespace) -> int:
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     given = {field: getattr(args, dest) for dest, field in _RECIPE_FIELDS.items()
-             if getattr(args, dest) is not None and field != "num_current"}
+             if dest in args.given_options and field != "num_current"}
+    if args.recipe is None:  # TrainConfig's defaults, as the parser holds them
+        given.update({field: getattr(args, dest) for dest, field in _RECIPE_FIELDS.items() if field != "num_current"})
     clip_given = {"crop_size": (args.crop, args.crop), "short_edge": args.short_edge or None,
                   "scale_range": tuple(args.scale_range), "max_objects": args.max_objects}
-    if args.num_current is not None:
+    if args.recipe is None or "num_current" in args.given_options:
         clip_given["num_current"] = args.num_current
     try:
         inference = inference_config(args, prefix="val-")  # of the periodic validation

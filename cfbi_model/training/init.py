@@ -148,8 +148,8 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> str:
     try:
         contents = read_checkpoint(path)
     except CheckpointError as error:
-        cause = str(error.__cause__ or error).strip().splitlines()
-        raise CheckpointError(f"--init: cannot read {path!r}: {cause[0] if cause else 'unreadable'}") from None
+        lines = str(error).strip().splitlines()
+        raise CheckpointError(f"--init: {lines[0] if lines else f'cannot read {path!r}'}") from None
     state = _weights(contents)
     layout = detect_layout(state)
     if layout == "cfbi":

@@ -164,8 +164,12 @@ def read_training_checkpoint(path: str, *, map_location: Any = "cpu") -> dict:
     try:
         contents = read_checkpoint(path, map_location=map_location)
     except CheckpointError as error:
+        text = _first_line(error)
+        prefix = f"cannot read checkpoint {path!r}: "
+        if not text.startswith(prefix):  # e.g. a file that holds code: read_checkpoint's words are enough
+            raise CheckpointError(text) from None
         raise CheckpointError(f"checkpoint {path!r} ({size} bytes) is truncated or not a PyTorch checkpoint: "
-                              f"{_first_line(error.__cause__ or error)}") from None
+                              f"{text[len(prefix):]}") from None
     if not isinstance(contents, Mapping) or "state_dict" not in contents:
         raise CheckpointError(f"checkpoint {path!r} is not a checkpoint of cfbi train (no 'state_dict')")
     missing = [k for k in ("optimizer", "scheduler", "step", "rng", "train_config") if k not in contents]

@@ -119,7 +119,7 @@ def main() -> int:
                    "seconds": train_seconds, "config": config.to_dict()}, handle, indent=1)
     if args.weights:
         state = {"state_dict": {k: v.clone() for k, v in trainer.model.state_dict().items()},
-                 "model_config": config.model, "train_config": json.dumps(config.to_dict()),
+                 "model_config": trainer.model.config.to_dict(), "train_config": json.dumps(config.to_dict()),
                  "step": trainer.step, "val_jf": jf["J&F-Mean"]}
         os.makedirs(os.path.dirname(os.path.abspath(args.weights)), exist_ok=True)
         torch.save(state, args.weights)

@@ -135,7 +135,9 @@ def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
               "--batch-size", "1", "--num-current", "2", "--workers", "0", "--warmup", "1", "--threads", "1",
               "--out", str(out)]
     assert main(common + ["--steps", "2"]) == 0
-    assert main(common + ["--steps", "3", "--resume", "--val-every", "3", "--val-max-frames", "4"]) == 0
+    # a longer schedule is a changed setting: --allow-changes
+    assert main(common + ["--steps", "3", "--resume", "--allow-changes", "--val-every", "3",
+                          "--val-max-frames", "4"]) == 0
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     assert state["step"] == 3 and state["model_config"]["name"] == "small"
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pth"), "--data", str(data_root),

@@ -91,7 +91,7 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> An
         text = str(error)
         # torch's text for files refused by weights_only suggests weights_only=False, i.e. running whatever code
         # the file holds: never pass that on.
-        if "Unsupported global" in text:
+        if "unsupported global" in text.lower():  # "Unsupported global: ...", "... unsupported GLOBAL posix.system"
             raise CheckpointError(f"checkpoint {path!r} holds Python objects other than tensors and plain values "
                                   "(code that unpickling would run); it was not loaded") from None
         if "WeightsUnpickler error:" in text:

@@ -2,6 +2,8 @@
 decompression bombs among the predictions; and --threads / --device for the model run."""
 from __future__ import annotations
 
+import os
+
 import shutil
 import struct
 import zlib
@@ -51,6 +53,11 @@ def test_checkpoint_run_with_threads_and_device(davis, tmp_path, capsys):
     assert "Global results (2 sequences" in capsys.readouterr().out and json_path.is_file()
 
 
+class _SystemCall:
+    def __reduce__(self):
+        return (os.system, ("exit 0",))
+
+
 def test_bad_checkpoints(davis, tmp_path, capsys):
     base = ["--data", davis, "--workers", "1", "--checkpoint"]
     one_line_error(capsys, [*base, tmp_path / "missing.pth"], 1, ["missing.pth", "does not exist"])
@@ -60,6 +67,9 @@ def test_bad_checkpoints(davis, tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _Payload()}, evil)
     one_line_error(capsys, [*base, evil], 1, ["evil.pth", "holds Python objects", "was not loaded"])
+    system = tmp_path / "system.pth"  # a callable of a blocked module: torch words its refusal differently
+    torch.save({"state_dict": {}, "payload": _SystemCall()}, system)
+    one_line_error(capsys, [*base, system], 1, ["system.pth", "holds Python objects", "was not loaded"])
 
 
 def test_result_files_that_are_folders(davis, tmp_path, capsys):

@@ -7,6 +7,7 @@ Clips come from synthetic 480p videos (cfbi_model.data.synthetic); the first ste
 thread pools). Prints one JSON line: the settings, the seconds of each timed step, their median and
 steps/s, the CPU model and the load average before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,15 +52,31 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as root:
-        write_synthetic_davis(root, num_train=2, num_val=0, seed=0,
-                              config=SyntheticConfig(height=480, width=854, num_frames=(12, 12), max_objects=3))
-        config = TrainConfig(model=args.config, steps=args.steps + 1, batch_size=args.batch_size, warmup_steps=1,
-                             clip=ClipConfig(num_current=args.num_current, crop_size=(args.crop, args.crop)),
-                             num_workers=0, checkpoint_every=0, log_every=0, amp=False)
-        trainer = Trainer(config, davis_videos(root, "train"), os.path.join(root, "run"), progress=False,
-                          tensorboard=False)
-        batches = [collate_clips([trainer.dataset[s * args.batch_size + i] for i in range(args.batch_size)])
-                   for s in range(args.steps + 1)]  # sampled up front: the loader is not what is timed
+        write_synthetic_davis(
+            root,
+            num_train=2,
+            num_val=0,
+            seed=0,
+            config=SyntheticConfig(height=480, width=854, num_frames=(12, 12), max_objects=3),
+        )
+        config = TrainConfig(
+            model=args.config,
+            steps=args.steps + 1,
+            batch_size=args.batch_size,
+            warmup_steps=1,
+            clip=ClipConfig(num_current=args.num_current, crop_size=(args.crop, args.crop)),
+            num_workers=0,
+            checkpoint_every=0,
+            log_every=0,
+            amp=False,
+        )
+        trainer = Trainer(
+            config, davis_videos(root, "train"), os.path.join(root, "run"), progress=False, tensorboard=False
+        )
+        batches = [
+            collate_clips([trainer.dataset[s * args.batch_size + i] for i in range(args.batch_size)])
+            for s in range(args.steps + 1)
+        ]  # sampled up front: the loader is not what is timed
         seconds = []
         for index, batch in enumerate(batches):
             started = time.perf_counter()
@@ -67,12 +84,23 @@ def main(argv: list[str] | None = None) -> int:
             if index:
                 seconds.append(time.perf_counter() - started)
     median = statistics.median(seconds)
-    print(json.dumps({"config": args.config, "crop": args.crop, "batch_size": args.batch_size,
-                      "num_current": args.num_current, "threads": args.threads,
-                      "seconds": [round(s, 3) for s in seconds],
-                      "median_s": round(median, 3), "steps_per_s": round(1.0 / median, 3), "cpu": cpu_model(),
-                      "load_before": [round(x, 1) for x in load_before],
-                      "load_after": [round(x, 1) for x in os.getloadavg()]}))
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "crop": args.crop,
+                "batch_size": args.batch_size,
+                "num_current": args.num_current,
+                "threads": args.threads,
+                "seconds": [round(s, 3) for s in seconds],
+                "median_s": round(median, 3),
+                "steps_per_s": round(1.0 / median, 3),
+                "cpu": cpu_model(),
+                "load_before": [round(x, 1) for x in load_before],
+                "load_after": [round(x, 1) for x in os.getloadavg()],
+            }
+        )
+    )
     return 0
 
 

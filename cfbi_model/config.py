@@ -8,6 +8,7 @@ and CPU use.
 
 This module imports neither torch nor numpy, so that the command line's argument parsing stays light.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["IGNORE_LABEL", "BackboneConfig", "HeadConfig", "ModelConfig", "CONFIGS", "get_config", "config_names",
-           "InferenceConfig", "ClipConfig", "TrainConfig", "config_differences", "Recipe", "RECIPES",
-           "recipe_train_config"]
+__all__ = [
+    "IGNORE_LABEL",
+    "BackboneConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "CONFIGS",
+    "get_config",
+    "config_names",
+    "InferenceConfig",
+    "ClipConfig",
+    "TrainConfig",
+    "config_differences",
+    "Recipe",
+    "RECIPES",
+    "recipe_train_config",
+]
 
 IGNORE_LABEL = 255
 """Label value of pixels that belong to no object and are not scored (padding, void regions)."""
@@ -131,14 +145,20 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.backbone.block not in ("bottleneck", "basic"):
             raise ValueError(f"backbone.block must be 'bottleneck' or 'basic', got {self.backbone.block!r}")
-        if len(self.matching_dims) != 3 or len(self.global_atrous) != 3 or len(self.local_atrous) != 3 \
-                or len(self.local_windows) != 3:
-            raise ValueError("matching_dims, global_atrous, local_windows and local_atrous need one entry per "
-                             "scale (4x, 8x, 16x)")
+        if (
+            len(self.matching_dims) != 3
+            or len(self.global_atrous) != 3
+            or len(self.local_atrous) != 3
+            or len(self.local_windows) != 3
+        ):
+            raise ValueError(
+                "matching_dims, global_atrous, local_windows and local_atrous need one entry per scale (4x, 8x, 16x)"
+            )
         for dim in self.matching_dims:
             if not 0 < dim <= self.embedding_dim:
-                raise ValueError(f"matching_dims must lie in [1, embedding_dim={self.embedding_dim}], "
-                                 f"got {self.matching_dims}")
+                raise ValueError(
+                    f"matching_dims must lie in [1, embedding_dim={self.embedding_dim}], got {self.matching_dims}"
+                )
         for windows in self.local_windows:
             if len(windows) == 0 or list(windows) != sorted(windows):
                 raise ValueError(f"local_windows must be non-empty and ascending, got {self.local_windows}")
@@ -175,8 +195,16 @@ def _resnet101() -> ModelConfig:
 def _small() -> ModelConfig:
     return ModelConfig(
         name="small",
-        backbone=BackboneConfig(block="basic", layers=(1, 1, 1), widths=(16, 32, 64, 128), stem_width=16,
-                                multi_grid=(1,), aspp_dim=32, decoder_low_dim=8, decoder_dim=32),
+        backbone=BackboneConfig(
+            block="basic",
+            layers=(1, 1, 1),
+            widths=(16, 32, 64, 128),
+            stem_width=16,
+            multi_grid=(1,),
+            aspp_dim=32,
+            decoder_low_dim=8,
+            decoder_dim=32,
+        ),
         head=HeadConfig(embed_dim=64, refine_dim=16, aspp_dim=32, gn_groups=4),
         embedding_dim=32,
         fpn_gn_groups=8,
@@ -252,20 +280,35 @@ class InferenceConfig:
     ModelConfig.atrous_attention_quirk): pass 100 to reproduce their numbers with the released weights.
     """
 
-    global_atrous: int = field(default=2, metadata=_help(
-        "atrous rate of the 4x global matching (the authors' released evaluation uses 2)"))
-    min_matching_pixels: int = field(default=0, metadata=_help(
-        "with --global-atrous > 1, objects with at most this many pixels (times atrous^2) in a reference frame "
-        "keep all their pixels; 0 subsamples every object, 100 is the authors' released evaluation setting "
-        "(docs/design.md)"))
-    scales: tuple[float, ...] = field(default=(1.0,), metadata=_help(
-        "input scales whose probabilities are averaged (the authors' multi-scale evaluation: 1.0 1.15 1.3)"))
+    global_atrous: int = field(
+        default=2, metadata=_help("atrous rate of the 4x global matching (the authors' released evaluation uses 2)")
+    )
+    min_matching_pixels: int = field(
+        default=0,
+        metadata=_help(
+            "with --global-atrous > 1, objects with at most this many pixels (times atrous^2) in a reference frame "
+            "keep all their pixels; 0 subsamples every object, 100 is the authors' released evaluation setting "
+            "(docs/design.md)"
+        ),
+    )
+    scales: tuple[float, ...] = field(
+        default=(1.0,),
+        metadata=_help(
+            "input scales whose probabilities are averaged (the authors' multi-scale evaluation: 1.0 1.15 1.3)"
+        ),
+    )
     flip: bool = field(default=False, metadata=_help("also average horizontally flipped views"))
-    amp: bool = field(default=False, metadata=_help(
-        "autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU"))
-    max_long_edge: float | None = field(default=None, metadata=_help(
-        "cap of a frame's long edge before scaling (None: 1040, the authors' single-scale TEST_MAX_SIZE, for "
-        "scales == (1.0,), else 800)"))
+    amp: bool = field(
+        default=False,
+        metadata=_help("autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU"),
+    )
+    max_long_edge: float | None = field(
+        default=None,
+        metadata=_help(
+            "cap of a frame's long edge before scaling (None: 1040, the authors' single-scale TEST_MAX_SIZE, for "
+            "scales == (1.0,), else 800)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if int(self.global_atrous) < 1:
@@ -438,20 +481,44 @@ class Recipe:
 
 
 RECIPES = {
-    "ytvos": Recipe("ytvos", "YouTube-VOS: lr 0.01, 100k steps, batch 8 on 4 GPUs, N = 3", 8, 4,
-                    (("model", "resnet101"), ("lr", 0.01), ("steps", 100_000), ("youtube_ratio", 1.0)),
-                    (("num_current", 3),), ("youtube",)),
-    "davis": Recipe("davis", "DAVIS-2017 only: lr 0.006, 50k steps, batch 6 on 2 GPUs, N = 3", 6, 2,
-                    (("model", "resnet101"), ("lr", 0.006), ("steps", 50_000), ("youtube_ratio", 0.0)),
-                    (("num_current", 3),), ("davis",)),
-    "davis-finetune": Recipe("davis-finetune", "fine-tune a YouTube-VOS model (--init) on DAVIS mixed 1:2 with "
-                             "YouTube-VOS: lr 0.01, 50k steps, batch 8 on 4 GPUs, N = 5", 8, 4,
-                             (("model", "resnet101"), ("lr", 0.01), ("steps", 50_000), ("youtube_ratio", 2 / 3)),
-                             (("num_current", 5),), ("davis", "youtube")),
-    "ytvos-2x": Recipe("ytvos-2x", "YouTube-VOS with double batch and lr (the paper's 2x): lr 0.02, 100k steps, "
-                       "batch 16, N = 3 (the paper does not give the GPUs; 4 here)", 16, 4,
-                       (("model", "resnet101"), ("lr", 0.02), ("steps", 100_000), ("youtube_ratio", 1.0)),
-                       (("num_current", 3),), ("youtube",)),
+    "ytvos": Recipe(
+        "ytvos",
+        "YouTube-VOS: lr 0.01, 100k steps, batch 8 on 4 GPUs, N = 3",
+        8,
+        4,
+        (("model", "resnet101"), ("lr", 0.01), ("steps", 100_000), ("youtube_ratio", 1.0)),
+        (("num_current", 3),),
+        ("youtube",),
+    ),
+    "davis": Recipe(
+        "davis",
+        "DAVIS-2017 only: lr 0.006, 50k steps, batch 6 on 2 GPUs, N = 3",
+        6,
+        2,
+        (("model", "resnet101"), ("lr", 0.006), ("steps", 50_000), ("youtube_ratio", 0.0)),
+        (("num_current", 3),),
+        ("davis",),
+    ),
+    "davis-finetune": Recipe(
+        "davis-finetune",
+        "fine-tune a YouTube-VOS model (--init) on DAVIS mixed 1:2 with "
+        "YouTube-VOS: lr 0.01, 50k steps, batch 8 on 4 GPUs, N = 5",
+        8,
+        4,
+        (("model", "resnet101"), ("lr", 0.01), ("steps", 50_000), ("youtube_ratio", 2 / 3)),
+        (("num_current", 5),),
+        ("davis", "youtube"),
+    ),
+    "ytvos-2x": Recipe(
+        "ytvos-2x",
+        "YouTube-VOS with double batch and lr (the paper's 2x): lr 0.02, 100k steps, "
+        "batch 16, N = 3 (the paper does not give the GPUs; 4 here)",
+        16,
+        4,
+        (("model", "resnet101"), ("lr", 0.02), ("steps", 100_000), ("youtube_ratio", 1.0)),
+        (("num_current", 3),),
+        ("youtube",),
+    ),
 }
 
 
@@ -466,8 +533,10 @@ def recipe_train_config(recipe: str | None, world_size: int = 1, **given: Any) -
     if recipe is None:
         config = TrainConfig(**given, clip=replace(ClipConfig(), **clip_given))
         total = world_size * config.batch_size * config.accumulate
-        return config, (f"global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
-                        f"{config.accumulate} accumulation; lr {config.lr:g}")
+        return config, (
+            f"global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
+            f"{config.accumulate} accumulation; lr {config.lr:g}"
+        )
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     preset = RECIPES[recipe]
@@ -479,11 +548,16 @@ def recipe_train_config(recipe: str | None, world_size: int = 1, **given: Any) -
     lr_note = f"lr {values['lr']:g} (given)"
     if "lr" not in given:
         values["lr"] = preset.scaled_lr(total)
-        lr_note = (f"lr {values['lr']:g}" if total == preset.global_batch else
-                   f"lr {values['lr']:g} = {dict(preset.settings)['lr']:g} x {total}/{preset.global_batch} "
-                   "(linear scaling)")
+        lr_note = (
+            f"lr {values['lr']:g}"
+            if total == preset.global_batch
+            else f"lr {values['lr']:g} = {dict(preset.settings)['lr']:g} x {total}/{preset.global_batch} "
+            "(linear scaling)"
+        )
     clip = replace(ClipConfig(), **{**dict(preset.clip), **clip_given})
     config = TrainConfig(**values, clip=clip, recipe=recipe)
-    message = (f"recipe {recipe}: global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
-               f"{accumulate} accumulation (the paper's {preset.global_batch}); {lr_note}")
+    message = (
+        f"recipe {recipe}: global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
+        f"{accumulate} accumulation (the paper's {preset.global_batch}); {lr_note}"
+    )
     return config, message

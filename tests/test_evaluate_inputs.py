@@ -1,9 +1,9 @@
 """`cfbi evaluate` with bad inputs reports one line: bad checkpoints, result files that are folders,
 decompression bombs among the predictions; and --threads / --device for the model run."""
+
 from __future__ import annotations
 
 import os
-
 import shutil
 import struct
 import zlib
@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 @pytest.fixture(scope="module")
 def davis(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("davis")
-    write_synthetic_davis(root, num_train=0, num_val=2, seed=9,
-                          config=SyntheticConfig(height=48, width=64, num_frames=(5, 5)))
+    write_synthetic_davis(
+        root, num_train=0, num_val=2, seed=9, config=SyntheticConfig(height=48, width=64, num_frames=(5, 5))
+    )
     return root
 
 
@@ -47,8 +48,20 @@ def one_line_error(capsys, args: list, code: int, expect: list[str]) -> None:
 
 def test_checkpoint_run_with_threads_and_device(davis, tmp_path, capsys):
     json_path = tmp_path / "r.json"
-    args = ["--checkpoint", default_weights(), "--data", davis, "--threads", "1", "--device", "cpu",
-            "--workers", "1", "--json", json_path]
+    args = [
+        "--checkpoint",
+        default_weights(),
+        "--data",
+        davis,
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--json",
+        json_path,
+    ]
     assert main(["evaluate", *map(str, args)]) == 0
     assert "Global results (2 sequences" in capsys.readouterr().out and json_path.is_file()
 

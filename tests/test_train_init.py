@@ -1,6 +1,7 @@
 """--init: explicit key mapping from the usual pretrained files, checked with generated state dicts that have
 the names and shapes of the real ones (torchvision ResNet-18/50/101, DeepLabV3+ in the jfzhang95 layout,
 which the authors' state dict follows, and in the VainF layout, CFBI+ checkpoints)."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,16 @@ def _bn(state: dict, name: str, channels: int, g: torch.Generator) -> None:
     state[f"{name}.num_batches_tracked"] = torch.tensor(1000)  # as torchvision / torch.nn.BatchNorm2d save it
 
 
-def torchvision_resnet(block: str, layers: tuple[int, int, int, int], widths=(64, 128, 256, 512), stem: int = 64,
-                       classes: int = 1000, prefix: str = "", fc: bool = True, seed: int = 0) -> OrderedDict:
+def torchvision_resnet(
+    block: str,
+    layers: tuple[int, int, int, int],
+    widths=(64, 128, 256, 512),
+    stem: int = 64,
+    classes: int = 1000,
+    prefix: str = "",
+    fc: bool = True,
+    seed: int = 0,
+) -> OrderedDict:
     """A state dict with the names and shapes of torchvision.models.resnet{18,50,101}(): conv1, bn1,
     layer1..4 (BasicBlock: conv1/2 3x3; Bottleneck: conv1 1x1, conv2 3x3, conv3 1x1 x4), downsample.0/1, fc."""
     g = torch.Generator().manual_seed(seed)
@@ -68,7 +77,7 @@ def _trunk_equal(model, state: dict, prefix: str = "") -> int:
     checked = 0
     for key, value in state.items():
         if key.startswith(prefix) and not key.endswith("num_batches_tracked") and not key.startswith("fc."):
-            assert torch.equal(target["feature_extracter.backbone." + key[len(prefix):]], value), key
+            assert torch.equal(target["feature_extracter.backbone." + key[len(prefix) :]], value), key
             checked += 1
     return checked
 
@@ -96,16 +105,22 @@ def test_torchvision_resnet_into_the_small_trunk(tmp_path):
     _untouched(model, before, "fpn.")
 
 
-@pytest.mark.parametrize("name, block, layers, widths_config", [
-    ("resnet101", "bottleneck", (3, 4, 23, 3), {}),
-    ("resnet50", "bottleneck", (3, 4, 6, 3), {"layers": (3, 4, 6)}),
-    ("resnet18", "basic", (2, 2, 2, 2), {"block": "basic", "layers": (2, 2, 2), "multi_grid": (1, 1)}),
-])
+@pytest.mark.parametrize(
+    "name, block, layers, widths_config",
+    [
+        ("resnet101", "bottleneck", (3, 4, 23, 3), {}),
+        ("resnet50", "bottleneck", (3, 4, 6, 3), {"layers": (3, 4, 6)}),
+        ("resnet18", "basic", (2, 2, 2, 2), {"block": "basic", "layers": (2, 2, 2), "multi_grid": (1, 1)}),
+    ],
+)
 def test_torchvision_resnets_of_the_real_sizes(tmp_path, name, block, layers, widths_config):
     """ResNet-101 fits `resnet101`; ResNet-50 / 18 fit configurations with their depth (layer4 has one block
     per multi-grid entry)."""
-    config = get_config("resnet101") if not widths_config else \
-        get_config("resnet101", backbone=BackboneConfig(**widths_config))
+    config = (
+        get_config("resnet101")
+        if not widths_config
+        else get_config("resnet101", backbone=BackboneConfig(**widths_config))
+    )
     model = build_model(config)
     state = torchvision_resnet(block, layers)
     torch.save(state, tmp_path / f"{name}.pth")
@@ -130,10 +145,11 @@ def test_deeplabv3plus_jfzhang95_layout_resnet101(tmp_path):
     state = OrderedDict()
     for name, shape in _spec_names():
         if name.startswith("feature_extracter."):
-            state[name[len("feature_extracter."):]] = torch.randn(shape, generator=g)
+            state[name[len("feature_extracter.") :]] = torch.randn(shape, generator=g)
             if name.endswith("running_var"):
-                state[name[len("feature_extracter."):].replace("running_var", "num_batches_tracked")] = \
-                    torch.tensor(30000)
+                state[name[len("feature_extracter.") :].replace("running_var", "num_batches_tracked")] = torch.tensor(
+                    30000
+                )
     state["decoder.last_conv.8.weight"] = torch.randn(21, 256, 1, 1, generator=g)
     state["decoder.last_conv.8.bias"] = torch.randn(21, generator=g)
     torch.save({"epoch": 50, "state_dict": state, "best_pred": 0.78}, tmp_path / "deeplab-resnet.pth.tar")
@@ -158,8 +174,9 @@ def vainf_deeplabv3plus(model, classes: int = 21, seed: int = 2) -> OrderedDict:
     cfg = model.config.backbone
     g = torch.Generator().manual_seed(seed)
     state = OrderedDict()
-    for key, value in torchvision_resnet(cfg.block, (*cfg.layers, len(cfg.multi_grid)), cfg.widths, cfg.stem_width,
-                                         fc=False, seed=seed).items():
+    for key, value in torchvision_resnet(
+        cfg.block, (*cfg.layers, len(cfg.multi_grid)), cfg.widths, cfg.stem_width, fc=False, seed=seed
+    ).items():
         state["backbone." + key] = value
     c_in, c, low = cfg.out_dim, cfg.aspp_dim, cfg.decoder_low_dim
     state["classifier.project.0.weight"] = torch.randn(low, cfg.low_level_dim, 1, 1, generator=g)
@@ -188,24 +205,28 @@ def test_deeplabv3plus_vainf_layout(tmp_path):
     summary = initialise_from(model, tmp_path / "best_deeplabv3plus.pth")
     target = model.state_dict()
     assert _trunk_equal(model, state, prefix="backbone.") > 0
-    pairs = {"feature_extracter.aspp.aspp1.atrous_conv.weight": "classifier.aspp.convs.0.0.weight",
-             "feature_extracter.aspp.aspp3.atrous_conv.weight": "classifier.aspp.convs.2.0.weight",
-             "feature_extracter.aspp.aspp4.bn.running_var": "classifier.aspp.convs.3.1.running_var",
-             "feature_extracter.aspp.global_avg_pool.1.weight": "classifier.aspp.convs.4.1.weight",
-             "feature_extracter.aspp.global_avg_pool.2.bias": "classifier.aspp.convs.4.2.bias",
-             "feature_extracter.aspp.conv1.weight": "classifier.aspp.project.0.weight",
-             "feature_extracter.aspp.bn1.weight": "classifier.aspp.project.1.weight",
-             "feature_extracter.decoder.conv1.weight": "classifier.project.0.weight",
-             "feature_extracter.decoder.bn1.running_mean": "classifier.project.1.running_mean",
-             "feature_extracter.decoder.last_conv.1.weight": "classifier.classifier.1.weight"}
+    pairs = {
+        "feature_extracter.aspp.aspp1.atrous_conv.weight": "classifier.aspp.convs.0.0.weight",
+        "feature_extracter.aspp.aspp3.atrous_conv.weight": "classifier.aspp.convs.2.0.weight",
+        "feature_extracter.aspp.aspp4.bn.running_var": "classifier.aspp.convs.3.1.running_var",
+        "feature_extracter.aspp.global_avg_pool.1.weight": "classifier.aspp.convs.4.1.weight",
+        "feature_extracter.aspp.global_avg_pool.2.bias": "classifier.aspp.convs.4.2.bias",
+        "feature_extracter.aspp.conv1.weight": "classifier.aspp.project.0.weight",
+        "feature_extracter.aspp.bn1.weight": "classifier.aspp.project.1.weight",
+        "feature_extracter.decoder.conv1.weight": "classifier.project.0.weight",
+        "feature_extracter.decoder.bn1.running_mean": "classifier.project.1.running_mean",
+        "feature_extracter.decoder.last_conv.1.weight": "classifier.classifier.1.weight",
+    }
     for ours, theirs in pairs.items():
         assert torch.equal(target[ours], state[theirs]), ours
     low = model.config.backbone.decoder_low_dim
     first = state["classifier.classifier.0.weight"]  # their input order is [low-level, ASPP]
-    assert torch.equal(target["feature_extracter.decoder.last_conv.0.weight"],
-                       torch.cat([first[:, low:], first[:, :low]], dim=1))
-    assert torch.equal(target["feature_extracter.decoder.last_conv.4.weight"],
-                       before["feature_extracter.decoder.last_conv.4.weight"])
+    assert torch.equal(
+        target["feature_extracter.decoder.last_conv.0.weight"], torch.cat([first[:, low:], first[:, :low]], dim=1)
+    )
+    assert torch.equal(
+        target["feature_extracter.decoder.last_conv.4.weight"], before["feature_extracter.decoder.last_conv.4.weight"]
+    )
     assert "(DeepLabV3+, VainF layout)" in summary and "ASPP 30/30" in summary and "decoder 10/15" in summary
     assert "not loaded: feature_extracter.decoder.last_conv.4.weight" in summary
     assert "unused from the file: classifier.classifier.3.weight, classifier.classifier.3.bias" in summary
@@ -237,8 +258,10 @@ def test_errors_are_one_line_and_name_the_key(tmp_path):
         initialise_from(build_model("small"), tmp_path / "resnet18.pth")
     message = str(error.value)
     assert "\n" not in message
-    assert "conv1.weight has shape (64, 3, 7, 7) but the model's feature_extracter.backbone.conv1.weight has " \
-           "(16, 3, 7, 7)" in message
+    assert (
+        "conv1.weight has shape (64, 3, 7, 7) but the model's feature_extracter.backbone.conv1.weight has "
+        "(16, 3, 7, 7)" in message
+    )
     torch.save({"state_dict": {"embedding.weight": torch.zeros(3)}}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="unrecognised weights layout"):
         initialise_from(build_model("small"), tmp_path / "other.pth")
@@ -256,21 +279,42 @@ def test_fine_tune_starts_from_the_exact_weights(tmp_path):
     from cfbi_model.data import davis_videos
     from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
     from cfbi_model.training import TrainConfig, Trainer
+
     root = tmp_path / "data"
-    write_synthetic_davis(root, num_train=2, num_val=1, seed=4,
-                          config=SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2))
+    write_synthetic_davis(
+        root,
+        num_train=2,
+        num_val=1,
+        seed=4,
+        config=SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2),
+    )
     source = build_model("small")
     torch.manual_seed(11)
     with torch.no_grad():
         for p in source.parameters():
             p.mul_(0.5).add_(0.01 * torch.randn_like(p))
     save_model(source, tmp_path / "released.pth")
-    config = TrainConfig(model="small", steps=1, batch_size=1, warmup_steps=1, num_workers=0, log_every=1,
-                         checkpoint_every=0, amp=False, init=str(tmp_path / "released.pth"),
-                         clip=ClipConfig(num_current=2, crop_size=(65, 65), short_edge=None))
+    config = TrainConfig(
+        model="small",
+        steps=1,
+        batch_size=1,
+        warmup_steps=1,
+        num_workers=0,
+        log_every=1,
+        checkpoint_every=0,
+        amp=False,
+        init=str(tmp_path / "released.pth"),
+        clip=ClipConfig(num_current=2, crop_size=(65, 65), short_edge=None),
+    )
     messages = []
-    trainer = Trainer(config, davis_videos(root, "train"), str(tmp_path / "run"), progress=False,
-                      tensorboard=False, on_message=messages.append)
+    trainer = Trainer(
+        config,
+        davis_videos(root, "train"),
+        str(tmp_path / "run"),
+        progress=False,
+        tensorboard=False,
+        on_message=messages.append,
+    )
     trainer.train(until=0)
     for key, value in source.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[key], value), key
@@ -283,13 +327,40 @@ def test_fine_tune_starts_from_the_exact_weights(tmp_path):
 def test_cli_init(tmp_path, capsys):
     from cfbi_model.cli import main
     from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
+
     root = tmp_path / "data"
-    write_synthetic_davis(root, num_train=2, num_val=1, seed=4,
-                          config=SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2))
+    write_synthetic_davis(
+        root,
+        num_train=2,
+        num_val=1,
+        seed=4,
+        config=SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2),
+    )
     torch.save(torchvision_resnet(**SMALL_AS_TORCHVISION), tmp_path / "resnet.pth")
-    common = ["train", "--config", "small", "--data", str(root), "--crop", "65", "--short-edge", "0",
-              "--batch-size", "1", "--num-current", "2", "--workers", "0", "--warmup", "1", "--steps", "1",
-              "--threads", "1", "--no-progress"]
+    common = [
+        "train",
+        "--config",
+        "small",
+        "--data",
+        str(root),
+        "--crop",
+        "65",
+        "--short-edge",
+        "0",
+        "--batch-size",
+        "1",
+        "--num-current",
+        "2",
+        "--workers",
+        "0",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     assert main(common + ["--init", str(tmp_path / "resnet.pth"), "--out", str(tmp_path / "run")]) == 0
     assert "(torchvision ResNet): tensors loaded: trunk " in capsys.readouterr().err
     torch.save(torchvision_resnet("basic", (2, 2, 2, 2)), tmp_path / "resnet18.pth")

@@ -1,6 +1,7 @@
 """Training runs that survive interruptions: SIGTERM then --resume equals an uninterrupted run, checkpoints
 that are damaged or of other settings are refused in one line, numbered checkpoints, the JSON-lines log,
 gradient accumulation (also under DDP with 2 gloo processes), recipes and the --help defaults."""
+
 from __future__ import annotations
 
 import json
@@ -33,17 +34,51 @@ def data_root(tmp_path_factory):
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    base = dict(model="small", steps=4, batch_size=1, lr=0.02, warmup_steps=1, sequential_start=2,
-                hard_mining_steps=2, clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
-                num_workers=0, checkpoint_every=0, log_every=1, amp=False)
+    base = dict(
+        model="small",
+        steps=4,
+        batch_size=1,
+        lr=0.02,
+        warmup_steps=1,
+        sequential_start=2,
+        hard_mining_steps=2,
+        clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
+        num_workers=0,
+        checkpoint_every=0,
+        log_every=1,
+        amp=False,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
 
 def _cli(data_root, out, *extra: str) -> list[str]:
-    return ["train", "--config", "small", "--data", str(data_root), "--crop", "65", "--short-edge", "0",
-            "--batch-size", "1", "--num-current", "2", "--workers", "0", "--warmup", "1", "--threads", "1",
-            "--log-every", "1", "--out", str(out), *extra]
+    return [
+        "train",
+        "--config",
+        "small",
+        "--data",
+        str(data_root),
+        "--crop",
+        "65",
+        "--short-edge",
+        "0",
+        "--batch-size",
+        "1",
+        "--num-current",
+        "2",
+        "--workers",
+        "0",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _weights(path) -> dict:
@@ -60,6 +95,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data_root, tmp_path):
     """A run killed with SIGTERM mid-way writes the checkpoint of its current step and exits 143 with one
     line; --resume then ends with exactly the weights, history and log of a run that was never stopped."""
     from cfbi_model.cli import main
+
     steps = ["--steps", "10", "--workers", "1"]
     straight = tmp_path / "straight"
     assert main(_cli(data_root, straight, *steps, "--no-progress")) == 0
@@ -101,9 +137,15 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data_root, tmp_path):
 def test_signal_in_process_raises_after_the_checkpoint(data_root, tmp_path):
     """Trainer.train itself: a SIGINT during a step stops after it with TrainingInterrupted."""
     from cfbi_model.training import TrainingInterrupted
-    trainer = Trainer(tiny_config(steps=6), davis_videos(data_root, "train"), str(tmp_path), progress=False,
-                      tensorboard=False, on_log=lambda r: os.kill(os.getpid(), signal.SIGINT) if r["step"] == 2
-                      else None)
+
+    trainer = Trainer(
+        tiny_config(steps=6),
+        davis_videos(data_root, "train"),
+        str(tmp_path),
+        progress=False,
+        tensorboard=False,
+        on_log=lambda r: os.kill(os.getpid(), signal.SIGINT) if r["step"] == 2 else None,
+    )
     with pytest.raises(TrainingInterrupted) as stop:
         trainer.train()
     assert stop.value.signum == signal.SIGINT and stop.value.step == 2
@@ -118,6 +160,7 @@ def test_signal_in_process_raises_after_the_checkpoint(data_root, tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(data_root, tmp_path_factory):
     from cfbi_model.cli import main
+
     out = tmp_path_factory.mktemp("finished")
     assert main(_cli(data_root, out, "--steps", "2", "--no-progress")) == 0
     return out
@@ -125,10 +168,12 @@ def finished_run(data_root, tmp_path_factory):
 
 def _resume_error(data_root, out, capsys, *extra: str) -> str:
     from cfbi_model.cli import main
+
     capsys.readouterr()
     assert main(_cli(data_root, out, "--steps", "2", "--resume", "--no-progress", *extra)) == 1
-    err = [line for line in capsys.readouterr().err.strip().splitlines()
-           if not line.startswith("cfbi train: global batch")]  # the account of batch and lr comes first
+    err = [
+        line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("cfbi train: global batch")
+    ]  # the account of batch and lr comes first
     assert len(err) == 1 and err[0].startswith("cfbi train: error: "), err
     return err[0]
 
@@ -140,20 +185,23 @@ def _copy_run(finished_run, tmp_path) -> tuple:
     return out, data
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("truncated", "truncated or not a PyTorch checkpoint"),
-    ("empty", "is empty (0 bytes)"),
-    ("garbage", "truncated or not a PyTorch checkpoint"),
-    ("directory", "is a directory"),
-    ("flipped", "fails its checksum"),
-    ("model-only", "holds model weights only"),
-    ("other-model", "holds model configuration"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("truncated", "truncated or not a PyTorch checkpoint"),
+        ("empty", "is empty (0 bytes)"),
+        ("garbage", "truncated or not a PyTorch checkpoint"),
+        ("directory", "is a directory"),
+        ("flipped", "fails its checksum"),
+        ("model-only", "holds model weights only"),
+        ("other-model", "holds model configuration"),
+    ],
+)
 def test_damaged_or_foreign_checkpoints_give_one_line(data_root, finished_run, tmp_path, capsys, damage, expected):
     out, data = _copy_run(finished_run, tmp_path)
     path = out / "checkpoint.pth"
     if damage == "truncated":
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif damage == "empty":
         path.write_bytes(b"")
     elif damage == "garbage":
@@ -171,6 +219,7 @@ def test_damaged_or_foreign_checkpoints_give_one_line(data_root, finished_run, t
         path.write_bytes(bytes(flipped))
     elif damage == "model-only":
         from cfbi_model.build import load_model, save_model
+
         save_model(load_model(finished_run / "checkpoint.pth"), path)
     elif damage == "other-model":
         state = torch.load(finished_run / "checkpoint.pth", weights_only=True)
@@ -182,13 +231,30 @@ def test_damaged_or_foreign_checkpoints_give_one_line(data_root, finished_run, t
 
 def test_resume_with_changed_settings_refuses_or_warns(data_root, finished_run, tmp_path, capsys):
     from cfbi_model.cli import main
+
     out, data = _copy_run(finished_run, tmp_path)
     (out / "checkpoint.pth").write_bytes(data)
     line = _resume_error(data_root, out, capsys, "--lr", "0.5", "--seed", "3")
     assert "lr: 0.01 != 0.5" in line and "seed: 0 != 3" in line and "--allow-changes" in line
     # operational settings only warn; --allow-changes continues with the new lr from the checkpoint's step
-    assert main(_cli(data_root, out, "--steps", "3", "--resume", "--no-progress", "--lr", "0.5",
-                     "--allow-changes", "--log-every", "2")) == 0
+    assert (
+        main(
+            _cli(
+                data_root,
+                out,
+                "--steps",
+                "3",
+                "--resume",
+                "--no-progress",
+                "--lr",
+                "0.5",
+                "--allow-changes",
+                "--log-every",
+                "2",
+            )
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: resuming step 2 with changed settings: steps: 2 != 3; lr: 0.01 != 0.5" in err
     assert "resuming step 2 with: log_every: 1 != 2" in err
@@ -209,8 +275,14 @@ def test_checksum_is_verified_and_temporaries_are_removed(data_root, finished_ru
     alive = out / f".checkpoint.pth.tmp-{os.getppid()}"  # a running process's save is left alone
     alive.write_bytes(b"being written")
     messages = []
-    trainer = Trainer(tiny_config(steps=3), davis_videos(data_root, "train"), str(out), progress=False,
-                      tensorboard=False, on_message=messages.append)
+    trainer = Trainer(
+        tiny_config(steps=3),
+        davis_videos(data_root, "train"),
+        str(out),
+        progress=False,
+        tensorboard=False,
+        on_message=messages.append,
+    )
     trainer.train(resume=True, allow_changes=True)
     assert not stale.exists() and alive.exists()
     assert any("left by an interrupted save" in m for m in messages)
@@ -219,8 +291,13 @@ def test_checksum_is_verified_and_temporaries_are_removed(data_root, finished_ru
 
 
 def test_keep_numbered_checkpoints_and_jsonl_log(data_root, tmp_path):
-    trainer = Trainer(tiny_config(steps=5, checkpoint_every=1, keep_checkpoints=2, log_every=2),
-                      davis_videos(data_root, "train"), str(tmp_path), progress=False, tensorboard=False)
+    trainer = Trainer(
+        tiny_config(steps=5, checkpoint_every=1, keep_checkpoints=2, log_every=2),
+        davis_videos(data_root, "train"),
+        str(tmp_path),
+        progress=False,
+        tensorboard=False,
+    )
     history = trainer.train()
     numbered = sorted(n for n in os.listdir(tmp_path) if n.startswith("checkpoint-"))
     assert numbered == ["checkpoint-00000004.pth", "checkpoint-00000005.pth"]
@@ -247,11 +324,19 @@ def _without_dropout(trainer: Trainer) -> Trainer:
 def test_accumulation_equals_a_larger_batch(data_root, tmp_path):
     torch.set_num_threads(1)
     videos = davis_videos(data_root, "train")
-    big = _without_dropout(Trainer(tiny_config(steps=2, batch_size=2), videos, str(tmp_path / "big"),
-                                   progress=False, tensorboard=False))
+    big = _without_dropout(
+        Trainer(tiny_config(steps=2, batch_size=2), videos, str(tmp_path / "big"), progress=False, tensorboard=False)
+    )
     big.train()
-    acc = _without_dropout(Trainer(tiny_config(steps=2, batch_size=1, accumulate=2), videos, str(tmp_path / "acc"),
-                                   progress=False, tensorboard=False))
+    acc = _without_dropout(
+        Trainer(
+            tiny_config(steps=2, batch_size=1, accumulate=2),
+            videos,
+            str(tmp_path / "acc"),
+            progress=False,
+            tensorboard=False,
+        )
+    )
     acc.train()
     assert acc.micro_batches == 4 and big.micro_batches == 2
     a, b = _params(big.model), _params(acc.model)
@@ -271,13 +356,22 @@ def _free_port() -> int:
 
 
 def _ddp_accumulate_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-    trainer = _without_dropout(Trainer(tiny_config(steps=2, batch_size=1, accumulate=2), davis_videos(root, "train"),
-                                       out, progress=False, tensorboard=False))
+
+    trainer = _without_dropout(
+        Trainer(
+            tiny_config(steps=2, batch_size=1, accumulate=2),
+            davis_videos(root, "train"),
+            out,
+            progress=False,
+            tensorboard=False,
+        )
+    )
     synced_at = []
 
     def hook(state, bucket):
@@ -288,8 +382,10 @@ def _ddp_accumulate_worker(rank: int, world: int, port: int, root: str, out: str
     trainer.train(until=1)
     after_one = _params(trainer.model)
     trainer.train()
-    torch.save({"params": after_one, "last": _params(trainer.model), "synced_at": sorted(set(synced_at))},
-               os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {"params": after_one, "last": _params(trainer.model), "synced_at": sorted(set(synced_at))},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     dist.destroy_process_group()
 
 
@@ -299,12 +395,20 @@ def test_ddp_accumulation_two_gloo_processes(data_root, tmp_path):
     accumulation: an open question of the network, not of the trainer); gradients are reduced only on the
     last micro-batch of each step, and the replicas stay identical."""
     import torch.multiprocessing as mp
+
     mp.spawn(_ddp_accumulate_worker, args=(2, _free_port(), str(data_root), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["synced_at"] == r1["synced_at"] == [2, 4]
-    single = _without_dropout(Trainer(tiny_config(steps=2, batch_size=4), davis_videos(data_root, "train"),
-                                      str(tmp_path / "one"), progress=False, tensorboard=False))
+    single = _without_dropout(
+        Trainer(
+            tiny_config(steps=2, batch_size=4),
+            davis_videos(data_root, "train"),
+            str(tmp_path / "one"),
+            progress=False,
+            tensorboard=False,
+        )
+    )
     single.train(until=1)
     expected = _params(single.model)
     for key in expected:
@@ -315,8 +419,13 @@ def test_ddp_accumulation_two_gloo_processes(data_root, tmp_path):
 # ------------------------------------------------------------------------------------------ recipes, help
 def test_recipes_and_the_linear_scaling_rule():
     config, message = recipe_train_config("ytvos")
-    assert (config.lr, config.steps, config.batch_size, config.clip.num_current, config.youtube_ratio) == \
-        (0.01, 100_000, 8, 3, 1.0)
+    assert (config.lr, config.steps, config.batch_size, config.clip.num_current, config.youtube_ratio) == (
+        0.01,
+        100_000,
+        8,
+        3,
+        1.0,
+    )
     assert config.clip.crop_size == (465, 465) and config.clip.scale_range == (1.0, 1.3)
     assert config.momentum == 0.9 and config.top_k_percent == 0.15 and config.recipe == "ytvos"
     config, message = recipe_train_config("ytvos", world_size=4)
@@ -341,11 +450,14 @@ def test_recipes_and_the_linear_scaling_rule():
 
 def test_cli_recipe_overridden_flag_by_flag(data_root, tmp_path, capsys):
     from cfbi_model.cli import main
+
     out = tmp_path / "run"
     assert main(_cli(data_root, out, "--recipe", "davis", "--steps", "1", "--no-progress")) == 0
     err = capsys.readouterr().err
-    assert "recipe davis: global batch 1 = 1 process(es) x 1 clip(s) x 1 accumulation (the paper's 6); " \
-           "lr 0.001 = 0.006 x 1/6 (linear scaling)" in err
+    assert (
+        "recipe davis: global batch 1 = 1 process(es) x 1 clip(s) x 1 accumulation (the paper's 6); "
+        "lr 0.001 = 0.006 x 1/6 (linear scaling)" in err
+    )
     config = json.loads(read_training_checkpoint(str(out / "checkpoint.pth"))["train_config"])
     assert config["recipe"] == "davis" and config["lr"] == pytest.approx(0.001) and config["model"] == "small"
     assert main(["train", "--recipe", "ytvos", "--data", str(data_root), "--out", str(tmp_path / "x")]) == 2
@@ -354,6 +466,7 @@ def test_cli_recipe_overridden_flag_by_flag(data_root, tmp_path, capsys):
 
 def test_train_help_shows_every_default(capsys):
     from cfbi_model.cli import build_parser
+
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     formatter = train._get_formatter()
@@ -364,13 +477,19 @@ def test_train_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # unwrapped
-    for expected in ("total optimizer steps; a --recipe sets its own (default: 100000)", "--accumulate K",
-                     "--keep N", "--init PATH", "ytvos-2x"):
+    for expected in (
+        "total optimizer steps; a --recipe sets its own (default: 100000)",
+        "--accumulate K",
+        "--keep N",
+        "--init PATH",
+        "ytvos-2x",
+    ):
         assert expected in text, expected
 
 
 def test_training_speed_benchmark_runs(capsys):
     from benchmarks import training_speed
+
     assert training_speed.main(["--config", "small", "--crop", "65", "--num-current", "2", "--steps", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["config"] == "small" and len(result["seconds"]) == 1 and result["steps_per_s"] > 0

@@ -23,6 +23,7 @@ prefix is stripped; the weights may sit under "state_dict" or "model_state"):
 `num_batches_tracked` entries are ignored (the backbone's batch norms are frozen). Every mapped tensor must
 have the model's shape; a mismatch is a CheckpointError naming both keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,22 +46,28 @@ LAYOUTS = {
     "cfbi": "CFBI+",
 }
 
-PARTS = (("trunk", "feature_extracter.backbone."), ("ASPP", "feature_extracter.aspp."),
-         ("decoder", "feature_extracter.decoder."), ("head", ""))
+PARTS = (
+    ("trunk", "feature_extracter.backbone."),
+    ("ASPP", "feature_extracter.aspp."),
+    ("decoder", "feature_extracter.decoder."),
+    ("head", ""),
+)
 
 _TRUNK = "feature_extracter.backbone."
-_VAINF_ASPP = [(re.compile(r"^classifier\.aspp\.convs\.0\.0\."), "feature_extracter.aspp.aspp1.atrous_conv."),
-               (re.compile(r"^classifier\.aspp\.convs\.0\.1\."), "feature_extracter.aspp.aspp1.bn."),
-               (re.compile(r"^classifier\.aspp\.convs\.([123])\.0\."), "feature_extracter.aspp.aspp{n}.atrous_conv."),
-               (re.compile(r"^classifier\.aspp\.convs\.([123])\.1\."), "feature_extracter.aspp.aspp{n}.bn."),
-               (re.compile(r"^classifier\.aspp\.convs\.4\.1\."), "feature_extracter.aspp.global_avg_pool.1."),
-               (re.compile(r"^classifier\.aspp\.convs\.4\.2\."), "feature_extracter.aspp.global_avg_pool.2."),
-               (re.compile(r"^classifier\.aspp\.project\.0\."), "feature_extracter.aspp.conv1."),
-               (re.compile(r"^classifier\.aspp\.project\.1\."), "feature_extracter.aspp.bn1."),
-               (re.compile(r"^classifier\.project\.0\."), "feature_extracter.decoder.conv1."),
-               (re.compile(r"^classifier\.project\.1\."), "feature_extracter.decoder.bn1."),
-               (re.compile(r"^classifier\.classifier\.0\."), "feature_extracter.decoder.last_conv.0."),
-               (re.compile(r"^classifier\.classifier\.1\."), "feature_extracter.decoder.last_conv.1.")]
+_VAINF_ASPP = [
+    (re.compile(r"^classifier\.aspp\.convs\.0\.0\."), "feature_extracter.aspp.aspp1.atrous_conv."),
+    (re.compile(r"^classifier\.aspp\.convs\.0\.1\."), "feature_extracter.aspp.aspp1.bn."),
+    (re.compile(r"^classifier\.aspp\.convs\.([123])\.0\."), "feature_extracter.aspp.aspp{n}.atrous_conv."),
+    (re.compile(r"^classifier\.aspp\.convs\.([123])\.1\."), "feature_extracter.aspp.aspp{n}.bn."),
+    (re.compile(r"^classifier\.aspp\.convs\.4\.1\."), "feature_extracter.aspp.global_avg_pool.1."),
+    (re.compile(r"^classifier\.aspp\.convs\.4\.2\."), "feature_extracter.aspp.global_avg_pool.2."),
+    (re.compile(r"^classifier\.aspp\.project\.0\."), "feature_extracter.aspp.conv1."),
+    (re.compile(r"^classifier\.aspp\.project\.1\."), "feature_extracter.aspp.bn1."),
+    (re.compile(r"^classifier\.project\.0\."), "feature_extracter.decoder.conv1."),
+    (re.compile(r"^classifier\.project\.1\."), "feature_extracter.decoder.bn1."),
+    (re.compile(r"^classifier\.classifier\.0\."), "feature_extracter.decoder.last_conv.0."),
+    (re.compile(r"^classifier\.classifier\.1\."), "feature_extracter.decoder.last_conv.1."),
+]
 
 
 def _weights(contents: Any) -> dict[str, Tensor]:
@@ -81,8 +88,10 @@ def detect_layout(state: Mapping[str, Any]) -> str:
     if "conv1.weight" in state and any(k.startswith("layer1.") for k in keys):
         return "torchvision-resnet"
     shown = ", ".join(keys[:4]) or "no keys"
-    raise CheckpointError(f"unrecognised weights layout (first keys: {shown}); expected a torchvision ResNet, a "
-                          "DeepLabV3+ or a CFBI+ checkpoint")
+    raise CheckpointError(
+        f"unrecognised weights layout (first keys: {shown}); expected a torchvision ResNet, a "
+        "DeepLabV3+ or a CFBI+ checkpoint"
+    )
 
 
 def map_state_dict(state: Mapping[str, Tensor], layout: str) -> tuple[dict[str, tuple[str, Tensor]], list[str]]:
@@ -103,18 +112,18 @@ def map_state_dict(state: Mapping[str, Tensor], layout: str) -> tuple[dict[str, 
             target = None if key.startswith("fc.") else _TRUNK + key
         elif layout == "deeplabv3plus":
             if key.startswith("backbone."):
-                target = _TRUNK + key[len("backbone."):]
+                target = _TRUNK + key[len("backbone.") :]
             elif key.startswith(("aspp.", "decoder.")) and not key.startswith("decoder.last_conv.8."):
                 target = "feature_extracter." + key
         elif layout == "deeplabv3plus-vainf":
             if key.startswith("backbone."):
-                target = _TRUNK + key[len("backbone."):]
+                target = _TRUNK + key[len("backbone.") :]
             else:
                 for pattern, replacement in _VAINF_ASPP:
                     match = pattern.match(key)
                     if match:
                         branch = int(match.group(1)) + 1 if match.groups() else 0
-                        target = replacement.format(n=branch) + key[match.end():]
+                        target = replacement.format(n=branch) + key[match.end() :]
                         break
             if key == "classifier.classifier.0.weight" and low_dim is not None and value.dim() == 4:
                 # [out, low + aspp, 3, 3] -> [out, aspp + low, 3, 3]: the concatenation order of this decoder
@@ -157,8 +166,10 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> str:
         config = getattr(model, "config", None)
         if stored is not None and config is not None and stored != config:
             differences = "; ".join(config_differences(stored, config)[:4])
-            raise CheckpointError(f"--init {path!r} holds model configuration {stored.name!r}, this run builds "
-                                  f"{config.name!r} ({differences})")
+            raise CheckpointError(
+                f"--init {path!r} holds model configuration {stored.name!r}, this run builds "
+                f"{config.name!r} ({differences})"
+            )
     mapped, unused = map_state_dict(state, layout)
     target = model.state_dict()
     for model_key, (file_key, value) in list(mapped.items()):
@@ -168,8 +179,10 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> str:
             continue
         if not isinstance(value, Tensor) or tuple(value.shape) != tuple(target[model_key].shape):
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise CheckpointError(f"--init {path!r}: {file_key} has shape {shape} but the model's {model_key} has "
-                                  f"{tuple(target[model_key].shape)}")
+            raise CheckpointError(
+                f"--init {path!r}: {file_key} has shape {shape} but the model's {model_key} has "
+                f"{tuple(target[model_key].shape)}"
+            )
     if not mapped:
         raise CheckpointError(f"--init {path!r} ({LAYOUTS[layout]}): no tensor matches the model")
     with torch.no_grad():

@@ -6,6 +6,7 @@ optimizer, scheduler and scaler states, the step, the RNG states, the TrainConfi
 (JSON), the number of processes and "checksum": the SHA-256 of everything else (`state_digest`), which
 `read_training_checkpoint` verifies, so that a file damaged on disk is refused instead of loading silently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,18 @@ from torch import Tensor
 
 from ..build import CheckpointError, read_checkpoint
 
-__all__ = ["save_atomic", "rng_state", "set_rng_state", "distributed", "state_digest", "add_checksum",
-           "read_training_checkpoint", "remove_stale_temporaries", "keep_numbered", "numbered_checkpoints"]
+__all__ = [
+    "save_atomic",
+    "rng_state",
+    "set_rng_state",
+    "distributed",
+    "state_digest",
+    "add_checksum",
+    "read_training_checkpoint",
+    "remove_stale_temporaries",
+    "keep_numbered",
+    "numbered_checkpoints",
+]
 
 _TMP = re.compile(r"^\..+\.tmp-(\d+)$")
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
@@ -159,8 +170,9 @@ def read_training_checkpoint(path: str, *, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     size = os.path.getsize(path)
     if size == 0:
-        raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes): an interrupted copy? Restore it or "
-                              "delete it to start over")
+        raise CheckpointError(
+            f"checkpoint {path!r} is empty (0 bytes): an interrupted copy? Restore it or delete it to start over"
+        )
     try:
         contents = read_checkpoint(path, map_location=map_location)
     except CheckpointError as error:
@@ -168,14 +180,17 @@ def read_training_checkpoint(path: str, *, map_location: Any = "cpu") -> dict:
         prefix = f"cannot read checkpoint {path!r}: "
         if not text.startswith(prefix):  # e.g. a file that holds code: read_checkpoint's words are enough
             raise CheckpointError(text) from None
-        raise CheckpointError(f"checkpoint {path!r} ({size} bytes) is truncated or not a PyTorch checkpoint: "
-                              f"{text[len(prefix):]}") from None
+        raise CheckpointError(
+            f"checkpoint {path!r} ({size} bytes) is truncated or not a PyTorch checkpoint: {text[len(prefix) :]}"
+        ) from None
     if not isinstance(contents, Mapping) or "state_dict" not in contents:
         raise CheckpointError(f"checkpoint {path!r} is not a checkpoint of cfbi train (no 'state_dict')")
     missing = [k for k in ("optimizer", "scheduler", "step", "rng", "train_config") if k not in contents]
     if missing:
-        raise CheckpointError(f"checkpoint {path!r} holds model weights only (no {', '.join(missing)}): it "
-                              "cannot be resumed; start a run from its weights with --init instead")
+        raise CheckpointError(
+            f"checkpoint {path!r} holds model weights only (no {', '.join(missing)}): it "
+            "cannot be resumed; start a run from its weights with --init instead"
+        )
     contents = dict(contents)
     stored = contents.get("checksum")
     if stored is None:
@@ -184,17 +199,23 @@ def read_training_checkpoint(path: str, *, map_location: Any = "cpu") -> dict:
     actual = state_digest(contents)
     expected = stored.get("sha256") if isinstance(stored, Mapping) else None
     if actual != expected:
-        raise CheckpointError(f"checkpoint {path!r} fails its checksum (stored sha256 {str(expected)[:12]}..., "
-                              f"contents {actual[:12]}...): the file is damaged; use an older "
-                              "checkpoint-STEP.pth or start over")
+        raise CheckpointError(
+            f"checkpoint {path!r} fails its checksum (stored sha256 {str(expected)[:12]}..., "
+            f"contents {actual[:12]}...): the file is damaged; use an older "
+            "checkpoint-STEP.pth or start over"
+        )
     contents["checksum_verified"] = True
     return contents
 
 
 # ------------------------------------------------------------------------------------------------ RNG, DDP
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

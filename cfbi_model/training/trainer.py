@@ -17,6 +17,7 @@ the recipe).
 * DistributedDataParallel when started by torchrun (gloo on CPU, nccl on CUDA); autocast on CUDA.
 * Pretrained initialisation from torchvision ResNets, DeepLabV3+ and CFBI+ checkpoints (training.init).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,9 +68,18 @@ class SequentialTrainer(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, ref_image: Tensor, ref_label: Tensor, prev_image: Tensor, prev_label: Tensor,
-                cur_images: Tensor, cur_labels: Tensor, num_labels: Sequence[int], sequential: bool,
-                fraction: float) -> tuple[Tensor, list[Tensor]]:
+    def forward(
+        self,
+        ref_image: Tensor,
+        ref_label: Tensor,
+        prev_image: Tensor,
+        prev_label: Tensor,
+        cur_images: Tensor,
+        cur_labels: Tensor,
+        num_labels: Sequence[int],
+        sequential: bool,
+        fraction: float,
+    ) -> tuple[Tensor, list[Tensor]]:
         """Returns (loss, predictions [B, N, H, W] int64 per current frame)."""
         model = self.model
         batch, num_current = cur_images.shape[:2]
@@ -120,8 +130,9 @@ class TrainingInterrupted(Exception):
 
 # Settings that only change how a run is observed or stored: a resumed run may change them (with a warning).
 # Every other TrainConfig field, and the number of processes, changes what is computed.
-OPERATIONAL_SETTINGS = frozenset({"num_workers", "checkpoint_every", "log_every", "val_every", "val_max_frames",
-                                  "keep_checkpoints", "init"})
+OPERATIONAL_SETTINGS = frozenset(
+    {"num_workers", "checkpoint_every", "log_every", "val_every", "val_max_frames", "keep_checkpoints", "init"}
+)
 
 
 def _ignore_signals_in_worker(worker_id: int) -> None:
@@ -147,11 +158,20 @@ class Trainer:
     summary, resume warnings) go to `on_message` (default: stderr, rank 0 only).
     """
 
-    def __init__(self, config: TrainConfig, videos: Sequence[VideoEntry] | MixedVideos, out_dir: str, *,
-                 val_videos: Sequence[VideoEntry] | None = None, device: str | torch.device | None = None,
-                 progress: bool = True, tensorboard: bool = True,
-                 on_log: Callable[[dict], None] | None = None, inference: InferenceConfig | None = None,
-                 on_message: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        videos: Sequence[VideoEntry] | MixedVideos,
+        out_dir: str,
+        *,
+        val_videos: Sequence[VideoEntry] | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        tensorboard: bool = True,
+        on_log: Callable[[dict], None] | None = None,
+        inference: InferenceConfig | None = None,
+        on_message: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
         self.inference = inference if inference is not None else InferenceConfig()  # of the validation
         self.out_dir = out_dir
@@ -168,10 +188,12 @@ class Trainer:
         self.module = SequentialTrainer(self.model)
         if self.world_size > 1:
             self.module = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.amp = bool(config.amp) and self.device.type == "cuda"
         self.amp_dtype = amp_dtype(self.amp)
@@ -187,6 +209,7 @@ class Trainer:
         if tensorboard and self.rank == 0:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
             except ImportError:
                 self.writer = None
@@ -214,11 +237,19 @@ class Trainer:
 
     def state(self) -> dict:
         """Everything a resumed run needs, with its checksum (cfbi_model.training.state)."""
-        return add_checksum({
-            **checkpoint_dict(self.model), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-            "rng": rng_state(), "train_config": json.dumps(self.config.to_dict()),
-            "history": json.dumps(self.history), "world_size": self.world_size})
+        return add_checksum(
+            {
+                **checkpoint_dict(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": self.step,
+                "rng": rng_state(),
+                "train_config": json.dumps(self.config.to_dict()),
+                "history": json.dumps(self.history),
+                "world_size": self.world_size,
+            }
+        )
 
     def save(self, path: str | None = None) -> None:
         """Write the checkpoint atomically (rank 0), then the numbered copy when keep_checkpoints > 0."""
@@ -234,8 +265,13 @@ class Trainer:
         """(changed, operational): the settings of this run that differ from a training checkpoint's, as
         "name: checkpoint != now" lines; `operational` are those in OPERATIONAL_SETTINGS."""
         try:
-            stored = TrainConfig.from_dict({k: v for k, v in json.loads(contents["train_config"]).items()
-                                            if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+            stored = TrainConfig.from_dict(
+                {
+                    k: v
+                    for k, v in json.loads(contents["train_config"]).items()
+                    if k in {f.name for f in dataclasses.fields(TrainConfig)}
+                }
+            )
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"checkpoint holds an invalid train_config: {error}") from None
         lines = config_differences(stored, self.config)
@@ -255,13 +291,17 @@ class Trainer:
         stored = checkpoint_config(contents, path)
         if stored is not None and stored != self.model.config:
             differences = "; ".join(config_differences(stored, self.model.config)[:4])
-            raise CheckpointError(f"checkpoint {path!r} holds model configuration {stored.name!r}, this run builds "
-                                  f"{self.model.config.name!r} ({differences})")
+            raise CheckpointError(
+                f"checkpoint {path!r} holds model configuration {stored.name!r}, this run builds "
+                f"{self.model.config.name!r} ({differences})"
+            )
         changed, operational = self.resume_differences(contents)
         if changed and not allow_changes:
-            raise CheckpointError(f"--resume: settings differ from the checkpoint's ({'; '.join(changed)}); "
-                                  "rerun with the checkpoint's settings, or pass --allow-changes to continue with "
-                                  "these")
+            raise CheckpointError(
+                f"--resume: settings differ from the checkpoint's ({'; '.join(changed)}); "
+                "rerun with the checkpoint's settings, or pass --allow-changes to continue with "
+                "these"
+            )
         self.model.load_state_dict(extract_state_dict(contents))
         self.optimizer.load_state_dict(contents["optimizer"])
         self.scheduler.load_state_dict(contents["scheduler"])
@@ -273,8 +313,12 @@ class Trainer:
             cfg = self.config
             self.scheduler.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
             for group in self.optimizer.param_groups:
-                group.update(initial_lr=cfg.lr, lr=cfg.lr * self._lr_factor(self.step), momentum=cfg.momentum,
-                             weight_decay=cfg.weight_decay)
+                group.update(
+                    initial_lr=cfg.lr,
+                    lr=cfg.lr * self._lr_factor(self.step),
+                    momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay,
+                )
             if self.rank == 0:
                 self.say(f"warning: resuming step {self.step} with changed settings: {'; '.join(changed)}")
         if operational and self.rank == 0:
@@ -294,15 +338,25 @@ class Trainer:
         return autocast(self.amp, self.amp_dtype)
 
     def _micro_batch(self, batch: dict, sequential: bool, fraction: float, sync: bool):
-        tensors = {k: batch[k].to(self.device, non_blocking=True) for k in
-                   ("ref_image", "ref_label", "prev_image", "prev_label", "cur_images", "cur_labels")}
+        tensors = {
+            k: batch[k].to(self.device, non_blocking=True)
+            for k in ("ref_image", "ref_label", "prev_image", "prev_label", "cur_images", "cur_labels")
+        }
         # DDP reduces gradients in backward; the first K - 1 micro-batches of a step only accumulate locally.
         context = self.module.no_sync() if self.world_size > 1 and not sync else contextlib.nullcontext()
         with context:
             with self._autocast():
-                loss, predictions = self.module(tensors["ref_image"], tensors["ref_label"], tensors["prev_image"],
-                                                tensors["prev_label"], tensors["cur_images"],
-                                                tensors["cur_labels"], batch["num_labels"], sequential, fraction)
+                loss, predictions = self.module(
+                    tensors["ref_image"],
+                    tensors["ref_label"],
+                    tensors["prev_image"],
+                    tensors["prev_label"],
+                    tensors["cur_images"],
+                    tensors["cur_labels"],
+                    batch["num_labels"],
+                    sequential,
+                    fraction,
+                )
             self.micro_batches += 1
             # Each micro-batch loss is a mean over its clips: dividing by K makes the sum the mean over all.
             self.scaler.scale(loss / self.config.accumulate).backward()
@@ -335,25 +389,39 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(loss_value)
             loss_value /= self.world_size
-        return {"step": self.step, "loss": float(loss_value), "lr": lr, "grad_norm": grad_norm,
-                "top_k": fraction, "sequential": sequential, "predictions": predictions, "batch": tensors}
+        return {
+            "step": self.step,
+            "loss": float(loss_value),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "top_k": fraction,
+            "sequential": sequential,
+            "predictions": predictions,
+            "batch": tensors,
+        }
 
     def loader(self, start: int, end: int):
         """Micro-batches of steps start..end-1 for this process (accumulate per step): step s of rank r reads
         the samples a run with a K-times-larger batch_size reads, so accumulation changes no clip."""
         per_step = self.config.batch_size * self.config.accumulate
         sampler = StepSampler(start, end, per_step, self.rank, self.world_size)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, sampler=sampler,
-                                           num_workers=self.config.num_workers, collate_fn=collate_clips,
-                                           pin_memory=self.device.type == "cuda",
-                                           persistent_workers=False,
-                                           worker_init_fn=_ignore_signals_in_worker,
-                                           # its own generator: creating the loader must not consume the
-                                           # global RNG (dropout), or a resumed run would diverge
-                                           generator=torch.Generator().manual_seed(self.config.seed + start))
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            worker_init_fn=_ignore_signals_in_worker,
+            # its own generator: creating the loader must not consume the
+            # global RNG (dropout), or a resumed run would diverge
+            generator=torch.Generator().manual_seed(self.config.seed + start),
+        )
 
     def validate(self) -> float:
         from ..evaluation.run import evaluate_videos  # noqa: PLC0415 - evaluation needs the model, not the reverse
+
         result = evaluate_videos(self.model, self.val_videos, self.inference, max_frames=self.config.val_max_frames)
         self.model.train()
         return float(result.global_measures()["J&F-Mean"])
@@ -365,8 +433,9 @@ class Trainer:
         """The signal number every process stops for (0: none); all ranks agree, so they stop at one step."""
         signum = self._signal or 0
         if self.world_size > 1:
-            flag = torch.tensor([signum], dtype=torch.int64, device=self.device if self.device.type == "cuda"
-                                else "cpu")
+            flag = torch.tensor(
+                [signum], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu"
+            )
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             signum = int(flag)
         return signum
@@ -411,9 +480,16 @@ class Trainer:
         try:
             if self.progress:
                 from tqdm import tqdm
-                bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                           bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| [{elapsed} elapsed, ETA "
-                                      "{remaining}, {rate_fmt}]{postfix}")
+
+                bar = tqdm(
+                    total=end,
+                    initial=self.step,
+                    desc="train",
+                    unit="step",
+                    dynamic_ncols=True,
+                    bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| [{elapsed} elapsed, ETA "
+                    "{remaining}, {rate_fmt}]{postfix}",
+                )
             self._loop(end, bar, log)
         finally:
             if bar is not None:
@@ -494,6 +570,7 @@ def overlay_grid(batch: dict, predictions: Tensor) -> np.ndarray:
     from ..io.masks import default_palette  # noqa: PLC0415
     from ..io.overlay import overlay  # noqa: PLC0415
     from ..modeling.preprocess import to_rgb  # noqa: PLC0415
+
     palette = default_palette()
     rows = [[], []]
     for t in range(predictions.shape[1]):

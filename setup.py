@@ -7,6 +7,7 @@ Switches (environment):
   MAX_JOBS                parallel compile jobs (read by torch's ninja build).
   CUDA_HOME               toolkit root; derived from the real nvcc binary when unset.
 """
+
 import glob
 import os
 import re
@@ -56,8 +57,7 @@ def _want_cuda() -> bool:
 def _extension():
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"]
-    kwargs = dict(name="cfbi_ops._C", include_dirs=[os.path.abspath("csrc")],
-                  extra_link_args=["-fopenmp"])
+    kwargs = dict(name="cfbi_ops._C", include_dirs=[os.path.abspath("csrc")], extra_link_args=["-fopenmp"])
     if not _want_cuda():
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
     if CUDA_HOME is None:
@@ -66,8 +66,12 @@ def _extension():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
     sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-    return CUDAExtension(sources=sources, define_macros=[("WITH_CUDA", None)],
-                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, **kwargs)
+    return CUDAExtension(
+        sources=sources,
+        define_macros=[("WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        **kwargs,
+    )
 
 
 setup(

@@ -5,6 +5,7 @@
 
 benchmarks/compare.py prints the same cases as one table with ratios, memory and thread scaling.
 """
+
 from __future__ import annotations
 
 import pytest

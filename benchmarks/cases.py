@@ -3,10 +3,11 @@
 Shared by benchmarks/compare.py (the table and the recorded results) and benchmarks/bench_ops.py
 (pytest-benchmark).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -18,6 +19,7 @@ from tests import authors_matching as authors
 @dataclass(frozen=True)
 class Case:
     """One matching scale: query grid H x W with C channels."""
+
     name: str
     height: int
     width: int
@@ -56,8 +58,14 @@ class Inputs:
     num_labels: int
 
 
-def make_inputs(case: Case, num_labels: int, device: str = "cpu", grad: bool = False, seed: int = 0,
-                dtype: torch.dtype = torch.float32) -> Inputs:
+def make_inputs(
+    case: Case,
+    num_labels: int,
+    device: str = "cpu",
+    grad: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Inputs:
     """Embeddings 0.1 * randn (unit variance saturates the sigmoid) and uniformly random labels."""
     gen = torch.Generator().manual_seed(seed)
     shape = (1, case.channels, case.height, case.width)
@@ -87,23 +95,41 @@ def outputs_bytes(case: Case, num_labels: int, op: str) -> int:
 
 
 def ours_global(case: Case, x: Inputs):
-    return cfbi_ops.global_match(x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                 atrous=case.global_atrous)
+    return cfbi_ops.global_match(
+        x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias, atrous=case.global_atrous
+    )
 
 
 def ours_local(case: Case, x: Inputs):
-    return cfbi_ops.local_match(x.query, x.previous, x.prev_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                windows=case.windows, atrous=case.local_atrous)
+    return cfbi_ops.local_match(
+        x.query,
+        x.previous,
+        x.prev_labels,
+        x.num_labels,
+        x.fg_bias,
+        x.bg_bias,
+        windows=case.windows,
+        atrous=case.local_atrous,
+    )
 
 
 def reference_global(case: Case, x: Inputs):
-    return cfbi_ops.reference.global_match(x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                           atrous=case.global_atrous)
+    return cfbi_ops.reference.global_match(
+        x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias, atrous=case.global_atrous
+    )
 
 
 def reference_local(case: Case, x: Inputs):
-    return cfbi_ops.reference.local_match(x.query, x.previous, x.prev_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                          windows=case.windows, atrous=case.local_atrous)
+    return cfbi_ops.reference.local_match(
+        x.query,
+        x.previous,
+        x.prev_labels,
+        x.num_labels,
+        x.fg_bias,
+        x.bg_bias,
+        windows=case.windows,
+        atrous=case.local_atrous,
+    )
 
 
 def _scores(min_dist: torch.Tensor, x: Inputs):
@@ -115,23 +141,56 @@ def _scores(min_dist: torch.Tensor, x: Inputs):
 
 
 def naive_global(case: Case, x: Inputs):
-    return authors.global_match_op_layout(x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                          atrous=case.global_atrous, n_chunks=case.authors_chunks)
+    return authors.global_match_op_layout(
+        x.query,
+        x.reference,
+        x.ref_labels,
+        x.num_labels,
+        x.fg_bias,
+        x.bg_bias,
+        atrous=case.global_atrous,
+        n_chunks=case.authors_chunks,
+    )
 
 
 def naive_local(case: Case, x: Inputs):
-    return authors.local_match_op_layout(x.query, x.previous, x.prev_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                         windows=case.windows, atrous=case.local_atrous)
+    return authors.local_match_op_layout(
+        x.query,
+        x.previous,
+        x.prev_labels,
+        x.num_labels,
+        x.fg_bias,
+        x.bg_bias,
+        windows=case.windows,
+        atrous=case.local_atrous,
+    )
 
 
 def compat_global(case: Case, x: Inputs):
-    return authors.global_match_op_layout(x.query, x.reference, x.ref_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                          atrous=case.global_atrous, impl=cfbi_ops.compat)
+    return authors.global_match_op_layout(
+        x.query,
+        x.reference,
+        x.ref_labels,
+        x.num_labels,
+        x.fg_bias,
+        x.bg_bias,
+        atrous=case.global_atrous,
+        impl=cfbi_ops.compat,
+    )
 
 
 def compat_local(case: Case, x: Inputs):
-    return authors.local_match_op_layout(x.query, x.previous, x.prev_labels, x.num_labels, x.fg_bias, x.bg_bias,
-                                         windows=case.windows, atrous=case.local_atrous, impl=cfbi_ops.compat)
+    return authors.local_match_op_layout(
+        x.query,
+        x.previous,
+        x.prev_labels,
+        x.num_labels,
+        x.fg_bias,
+        x.bg_bias,
+        windows=case.windows,
+        atrous=case.local_atrous,
+        impl=cfbi_ops.compat,
+    )
 
 
 def faiss_global(case: Case, x: Inputs):
@@ -139,8 +198,8 @@ def faiss_global(case: Case, x: Inputs):
     import faiss  # optional peer
 
     c = case.channels
-    r = x.reference[0, :, ::case.global_atrous, ::case.global_atrous].reshape(c, -1).t().contiguous().numpy()
-    labels = x.ref_labels[0, ::case.global_atrous, ::case.global_atrous].reshape(-1).numpy()
+    r = x.reference[0, :, :: case.global_atrous, :: case.global_atrous].reshape(c, -1).t().contiguous().numpy()
+    labels = x.ref_labels[0, :: case.global_atrous, :: case.global_atrous].reshape(-1).numpy()
     q = x.query[0].reshape(c, -1).t().contiguous().numpy()
     mins = []
     for label in range(x.num_labels):
@@ -167,14 +226,20 @@ def mm_local_operands(case: Case, device: str = "cpu"):
 def has_faiss() -> bool:
     try:
         import faiss  # noqa: F401
+
         return True
     except ImportError:
         return False
 
 
 PEERS: dict[str, dict[str, Callable]] = {
-    "global": {"cfbi_ops": ours_global, "reference": reference_global, "naive": naive_global, "compat": compat_global,
-               "faiss": faiss_global},
+    "global": {
+        "cfbi_ops": ours_global,
+        "reference": reference_global,
+        "naive": naive_global,
+        "compat": compat_global,
+        "faiss": faiss_global,
+    },
     "local": {"cfbi_ops": ours_local, "reference": reference_local, "naive": naive_local, "compat": compat_local},
 }
 # Peers without autograd.

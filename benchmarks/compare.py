@@ -7,6 +7,7 @@
 Times are medians of repeated runs in one process (ratios are what count: the machines are noisy). Peak extra
 memory is measured in a fresh subprocess per (case, peer): peak RSS growth on CPU, max allocated on CUDA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -28,8 +29,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import cfbi_ops  # noqa: E402
-from benchmarks.cases import (CASES, FORWARD_ONLY, PEERS, Case, has_faiss, make_inputs,  # noqa: E402
-                              mm_global_operands, mm_local_operands, outputs_bytes)
+from benchmarks.cases import (
+    CASES,
+    FORWARD_ONLY,
+    PEERS,
+    Case,
+    has_faiss,
+    make_inputs,
+    mm_global_operands,
+    mm_local_operands,
+    outputs_bytes,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # CPU rows of cfbi_ops at L = 4, named cfbi_ops[<dtype>]
@@ -56,15 +66,18 @@ def median_ms(fn: Callable[[], object], device: str, repeats: int, budget_s: flo
     return statistics.median(times)
 
 
-def run_peer(case: Case, op: str, peer: str, num_labels: int, backward: bool, device: str,
-             dtype: torch.dtype = torch.float32):
+def run_peer(
+    case: Case, op: str, peer: str, num_labels: int, backward: bool, device: str, dtype: torch.dtype = torch.float32
+):
     """A closure running one forward (and backward) of the peer on fixed inputs of the given dtype."""
     x = make_inputs(case, num_labels, device, grad=backward, dtype=dtype)
     fn = PEERS[op][peer]
     if not backward:
+
         def forward():
             with torch.no_grad():
                 return fn(case, x)
+
         return forward
 
     leaves = [x.query, x.reference if op == "global" else x.previous, x.fg_bias, x.bg_bias]
@@ -72,6 +85,7 @@ def run_peer(case: Case, op: str, peer: str, num_labels: int, backward: bool, de
     def forward_backward():
         fg, bg = fn(case, x)
         torch.autograd.grad((fg.sum() + bg.sum(),), leaves, allow_unused=True)
+
     return forward_backward
 
 
@@ -81,6 +95,7 @@ def mm_peer(case: Case, op: str, device: str, tf32: bool = False):
     def mm():
         torch.backends.cuda.matmul.allow_tf32 = tf32
         return torch.mm(a, b)
+
     return mm
 
 
@@ -92,7 +107,10 @@ sys.path.insert(0, {str(ROOT)!r})
 from benchmarks.compare import run_peer, mm_peer
 from benchmarks.cases import CASES
 case = CASES[{case!r}]
-fn = mm_peer(case, {op!r}, {device!r}) if {peer!r} == "torch.mm" else run_peer(case, {op!r}, {peer!r}, {labels}, {backward}, {device!r})
+if {peer!r} == "torch.mm":
+    fn = mm_peer(case, {op!r}, {device!r})
+else:
+    fn = run_peer(case, {op!r}, {peer!r}, {labels}, {backward}, {device!r})
 if {device!r} == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
     fn(); torch.cuda.synchronize(); print((torch.cuda.max_memory_allocated() - base) / 2**20)
@@ -102,8 +120,12 @@ else:
     open('/proc/self/clear_refs', 'w').write('5')
     base = status('VmRSS:'); fn(); print(max(0, status('VmHWM:') - base) / 1024)
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())),
+    )
     try:
         return float(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -118,7 +140,7 @@ def thread_scaling(case: Case, op: str, labels: int, repeats: int, budget: float
         torch.set_num_threads(threads)
         x = make_inputs(case, labels, grad=True)
         fn = PEERS[op]["cfbi_ops"]
-        times.append(median_ms(lambda: fn(case, x), "cpu", repeats, budget))
+        times.append(median_ms(lambda fn=fn, x=x: fn(case, x), "cpu", repeats, budget))
         fg, bg = fn(case, x)
         grads = torch.autograd.grad(fg.sum() + 2 * bg.sum(), [x.query, x.reference if op == "global" else x.previous])
         results.append([fg, bg, *grads])
@@ -143,8 +165,13 @@ def offset_robustness(offsets: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.
 
 
 def machine_info(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "device": device}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "device": device,
+    }
     if device == "cpu":
         info["isa"] = torch.ops.cfbi.cpu_isa()
         info["load average (1 min)"] = round(os.getloadavg()[0], 1)  # other processes on the cores skew times
@@ -171,12 +198,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--quick", action="store_true", help="one repeat, no memory or thread runs (smoke test)")
     parser.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/results/<device>)")
-    parser.add_argument("--protocol", default="auto", choices=["auto", "cpu", "gpu"],
-                        help="gpu: the GPU table (dtypes, TF32 / 16-bit torch.mm, targets); auto: by --device")
-    parser.add_argument("--dtypes", nargs="+", default=list(GPU_DTYPES), choices=list(GPU_DTYPES),
-                        help="cfbi_ops dtypes of the GPU table")
-    parser.add_argument("--add-model", nargs="+", type=Path, default=None, metavar="JSON",
-                        help="add benchmarks/model_speed.py --json results to the GPU table at --out (runs nothing)")
+    parser.add_argument(
+        "--protocol",
+        default="auto",
+        choices=["auto", "cpu", "gpu"],
+        help="gpu: the GPU table (dtypes, TF32 / 16-bit torch.mm, targets); auto: by --device",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=list(GPU_DTYPES),
+        choices=list(GPU_DTYPES),
+        help="cfbi_ops dtypes of the GPU table",
+    )
+    parser.add_argument(
+        "--add-model",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="add benchmarks/model_speed.py --json results to the GPU table at --out (runs nothing)",
+    )
     args = parser.parse_args(argv)
     if args.add_model:
         if args.out is None:
@@ -205,30 +247,45 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         if peer == "naive" and op == "local" and case_name.startswith("s4") and labels != 4:
                             continue  # ~2 GB and seconds per call: measured at L = 4 only
-                        ms = median_ms(run_peer(case, op, peer, labels, backward, args.device), args.device,
-                                       args.repeats, args.budget)
+                        ms = median_ms(
+                            run_peer(case, op, peer, labels, backward, args.device),
+                            args.device,
+                            args.repeats,
+                            args.budget,
+                        )
                         mem = None
                         if not args.no_memory and labels == 4:
                             mem = peak_memory_mb(case_name, op, peer, labels, backward, args.device)
-                        rows.append(dict(case=case_name, op=op, labels=labels, mode=mode, peer=peer, ms=ms,
-                                         peak_mb=mem))
-                        print(f"{case_name:8s} {op:6s} L={labels:<2d} {mode:7s} {peer:10s} {ms:9.2f} ms"
-                              + (f"  {mem:8.1f} MB" if mem is not None else ""), flush=True)
+                        rows.append(
+                            dict(case=case_name, op=op, labels=labels, mode=mode, peer=peer, ms=ms, peak_mb=mem)
+                        )
+                        print(
+                            f"{case_name:8s} {op:6s} L={labels:<2d} {mode:7s} {peer:10s} {ms:9.2f} ms"
+                            + (f"  {mem:8.1f} MB" if mem is not None else ""),
+                            flush=True,
+                        )
             if args.device == "cpu" and (args.peers is None or "cfbi_ops" in args.peers) and 4 in args.labels:
                 for dtype in HALF_DTYPES:  # 16-bit inputs (computed in float32), L = 4
                     for backward in (False, True):
                         mode = "fwd+bwd" if backward else "fwd"
                         peer = f"cfbi_ops[{str(dtype).replace('torch.', '')}]"
-                        ms = median_ms(run_peer(case, op, "cfbi_ops", 4, backward, args.device, dtype), args.device,
-                                       args.repeats, args.budget)
+                        ms = median_ms(
+                            run_peer(case, op, "cfbi_ops", 4, backward, args.device, dtype),
+                            args.device,
+                            args.repeats,
+                            args.budget,
+                        )
                         rows.append(dict(case=case_name, op=op, labels=4, mode=mode, peer=peer, ms=ms, peak_mb=None))
                         print(f"{case_name:8s} {op:6s} L=4  {mode:7s} {peer:10s} {ms:9.2f} ms", flush=True)
             if args.peers is None or "torch.mm" in args.peers:
                 variants = [("torch.mm", False)] + ([("torch.mm-tf32", True)] if args.device == "cuda" else [])
                 for name, tf32 in variants:
                     ms = median_ms(mm_peer(case, op, args.device, tf32), args.device, args.repeats, args.budget)
-                    mem = None if args.no_memory or tf32 else peak_memory_mb(case_name, op, "torch.mm", 4, False,
-                                                                             args.device)
+                    mem = (
+                        None
+                        if args.no_memory or tf32
+                        else peak_memory_mb(case_name, op, "torch.mm", 4, False, args.device)
+                    )
                     rows.append(dict(case=case_name, op=op, labels=None, mode="fwd", peer=name, ms=ms, peak_mb=mem))
                     print(f"{case_name:8s} {op:6s}      fwd     {name:10s} {ms:9.2f} ms", flush=True)
 
@@ -237,18 +294,22 @@ def main(argv: list[str] | None = None) -> int:
         for case_name in args.cases:
             for op in ("global", "local"):
                 t1, t2, same = thread_scaling(CASES[case_name], op, 4, args.repeats, args.budget)
-                scaling.append(dict(case=case_name, op=op, ms_1_thread=t1, ms_2_threads=t2, speedup=t1 / t2,
-                                    bit_identical=same))
-                print(f"{case_name:8s} {op:6s} threads 1: {t1:.2f} ms  2: {t2:.2f} ms  x{t1 / t2:.2f}  "
-                      f"identical={same}", flush=True)
+                scaling.append(
+                    dict(case=case_name, op=op, ms_1_thread=t1, ms_2_threads=t2, speedup=t1 / t2, bit_identical=same)
+                )
+                print(
+                    f"{case_name:8s} {op:6s} threads 1: {t1:.2f} ms  2: {t2:.2f} ms  x{t1 / t2:.2f}  identical={same}",
+                    flush=True,
+                )
 
     offsets = offset_robustness() if args.device == "cpu" else []
     for o in offsets:
         print(f"offset {o['offset']:7.1f}: max |fg32 - fg64| = {o['max_abs_fg_diff']:.3g}", flush=True)
 
     info = machine_info(args.device)
-    stem = args.out or RESULTS / (args.device if args.device == "cpu"
-                                  else "cuda-" + info["gpu"].replace(" ", "-").lower())
+    stem = args.out or RESULTS / (
+        args.device if args.device == "cpu" else "cuda-" + info["gpu"].replace(" ", "-").lower()
+    )
     write_results(stem, info, rows, scaling, args, offsets)
     print(f"wrote {stem}.md and {stem}.json")
     return 0
@@ -313,42 +374,87 @@ def compat_speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict], args,
-                  offsets: list[dict] | None = None) -> None:
+def write_results(
+    stem: Path, info: dict, rows: list[dict], scaling: list[dict], args, offsets: list[dict] | None = None
+) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     ratios = targets(rows, args)
     speedups = compat_speedups(rows)
     offsets = offsets or []
     if offsets:
-        ratios.append(("global max |fg float32 - fg float64|, offsets 0-1000",
-                       f"{max(o['max_abs_fg_diff'] for o in offsets):.2g}"))
-    stem.with_suffix(".json").write_text(json.dumps(dict(machine=info, rows=rows, thread_scaling=scaling,
-                                                         ratios=dict(ratios), compat_speedups=speedups,
-                                                         offset_robustness=offsets), indent=1))
-    lines = [f"# cfbi_ops benchmark ({info['device']})", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-             "Command: `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`", "",
-             "Median ms per call; peak extra memory (MB) measured at L = 4 in a fresh process. "
-             "cfbi_ops[float16] / cfbi_ops[bfloat16]: the same op on 16-bit inputs.", "",
-             "| case | op | L | mode | peer | ms | peak MB |", "|---|---|---|---|---|---|---|"]
+        ratios.append(
+            (
+                "global max |fg float32 - fg float64|, offsets 0-1000",
+                f"{max(o['max_abs_fg_diff'] for o in offsets):.2g}",
+            )
+        )
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            dict(
+                machine=info,
+                rows=rows,
+                thread_scaling=scaling,
+                ratios=dict(ratios),
+                compat_speedups=speedups,
+                offset_robustness=offsets,
+            ),
+            indent=1,
+        )
+    )
+    lines = [
+        f"# cfbi_ops benchmark ({info['device']})",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        "Command: `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+        "Median ms per call; peak extra memory (MB) measured at L = 4 in a fresh process. "
+        "cfbi_ops[float16] / cfbi_ops[bfloat16]: the same op on 16-bit inputs.",
+        "",
+        "| case | op | L | mode | peer | ms | peak MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         mem = "" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
-        lines.append(f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['mode']} | {r['peer']} | {r['ms']:.2f} | {mem} |")
+        lines.append(
+            f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['mode']} | {r['peer']} | {r['ms']:.2f} | {mem} |"
+        )
     if ratios:
         lines += ["", "## Ratios", "", "| ratio | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in ratios]
     if speedups:
-        lines += ["", "## The authors' functions: their implementation (naive) / cfbi_ops.compat", "",
-                  "| case | op | L | mode | naive ms | compat ms | speed-up |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {s['case']} | {s['op']} | {s['labels']} | {s['mode']} | {s['naive_ms']:.2f} | "
-                  f"{s['compat_ms']:.2f} | {s['speedup']:.1f} |" for s in speedups]
+        lines += [
+            "",
+            "## The authors' functions: their implementation (naive) / cfbi_ops.compat",
+            "",
+            "| case | op | L | mode | naive ms | compat ms | speed-up |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s['case']} | {s['op']} | {s['labels']} | {s['mode']} | {s['naive_ms']:.2f} | "
+            f"{s['compat_ms']:.2f} | {s['speedup']:.1f} |"
+            for s in speedups
+        ]
     if scaling:
-        lines += ["", "## Threads (cfbi_ops forward, L = 4)", "", "| case | op | 1 thread ms | 2 threads ms | speed-up | "
-                  "bit-identical |", "|---|---|---|---|---|---|"]
-        lines += [f"| {s['case']} | {s['op']} | {s['ms_1_thread']:.2f} | {s['ms_2_threads']:.2f} | {s['speedup']:.2f} | "
-                  f"{s['bit_identical']} |" for s in scaling]
+        lines += [
+            "",
+            "## Threads (cfbi_ops forward, L = 4)",
+            "",
+            "| case | op | 1 thread ms | 2 threads ms | speed-up | bit-identical |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s['case']} | {s['op']} | {s['ms_1_thread']:.2f} | {s['ms_2_threads']:.2f} | {s['speedup']:.2f} | "
+            f"{s['bit_identical']} |"
+            for s in scaling
+        ]
     if offsets:
-        lines += ["", "## Offset robustness (global_match, C = 64, sigma = 0.05, 40 x 40, L = 4)", "",
-                  "| offset | max abs(fg float32 - fg float64) |", "|---|---|"]
+        lines += [
+            "",
+            "## Offset robustness (global_match, C = 64, sigma = 0.05, 40 x 40, L = 4)",
+            "",
+            "| offset | max abs(fg float32 - fg float64) |",
+            "|---|---|",
+        ]
         lines += [f"| {o['offset']:g} | {o['max_abs_fg_diff']:.2g} |" for o in offsets]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
@@ -360,27 +466,31 @@ def write_results(stem: Path, info: dict, rows: list[dict], scaling: list[dict],
 # ----------------------------------------------------------------------------------------------------------------
 
 GPU_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TARGET_GLOBAL_VS_MM = 1.5     # global forward <= 1.5 x the float32 torch.mm of the same size
+TARGET_GLOBAL_VS_MM = 1.5  # global forward <= 1.5 x the float32 torch.mm of the same size
 TARGET_LOCAL_VS_NAIVE = 20.0  # local forward >= 20 x faster than the naive unfold approach
 TARGET_PEAK_VS_OUTPUTS = 2.0  # peak extra memory of a forward <= 2 x its outputs (fg, bg, argmin)
-TARGET_FPS = 11.0             # float32, 480p, 2 objects: twice CFBI+'s published 5.52 frames/s on a V100
+TARGET_FPS = 11.0  # float32, 480p, 2 objects: twice CFBI+'s published 5.52 frames/s on a V100
 
 
-def gpu_call(case: Case, op: str, peer: str, labels: int, backward: bool, device: str,
-             dtype: torch.dtype) -> Callable[[], object]:
+def gpu_call(
+    case: Case, op: str, peer: str, labels: int, backward: bool, device: str, dtype: torch.dtype
+) -> Callable[[], object]:
     """A closure running one forward (and backward) of the peer in dtype on fixed inputs."""
     x = make_inputs(case, labels, device, grad=backward, dtype=dtype)
     fn = PEERS[op][peer]
     if not backward:
+
         def forward():
             with torch.no_grad():
                 return fn(case, x)
+
         return forward
     leaves = [x.query, x.reference if op == "global" else x.previous, x.fg_bias, x.bg_bias]
 
     def forward_backward():
         fg, bg = fn(case, x)
         torch.autograd.grad((fg.float().sum() + bg.float().sum(),), leaves, allow_unused=True)
+
     return forward_backward
 
 
@@ -396,6 +506,7 @@ def gpu_mm(case: Case, op: str, device: str, dtype: torch.dtype, tf32: bool) -> 
             return torch.mm(a, b)
         finally:
             torch.set_float32_matmul_precision(saved)
+
     return mm
 
 
@@ -432,10 +543,24 @@ def gpu_rows(args) -> tuple[list[dict], list[str]]:
             if device == "cuda":
                 torch.cuda.empty_cache()
         out_mb = outputs_bytes(CASES[case_name], labels, op) / 2**20 if labels else None
-        rows.append(dict(case=case_name, op=op, labels=labels, dtype=dtype_name, mode=mode, peer=peer, ms=ms,
-                         peak_mb=peak, outputs_mb=out_mb))
-        print(f"{case_name:8s} {op:6s} L={labels or '-'!s:<2s} {dtype_name:8s} {mode:7s} {peer:14s} {ms:9.3f} ms"
-              + (f"  {peak:8.1f} MB" if peak is not None else ""), flush=True)
+        rows.append(
+            dict(
+                case=case_name,
+                op=op,
+                labels=labels,
+                dtype=dtype_name,
+                mode=mode,
+                peer=peer,
+                ms=ms,
+                peak_mb=peak,
+                outputs_mb=out_mb,
+            )
+        )
+        print(
+            f"{case_name:8s} {op:6s} L={labels or '-'!s:<2s} {dtype_name:8s} {mode:7s} {peer:14s} {ms:9.3f} ms"
+            + (f"  {peak:8.1f} MB" if peak is not None else ""),
+            flush=True,
+        )
 
     for case_name in args.cases:
         case = CASES[case_name]
@@ -443,16 +568,37 @@ def gpu_rows(args) -> tuple[list[dict], list[str]]:
             for labels in args.labels:
                 for dtype_name in args.dtypes:
                     for backward in (False, True):
-                        measure(case_name, op, labels, dtype_name, "fwd+bwd" if backward else "fwd", "cfbi_ops",
-                                partial(gpu_call, case, op, "cfbi_ops", labels, backward, device,
-                                        GPU_DTYPES[dtype_name]))
+                        measure(
+                            case_name,
+                            op,
+                            labels,
+                            dtype_name,
+                            "fwd+bwd" if backward else "fwd",
+                            "cfbi_ops",
+                            partial(gpu_call, case, op, "cfbi_ops", labels, backward, device, GPU_DTYPES[dtype_name]),
+                        )
                 for backward in (False, True) if labels == 4 else (False,):
-                    measure(case_name, op, labels, "float32", "fwd+bwd" if backward else "fwd", "naive",
-                            partial(gpu_call, case, op, "naive", labels, backward, device, torch.float32))
-            for dtype_name, tf32 in [("float32", False), ("float32", True)] + [(d, False) for d in args.dtypes
-                                                                               if d != "float32"]:
-                measure(case_name, op, None, dtype_name, "fwd", "torch.mm-tf32" if tf32 else "torch.mm",
-                        partial(gpu_mm, case, op, device, GPU_DTYPES[dtype_name], tf32))
+                    measure(
+                        case_name,
+                        op,
+                        labels,
+                        "float32",
+                        "fwd+bwd" if backward else "fwd",
+                        "naive",
+                        partial(gpu_call, case, op, "naive", labels, backward, device, torch.float32),
+                    )
+            for dtype_name, tf32 in [("float32", False), ("float32", True)] + [
+                (d, False) for d in args.dtypes if d != "float32"
+            ]:
+                measure(
+                    case_name,
+                    op,
+                    None,
+                    dtype_name,
+                    "fwd",
+                    "torch.mm-tf32" if tf32 else "torch.mm",
+                    partial(gpu_mm, case, op, device, GPU_DTYPES[dtype_name], tf32),
+                )
     return rows, errors
 
 
@@ -472,11 +618,19 @@ def gpu_targets(rows: list[dict], cases: list[str]) -> list[dict]:
     out = []
     for case in cases:
         ours = dict(case=case, labels=4, dtype="float32", mode="fwd", peer="cfbi_ops")
-        g, mm = _gpu_ms(rows, op="global", **ours), _gpu_ms(rows, case=case, op="global", dtype="float32",
-                                                           peer="torch.mm")
+        g, mm = (
+            _gpu_ms(rows, op="global", **ours),
+            _gpu_ms(rows, case=case, op="global", dtype="float32", peer="torch.mm"),
+        )
         if g and mm:
-            out.append(_target(f"{case} global fwd / float32 torch.mm", g / mm, f"<= {TARGET_GLOBAL_VS_MM}",
-                               g / mm <= TARGET_GLOBAL_VS_MM))
+            out.append(
+                _target(
+                    f"{case} global fwd / float32 torch.mm",
+                    g / mm,
+                    f"<= {TARGET_GLOBAL_VS_MM}",
+                    g / mm <= TARGET_GLOBAL_VS_MM,
+                )
+            )
         tf32 = _gpu_ms(rows, case=case, op="global", peer="torch.mm-tf32")
         if g and tf32:
             out.append(_target(f"{case} global fwd / TF32 torch.mm", g / tf32, None, None))
@@ -488,16 +642,28 @@ def gpu_targets(rows: list[dict], cases: list[str]) -> list[dict]:
         loc = _gpu_ms(rows, op="local", **ours)
         naive = _gpu_ms(rows, case=case, op="local", labels=4, dtype="float32", mode="fwd", peer="naive")
         if loc and naive:
-            out.append(_target(f"{case} local fwd: naive / cfbi_ops", naive / loc, f">= {TARGET_LOCAL_VS_NAIVE:g}",
-                               naive / loc >= TARGET_LOCAL_VS_NAIVE))
+            out.append(
+                _target(
+                    f"{case} local fwd: naive / cfbi_ops",
+                    naive / loc,
+                    f">= {TARGET_LOCAL_VS_NAIVE:g}",
+                    naive / loc >= TARGET_LOCAL_VS_NAIVE,
+                )
+            )
         lmm = _gpu_ms(rows, case=case, op="local", dtype="float32", peer="torch.mm")
         if loc and lmm:
             out.append(_target(f"{case} local fwd / float32 torch.mm (same MACs)", loc / lmm, None, None))
         for row in rows:
             if all(row.get(k) == v for k, v in ours.items()) and row["peak_mb"] is not None and row["outputs_mb"]:
                 ratio = row["peak_mb"] / row["outputs_mb"]
-                out.append(_target(f"{case} {row['op']} fwd peak memory / outputs", ratio,
-                                   f"<= {TARGET_PEAK_VS_OUTPUTS:g}", ratio <= TARGET_PEAK_VS_OUTPUTS))
+                out.append(
+                    _target(
+                        f"{case} {row['op']} fwd peak memory / outputs",
+                        ratio,
+                        f"<= {TARGET_PEAK_VS_OUTPUTS:g}",
+                        ratio <= TARGET_PEAK_VS_OUTPUTS,
+                    )
+                )
     return out
 
 
@@ -507,8 +673,10 @@ def model_targets(model: list[dict]) -> list[dict]:
     for run in model:
         for row in run["rows"]:
             fps = 1.0 / row["median"]
-            name = (f"model {row['config']} {run['args']['height']}x{run['args']['width']} "
-                    f"{run['args']['objects']} objects {'AMP' if run['args']['amp'] else 'float32'} frames/s")
+            name = (
+                f"model {row['config']} {run['args']['height']}x{run['args']['width']} "
+                f"{run['args']['objects']} objects {'AMP' if run['args']['amp'] else 'float32'} frames/s"
+            )
             if run["args"]["amp"]:
                 out.append(_target(name, fps, None, None))
             else:
@@ -519,31 +687,47 @@ def model_targets(model: list[dict]) -> list[dict]:
 def render_gpu_markdown(data: dict) -> str:
     """The Markdown page of a GPU table (the JSON written by write_gpu_results / add_model_results)."""
     info = data["machine"]
-    lines = [f"# cfbi_ops benchmark ({info.get('gpu', info['device'])})", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-             f"Command: `{data['command']}`", "",
-             "Median ms per call (CUDA synchronised); peak MB: the CUDA allocator's peak during one call beyond what "
-             "was allocated before (inputs excluded, outputs included); outputs MB: fg + bg + int32 argmin in "
-             "float32. torch.mm: [N, C] x [C, M] with the search's multiply-adds.", "",
-             "| case | op | L | dtype | mode | peer | ms | peak MB | outputs MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# cfbi_ops benchmark ({info.get('gpu', info['device'])})",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        "Median ms per call (CUDA synchronised); peak MB: the CUDA allocator's peak during one call beyond what "
+        "was allocated before (inputs excluded, outputs included); outputs MB: fg + bg + int32 argmin in "
+        "float32. torch.mm: [N, C] x [C, M] with the search's multiply-adds.",
+        "",
+        "| case | op | L | dtype | mode | peer | ms | peak MB | outputs MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["rows"]:
         peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.2f}"
         out = "" if r["outputs_mb"] is None else f"{r['outputs_mb']:.2f}"
-        lines.append(f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['dtype']} | {r['mode']} | {r['peer']} | "
-                     f"{r['ms']:.3f} | {peak} | {out} |")
+        lines.append(
+            f"| {r['case']} | {r['op']} | {r['labels'] or ''} | {r['dtype']} | {r['mode']} | {r['peer']} | "
+            f"{r['ms']:.3f} | {peak} | {out} |"
+        )
     for run in data.get("model", []):
         a = run["args"]
-        lines += ["", f"## Model per-frame time ({'AMP' if a['amp'] else 'float32'})", "",
-                  f"`VideoSegmenter.step` on a {a['height']}x{a['width']} frame, {a['objects']} objects, "
-                  f"{a['warmup']} warm-up and {a['frames']} timed frames, random weights "
-                  "(benchmarks/model_speed.py).", "",
-                  "| config | network input | ms/frame (median) | frames/s | global match ms | local match ms | "
-                  "matching share | features ms | ensembler ms |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Model per-frame time ({'AMP' if a['amp'] else 'float32'})",
+            "",
+            f"`VideoSegmenter.step` on a {a['height']}x{a['width']} frame, {a['objects']} objects, "
+            f"{a['warmup']} warm-up and {a['frames']} timed frames, random weights "
+            "(benchmarks/model_speed.py).",
+            "",
+            "| config | network input | ms/frame (median) | frames/s | global match ms | local match ms | "
+            "matching share | features ms | ensembler ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in run["rows"]:
-            lines.append(f"| {r['config']} | {r['input'][0]}x{r['input'][1]} | {r['median'] * 1000:.1f} | "
-                         f"{1 / r['median']:.1f} | {r['global'] * 1000:.1f} | {r['local'] * 1000:.1f} | "
-                         f"{100 * r['share']:.1f}% | {r['features'] * 1000:.1f} | {r['ensembler'] * 1000:.1f} |")
+            lines.append(
+                f"| {r['config']} | {r['input'][0]}x{r['input'][1]} | {r['median'] * 1000:.1f} | "
+                f"{1 / r['median']:.1f} | {r['global'] * 1000:.1f} | {r['local'] * 1000:.1f} | "
+                f"{100 * r['share']:.1f}% | {r['features'] * 1000:.1f} | {r['ensembler'] * 1000:.1f} |"
+            )
     if data.get("errors"):
         lines += ["", "## Failed calls", ""] + [f"- {e}" for e in data["errors"]]
     if data["targets"]:
@@ -567,8 +751,14 @@ def run_gpu_protocol(args) -> int:
     rows, errors = gpu_rows(args)
     info = machine_info(args.device)
     stem = args.out or RESULTS / ("cuda-" + info.get("gpu", args.device).replace(" ", "-").lower())
-    data = dict(machine=info, command="python benchmarks/compare.py " + " ".join(sys.argv[1:]), rows=rows,
-                errors=errors, targets=gpu_targets(rows, args.cases), model=[])
+    data = dict(
+        machine=info,
+        command="python benchmarks/compare.py " + " ".join(sys.argv[1:]),
+        rows=rows,
+        errors=errors,
+        targets=gpu_targets(rows, args.cases),
+        model=[],
+    )
     _write_gpu(stem, data)
     print(f"wrote {stem}.md and {stem}.json" + (f"; {len(errors)} call(s) failed" if errors else ""))
     return 1 if errors else 0
@@ -581,8 +771,13 @@ def add_model_results(stem: Path, model_jsons: list[Path]) -> None:
     if path.exists():
         data = json.loads(path.read_text())
     else:
-        data = dict(machine=machine_info("cuda" if torch.cuda.is_available() else "cpu"), command="(not run)",
-                    rows=[], targets=[], model=[])
+        data = dict(
+            machine=machine_info("cuda" if torch.cuda.is_available() else "cpu"),
+            command="(not run)",
+            rows=[],
+            targets=[],
+            model=[],
+        )
     runs = [json.loads(p.read_text()) for p in model_jsons if p.exists()]
     data["model"] = data.get("model", []) + runs
     data["targets"] = data["targets"] + model_targets(runs)

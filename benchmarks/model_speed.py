@@ -8,6 +8,7 @@ Writes a Markdown table to benchmarks/results/model.md (or --output).
     PYTHONPATH=. python benchmarks/model_speed.py                         # resnet101 and small, CPU
     PYTHONPATH=. python benchmarks/model_speed.py --configs small --frames 5 --device cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,12 +88,12 @@ def synthetic_clip(count: int, height: int, width: int, objects: int, seed: int 
         img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
         for k in range(objects):
             y, x = (k + 1) * height // (objects + 2) + 3 * t, (k + 1) * width // (objects + 2) + 5 * t
-            img[y:y + height // 5, x:x + width // 6] = (40 * k, 200, 255 - 40 * k)
+            img[y : y + height // 5, x : x + width // 6] = (40 * k, 200, 255 - 40 * k)
         frames.append(img)
     labels = np.zeros((height, width), np.uint8)
     for k in range(objects):
         y, x = (k + 1) * height // (objects + 2), (k + 1) * width // (objects + 2)
-        labels[y:y + height // 5, x:x + width // 6] = k + 1
+        labels[y : y + height // 5, x : x + width // 6] = k + 1
     return frames, labels
 
 
@@ -100,8 +101,9 @@ def measure(config: str, args: argparse.Namespace, device: torch.device) -> dict
     torch.manual_seed(0)
     model = CFBIPlus(config).to(device).eval()
     frames, labels = synthetic_clip(args.frames + args.warmup + 1, args.height, args.width, args.objects)
-    seg = VideoSegmenter(model, global_atrous=args.global_atrous, min_matching_pixels=args.min_matching_pixels,
-                         amp=args.amp)
+    seg = VideoSegmenter(
+        model, global_atrous=args.global_atrous, min_matching_pixels=args.min_matching_pixels, amp=args.amp
+    )
     timer = PartTimer(model, device)
     step_times = []
     with timer:
@@ -147,8 +149,13 @@ def machine_info(device: torch.device) -> list[str]:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "log", "-1", "--format=%h %s", "--", "csrc", "cfbi_ops"], cwd=REPO,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%h %s", "--", "csrc", "cfbi_ops"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     lines = [
@@ -173,11 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3, help="timed frames per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed frames after the first")
     parser.add_argument("--global-atrous", type=int, default=2)
-    parser.add_argument("--min-matching-pixels", type=int, default=InferenceConfig().min_matching_pixels,
-                        help="default: cfbi_model.config.InferenceConfig (100 is the authors' released setting)")
+    parser.add_argument(
+        "--min-matching-pixels",
+        type=int,
+        default=InferenceConfig().min_matching_pixels,
+        help="default: cfbi_model.config.InferenceConfig (100 is the authors' released setting)",
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="torch intra-op thread counts to measure (default: torch's current setting)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch intra-op thread counts to measure (default: torch's current setting)",
+    )
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results", "model.md"))
     parser.add_argument("--json", default=None, help="also write the rows and settings as JSON here")
@@ -193,22 +209,29 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(config, args, device)
                 result["threads"] = threads
                 rows.append(result)
-                print(f"{config}, {threads} thread(s): {result['median'] * 1000:.0f} ms/frame (median of "
-                      f"{result['frames']}), matching {100 * result['share']:.1f}% (global "
-                      f"{result['global'] * 1000:.0f} ms, local {result['local'] * 1000:.0f} ms)", file=sys.stderr)
+                print(
+                    f"{config}, {threads} thread(s): {result['median'] * 1000:.0f} ms/frame (median of "
+                    f"{result['frames']}), matching {100 * result['share']:.1f}% (global "
+                    f"{result['global'] * 1000:.0f} ms, local {result['local'] * 1000:.0f} ms)",
+                    file=sys.stderr,
+                )
     finally:
         torch.set_num_threads(default_threads)
 
     if hasattr(os, "getloadavg"):
-        header.append("- load average after the run (1/5/15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-                      + " (a shared machine: other jobs ran alongside; with 2 cores a load above 2 means the "
-                      "benchmark did not have the CPUs to itself)")
+        header.append(
+            "- load average after the run (1/5/15 min): "
+            + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            + " (a shared machine: other jobs ran alongside; with 2 cores a load above 2 means the "
+            "benchmark did not have the CPUs to itself)"
+        )
     lines = [
         "# CFBI+ per-frame inference time",
         "",
         f"Frame {args.height}x{args.width} (DAVIS 480p), {args.objects} objects + background, single scale, no flip, "
         f"4x global atrous {args.global_atrous}, min matching pixels {args.min_matching_pixels}"
-        + (", AMP" if args.amp else "") + "; random weights; "
+        + (", AMP" if args.amp else "")
+        + "; random weights; "
         f"{args.warmup} warm-up frame(s), then {args.frames} timed frames (`VideoSegmenter.step`). Matching = "
         "time inside `cfbi_ops.global_match` + `cfbi_ops.local_match` (3 scales each); ms columns are per frame.",
         "",
@@ -220,23 +243,45 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         other = r["mean"] - r["global"] - r["local"] - r["features"] - r["ensembler"]
-        lines.append(f"| {r['config']} | {r['threads']} | {r['params'] / 1e6:.1f} M | "
-                     f"{r['input'][0]}x{r['input'][1]} | "
-                     f"{r['median'] * 1000:.0f} | {r['mean'] * 1000:.0f} | {r['min'] * 1000:.0f} | "
-                     f"{r['global'] * 1000:.0f} | {r['local'] * 1000:.0f} | {100 * r['share']:.1f}% | "
-                     f"{r['features'] * 1000:.0f} | {r['ensembler'] * 1000:.0f} | {other * 1000:.0f} |")
-    lines += ["", "features = backbone + ASPP + decoder + FPN of the current frame; ensembler = the collaborative "
-              "ensembler (all labels); other = the rest of `step` (matching glue, attention pooling, resizing, "
-              "upsampling the probabilities to the frame, softmax, argmax, state update)."]
-    lines += ["", "Command: `PYTHONPATH=. python benchmarks/model_speed.py "
-              + " ".join(argv if argv is not None else sys.argv[1:]) + "`", ""]
+        lines.append(
+            f"| {r['config']} | {r['threads']} | {r['params'] / 1e6:.1f} M | "
+            f"{r['input'][0]}x{r['input'][1]} | "
+            f"{r['median'] * 1000:.0f} | {r['mean'] * 1000:.0f} | {r['min'] * 1000:.0f} | "
+            f"{r['global'] * 1000:.0f} | {r['local'] * 1000:.0f} | {100 * r['share']:.1f}% | "
+            f"{r['features'] * 1000:.0f} | {r['ensembler'] * 1000:.0f} | {other * 1000:.0f} |"
+        )
+    lines += [
+        "",
+        "features = backbone + ASPP + decoder + FPN of the current frame; ensembler = the collaborative "
+        "ensembler (all labels); other = the rest of `step` (matching glue, attention pooling, resizing, "
+        "upsampling the probabilities to the frame, softmax, argmax, state update).",
+    ]
+    lines += [
+        "",
+        "Command: `PYTHONPATH=. python benchmarks/model_speed.py "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + "`",
+        "",
+    ]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.output}", file=sys.stderr)
     if args.json:
-        settings = {k: getattr(args, k) for k in ("height", "width", "objects", "frames", "warmup", "global_atrous",
-                                                  "min_matching_pixels", "device", "amp")}
+        settings = {
+            k: getattr(args, k)
+            for k in (
+                "height",
+                "width",
+                "objects",
+                "frames",
+                "warmup",
+                "global_atrous",
+                "min_matching_pixels",
+                "device",
+                "amp",
+            )
+        }
         with open(args.json, "w") as f:
             json.dump(dict(args=settings, machine=header, rows=rows), f, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)

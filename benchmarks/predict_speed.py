@@ -8,6 +8,7 @@ user waits for.
 
     PYTHONPATH=. python benchmarks/predict_speed.py --videos 8 --processes 1 2 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,37 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_predict(data: str, out: str, checkpoint: str, processes: int, threads: int) -> float:
     """Wall seconds of one `cfbi predict` run."""
-    args = ["predict", "--data", data, "--checkpoint", checkpoint, "--out", out, "--threads", str(threads),
-            "--quiet", "--device", "cpu"]
+    args = [
+        "predict",
+        "--data",
+        data,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        out,
+        "--threads",
+        str(threads),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     if processes == 1:
         command = [sys.executable, "-m", "cfbi_model.cli", *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                   str(processes), "-m", "cfbi_model.cli", *args]
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=str(threads))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(processes),
+            "-m",
+            "cfbi_model.cli",
+            *args,
+        ]
+    env = dict(
+        os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(threads)
+    )
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -59,18 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cfbi-predict-speed-") as scratch:
         data = os.path.join(scratch, "davis")
-        names = write_synthetic_davis(data, num_train=0, num_val=args.videos, seed=0,
-                                      config=SyntheticConfig(height=args.height, width=args.width,
-                                                             num_frames=tuple(args.frames)))
+        names = write_synthetic_davis(
+            data,
+            num_train=0,
+            num_val=args.videos,
+            seed=0,
+            config=SyntheticConfig(height=args.height, width=args.width, num_frames=tuple(args.frames)),
+        )
         frames = sum(len(os.listdir(os.path.join(data, "JPEGImages", "480p", n))) for n in names["val"])
         for processes in args.processes:
             load = os.getloadavg()
-            seconds = run_predict(data, os.path.join(scratch, f"out{processes}"), checkpoint, processes,
-                                  args.threads)
+            seconds = run_predict(data, os.path.join(scratch, f"out{processes}"), checkpoint, processes, args.threads)
             rows.append((processes, seconds, frames / seconds, load))
     print(f"- machine: {platform.machine()} {_cpu()}, {os.cpu_count()} logical CPUs")
-    print(f"- split: {args.videos} generated videos, {frames} frames of {args.width}x{args.height}; "
-          f"checkpoint {os.path.basename(checkpoint)}; {args.threads} thread(s) per process\n")
+    print(
+        f"- split: {args.videos} generated videos, {frames} frames of {args.width}x{args.height}; "
+        f"checkpoint {os.path.basename(checkpoint)}; {args.threads} thread(s) per process\n"
+    )
     print("| processes | seconds | frames/s | load average before (1 min) |\n|---|---|---|---|")
     for processes, seconds, rate, load in rows:
         print(f"| {processes} | {seconds:.1f} | {rate:.2f} | {load[0]:.2f} |")

@@ -8,6 +8,7 @@ frames, RSS would grow with the frame count.
 
     PYTHONPATH=. python benchmarks/stream_memory.py --frames 2000 --height 64 --width 96 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,9 @@ def frame(t: int, height: int, width: int, background: np.ndarray) -> np.ndarray
     img = background.copy()
     x = (t % (2 * width)) if (t // width) % 2 == 0 else width - 1 - t % width
     x = int(np.clip(x, 0, width - 17))
-    img[8:24, x:x + 16] = (220, 40, 40)
+    img[8:24, x : x + 16] = (220, 40, 40)
     y = int(np.clip(height // 2 + 10 * np.sin(t / 15.0), 0, height - 13))
-    img[y:y + 12, width // 2:width // 2 + 20] = (40, 200, 60)
+    img[y : y + 12, width // 2 : width // 2 + 20] = (40, 200, 60)
     return img
 
 
@@ -88,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             if done == 1 or done % args.every == 0:
                 samples.append((done, rss_mib()))
 
-        result = cfbi_model.segment_video(video, labels, model=model, out=os.path.join(scratch, "out"),
-                                          on_frame=on_frame)
+        result = cfbi_model.segment_video(
+            video, labels, model=model, out=os.path.join(scratch, "out"), on_frame=on_frame
+        )
         written = len(os.listdir(result.folder))
     print(f"machine: {platform.machine()} {_cpu()}, torch {torch.__version__}, threads {args.threads}")
     print(f"video: {args.frames} frames of {args.width}x{args.height}; {result.summary()}; {written} masks written")

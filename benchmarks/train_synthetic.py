@@ -6,6 +6,7 @@ videos against the copy-the-first-mask baseline (benchmarks/results/training.md,
 The run is reproducible: the data come from write_synthetic_davis(seed), the model and the clips from the
 training seed (the wall-clock limit only decides the number of steps: pass --steps to fix it instead).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ def plot_curve(history: list[dict], baseline: float, path: str) -> None:
     losses = [h["loss"] for h in history]
     val = [(h["step"], h["val_jf"]) for h in history if "val_jf" in h]
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax1 = plt.subplots(figsize=(8, 4.5))
     ax1.plot(steps, losses, color="tab:blue", alpha=0.35, label="training loss (logged steps)")
     if len(losses) >= 10:
@@ -73,31 +76,45 @@ def main() -> int:
     parser.add_argument("--data", default="/tmp/cfbi_synthetic", help="synthetic data folder (rewritten)")
     parser.add_argument("--out", default="/tmp/cfbi_train_synthetic", help="run folder (checkpoints)")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget of the whole run")
-    parser.add_argument("--steps", type=int, default=1600, help="schedule length (the run stops earlier "
-                        "when --minutes runs out; the schedule is not shortened)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1600,
+        help="schedule length (the run stops earlier when --minutes runs out; the schedule is not shortened)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--num-train", type=int, default=60)
     parser.add_argument("--num-val", type=int, default=10)
     parser.add_argument("--val-every", type=int, default=200)
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
-    parser.add_argument("--weights", default=None, help="also copy the final weights ({'state_dict', "
-                        "'model_config'}) here")
+    parser.add_argument(
+        "--weights", default=None, help="also copy the final weights ({'state_dict', 'model_config'}) here"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     shutil.rmtree(args.data, ignore_errors=True)
     shutil.rmtree(args.out, ignore_errors=True)
-    write_synthetic_davis(args.data, num_train=args.num_train, num_val=args.num_val, seed=0,
-                          config=SyntheticConfig())
+    write_synthetic_davis(args.data, num_train=args.num_train, num_val=args.num_val, seed=0, config=SyntheticConfig())
     train = davis_videos(args.data, "train")
     val = davis_videos(args.data, "val")
     baseline = copy_first_mask_jf(val)
     print(f"data written in {time.perf_counter() - started:.0f} s; copy-first-mask J&F {baseline:.4f}", flush=True)
 
-    config = TrainConfig(model="small", steps=args.steps, batch_size=4, lr=0.05, warmup_steps=50,
-                         clip=ClipConfig(num_current=3, max_gap=3, crop_size=(97, 97), short_edge=None,
-                                         min_object_pixels=100), seed=0, num_workers=0,
-                         checkpoint_every=100, log_every=5, val_every=args.val_every, amp=False)
+    config = TrainConfig(
+        model="small",
+        steps=args.steps,
+        batch_size=4,
+        lr=0.05,
+        warmup_steps=50,
+        clip=ClipConfig(num_current=3, max_gap=3, crop_size=(97, 97), short_edge=None, min_object_pixels=100),
+        seed=0,
+        num_workers=0,
+        checkpoint_every=100,
+        log_every=5,
+        val_every=args.val_every,
+        amp=False,
+    )
     trainer = Trainer(config, train, args.out, val_videos=val, progress=True)
     deadline = started + args.minutes * 60
     # Train in chunks so that the wall-clock limit is respected (each chunk ends with a checkpoint).
@@ -112,19 +129,40 @@ def main() -> int:
     jf = final.global_measures()
     history = trainer.history
     os.makedirs(args.results, exist_ok=True)
-    plot_curve(history + [{"step": trainer.step, "loss": history[-1]["loss"], "val_jf": jf["J&F-Mean"]}],
-               baseline, os.path.join(args.results, "training_curve.png"))
+    plot_curve(
+        history + [{"step": trainer.step, "loss": history[-1]["loss"], "val_jf": jf["J&F-Mean"]}],
+        baseline,
+        os.path.join(args.results, "training_curve.png"),
+    )
     with open(os.path.join(args.results, "training_history.json"), "w") as handle:
-        json.dump({"history": history, "baseline_jf": baseline, "final": jf, "steps": trainer.step,
-                   "seconds": train_seconds, "config": config.to_dict()}, handle, indent=1)
+        json.dump(
+            {
+                "history": history,
+                "baseline_jf": baseline,
+                "final": jf,
+                "steps": trainer.step,
+                "seconds": train_seconds,
+                "config": config.to_dict(),
+            },
+            handle,
+            indent=1,
+        )
     if args.weights:
-        state = {"state_dict": {k: v.clone() for k, v in trainer.model.state_dict().items()},
-                 "model_config": config.model, "train_config": json.dumps(config.to_dict()),
-                 "step": trainer.step, "val_jf": jf["J&F-Mean"]}
+        state = {
+            "state_dict": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+            "model_config": trainer.model.config.to_dict(),
+            "train_config": json.dumps(config.to_dict()),
+            "step": trainer.step,
+            "val_jf": jf["J&F-Mean"],
+        }
         os.makedirs(os.path.dirname(os.path.abspath(args.weights)), exist_ok=True)
         torch.save(state, args.weights)
-    print(json.dumps({"steps": trainer.step, "seconds": round(time.perf_counter() - started), "baseline": baseline,
-                      "final": jf}, indent=1))
+    print(
+        json.dumps(
+            {"steps": trainer.step, "seconds": round(time.perf_counter() - started), "baseline": baseline, "final": jf},
+            indent=1,
+        )
+    )
     return 0
 
 

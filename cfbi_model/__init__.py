@@ -5,6 +5,7 @@ config; io (frames, masks, videos, overlays) and config at the bottom. docs/desi
 The public names below load on first use, so that light modules (cfbi_model.evaluation.metrics, the command
 line's argument parsing) do not import torch and the network.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,14 +14,24 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CFBIPlus": "modeling.network", "FrameFeatures": "modeling.network",
-    "build_model": "build", "load_model": "build", "save_model": "build",
-    "CheckpointError": "build", "load_checkpoint": "build",
-    "ModelConfig": "config", "InferenceConfig": "config", "TrainConfig": "config", "ClipConfig": "config",
+    "CFBIPlus": "modeling.network",
+    "FrameFeatures": "modeling.network",
+    "build_model": "build",
+    "load_model": "build",
+    "save_model": "build",
+    "CheckpointError": "build",
+    "load_checkpoint": "build",
+    "ModelConfig": "config",
+    "InferenceConfig": "config",
+    "TrainConfig": "config",
+    "ClipConfig": "config",
     "get_config": "config",
-    "StepResult": "inference.segmenter", "VideoSegmenter": "inference.segmenter",
-    "FramePrediction": "inference.propagate", "LabelMap": "inference.propagate",
-    "segment_video": "inference.video", "VideoResult": "inference.video",
+    "StepResult": "inference.segmenter",
+    "VideoSegmenter": "inference.segmenter",
+    "FramePrediction": "inference.propagate",
+    "LabelMap": "inference.propagate",
+    "segment_video": "inference.video",
+    "VideoResult": "inference.video",
 }
 __all__ = sorted(_EXPORTS)
 

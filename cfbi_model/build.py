@@ -10,6 +10,7 @@ hold no configuration and load as "resnet101"; files of earlier versions that na
     save_model(model, "m.pth")
     same = load_model("m.pth")
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,19 @@ from torch import Tensor, nn
 from .config import ModelConfig, config_differences, get_config
 from .modeling.network import CFBIPlus
 
-__all__ = ["build_model", "load_model", "save_model", "checkpoint_dict", "read_checkpoint", "checkpoint_config",
-           "resolve_config", "CheckpointError", "load_checkpoint", "extract_state_dict", "compare_state_dict"]
+__all__ = [
+    "build_model",
+    "load_model",
+    "save_model",
+    "checkpoint_dict",
+    "read_checkpoint",
+    "checkpoint_config",
+    "resolve_config",
+    "CheckpointError",
+    "load_checkpoint",
+    "extract_state_dict",
+    "compare_state_dict",
+]
 
 _RELEASED_CONFIG = "resnet101"  # the authors' checkpoints hold no configuration
 
@@ -37,8 +49,13 @@ class CheckpointError(RuntimeError):
     Attributes: missing, unexpected (key lists) and mismatched ([(key, checkpoint shape, model shape)]).
     """
 
-    def __init__(self, message: str, missing: list[str] | None = None, unexpected: list[str] | None = None,
-                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.missing = missing or []
         self.unexpected = unexpected or []
@@ -52,12 +69,13 @@ def extract_state_dict(checkpoint: Any) -> dict[str, Tensor]:
         raise CheckpointError(f"expected a state dict or {{'state_dict': ...}}, got {type(checkpoint).__name__}")
     out = {}
     for key, value in state.items():
-        out[key[len(_PREFIX):] if key.startswith(_PREFIX) else key] = value
+        out[key[len(_PREFIX) :] if key.startswith(_PREFIX) else key] = value
     return out
 
 
-def compare_state_dict(model: nn.Module, state: Mapping[str, Any]
-                       ) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+def compare_state_dict(
+    model: nn.Module, state: Mapping[str, Any]
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
     """(missing, unexpected, mismatched) of `state` against the model's state dict."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -91,9 +109,11 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> An
         text = str(error)
         # torch's text for files refused by weights_only suggests weights_only=False, i.e. running whatever code
         # the file holds: never pass that on.
-        if "Unsupported global" in text:
-            raise CheckpointError(f"checkpoint {path!r} holds Python objects other than tensors and plain values "
-                                  "(code that unpickling would run); it was not loaded") from None
+        if "unsupported global" in text.lower():  # "Unsupported global: ...", "... unsupported GLOBAL posix.system"
+            raise CheckpointError(
+                f"checkpoint {path!r} holds Python objects other than tensors and plain values "
+                "(code that unpickling would run); it was not loaded"
+            ) from None
         if "WeightsUnpickler error:" in text:
             text = text.split("WeightsUnpickler error:", 1)[1]
         reason = (text.strip().splitlines() or [type(error).__name__])[0]
@@ -114,8 +134,9 @@ def checkpoint_config(checkpoint: Any, path: str | os.PathLike = "checkpoint") -
         raise CheckpointError(f"checkpoint {os.fspath(path)!r} holds an invalid model_config: {error}") from None
 
 
-def resolve_config(stored: ModelConfig | None, requested: ModelConfig | str | None,
-                   path: str | os.PathLike = "checkpoint") -> ModelConfig:
+def resolve_config(
+    stored: ModelConfig | None, requested: ModelConfig | str | None, path: str | os.PathLike = "checkpoint"
+) -> ModelConfig:
     """The configuration to build for a checkpoint: the one it holds; else `requested`; else "resnet101".
     A requested configuration that differs from the stored one is a CheckpointError listing the fields."""
     wanted = get_config(requested) if isinstance(requested, str) else requested
@@ -123,9 +144,11 @@ def resolve_config(stored: ModelConfig | None, requested: ModelConfig | str | No
         return wanted if wanted is not None else get_config(_RELEASED_CONFIG)
     if wanted is not None and wanted != stored:
         differences = "; ".join(config_differences(stored, wanted)[:6])
-        raise CheckpointError(f"checkpoint {os.fspath(path)!r} holds model configuration {stored.name!r}, which "
-                              f"disagrees with the requested {wanted.name!r} ({differences}); the checkpoint "
-                              "names its own configuration, so leave the configuration out")
+        raise CheckpointError(
+            f"checkpoint {os.fspath(path)!r} holds model configuration {stored.name!r}, which "
+            f"disagrees with the requested {wanted.name!r} ({differences}); the checkpoint "
+            "names its own configuration, so leave the configuration out"
+        )
     return stored
 
 
@@ -134,8 +157,9 @@ def build_model(config: ModelConfig | str = "resnet101") -> CFBIPlus:
     return CFBIPlus(config)
 
 
-def load_model(checkpoint: str | os.PathLike, *, config: ModelConfig | str | None = None,
-               device: str | torch.device = "cpu") -> CFBIPlus:
+def load_model(
+    checkpoint: str | os.PathLike, *, config: ModelConfig | str | None = None, device: str | torch.device = "cpu"
+) -> CFBIPlus:
     """The model a checkpoint file describes, weights loaded strictly, on `device`, in eval mode.
 
     The configuration comes from the file (see resolve_config); `config` is only needed for files that hold
@@ -177,9 +201,12 @@ def _load_state(model: nn.Module, checkpoint: Any, path: str) -> nn.Module:
         if unexpected:
             parts.append(_listing("unexpected keys", unexpected))
         if mismatched:
-            parts.append(_listing("mis-shaped keys (checkpoint vs model)",
-                                  [f"{k}: {tuple(a) if a is not None else 'not a tensor'} vs {tuple(b)}"
-                                   for k, a, b in mismatched]))
+            parts.append(
+                _listing(
+                    "mis-shaped keys (checkpoint vs model)",
+                    [f"{k}: {tuple(a) if a is not None else 'not a tensor'} vs {tuple(b)}" for k, a, b in mismatched],
+                )
+            )
         raise CheckpointError("\n".join(parts), missing, unexpected, mismatched)
     model.load_state_dict(state, strict=True)
     return model

@@ -8,6 +8,7 @@ and CPU use.
 
 This module imports neither torch nor numpy, so that the command line's argument parsing stays light.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["IGNORE_LABEL", "BackboneConfig", "HeadConfig", "ModelConfig", "CONFIGS", "get_config", "config_names",
-           "InferenceConfig", "ClipConfig", "TrainConfig", "config_differences"]
+__all__ = [
+    "IGNORE_LABEL",
+    "BackboneConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "CONFIGS",
+    "get_config",
+    "config_names",
+    "InferenceConfig",
+    "ClipConfig",
+    "TrainConfig",
+    "config_differences",
+    "Recipe",
+    "RECIPES",
+    "recipe_train_config",
+]
 
 IGNORE_LABEL = 255
 """Label value of pixels that belong to no object and are not scored (padding, void regions)."""
@@ -130,14 +145,20 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.backbone.block not in ("bottleneck", "basic"):
             raise ValueError(f"backbone.block must be 'bottleneck' or 'basic', got {self.backbone.block!r}")
-        if len(self.matching_dims) != 3 or len(self.global_atrous) != 3 or len(self.local_atrous) != 3 \
-                or len(self.local_windows) != 3:
-            raise ValueError("matching_dims, global_atrous, local_windows and local_atrous need one entry per "
-                             "scale (4x, 8x, 16x)")
+        if (
+            len(self.matching_dims) != 3
+            or len(self.global_atrous) != 3
+            or len(self.local_atrous) != 3
+            or len(self.local_windows) != 3
+        ):
+            raise ValueError(
+                "matching_dims, global_atrous, local_windows and local_atrous need one entry per scale (4x, 8x, 16x)"
+            )
         for dim in self.matching_dims:
             if not 0 < dim <= self.embedding_dim:
-                raise ValueError(f"matching_dims must lie in [1, embedding_dim={self.embedding_dim}], "
-                                 f"got {self.matching_dims}")
+                raise ValueError(
+                    f"matching_dims must lie in [1, embedding_dim={self.embedding_dim}], got {self.matching_dims}"
+                )
         for windows in self.local_windows:
             if len(windows) == 0 or list(windows) != sorted(windows):
                 raise ValueError(f"local_windows must be non-empty and ascending, got {self.local_windows}")
@@ -174,8 +195,16 @@ def _resnet101() -> ModelConfig:
 def _small() -> ModelConfig:
     return ModelConfig(
         name="small",
-        backbone=BackboneConfig(block="basic", layers=(1, 1, 1), widths=(16, 32, 64, 128), stem_width=16,
-                                multi_grid=(1,), aspp_dim=32, decoder_low_dim=8, decoder_dim=32),
+        backbone=BackboneConfig(
+            block="basic",
+            layers=(1, 1, 1),
+            widths=(16, 32, 64, 128),
+            stem_width=16,
+            multi_grid=(1,),
+            aspp_dim=32,
+            decoder_low_dim=8,
+            decoder_dim=32,
+        ),
         head=HeadConfig(embed_dim=64, refine_dim=16, aspp_dim=32, gn_groups=4),
         embedding_dim=32,
         fpn_gn_groups=8,
@@ -251,20 +280,35 @@ class InferenceConfig:
     ModelConfig.atrous_attention_quirk): pass 100 to reproduce their numbers with the released weights.
     """
 
-    global_atrous: int = field(default=2, metadata=_help(
-        "atrous rate of the 4x global matching (the authors' released evaluation uses 2)"))
-    min_matching_pixels: int = field(default=0, metadata=_help(
-        "with --global-atrous > 1, objects with at most this many pixels (times atrous^2) in a reference frame "
-        "keep all their pixels; 0 subsamples every object, 100 is the authors' released evaluation setting "
-        "(docs/design.md)"))
-    scales: tuple[float, ...] = field(default=(1.0,), metadata=_help(
-        "input scales whose probabilities are averaged (the authors' multi-scale evaluation: 1.0 1.15 1.3)"))
+    global_atrous: int = field(
+        default=2, metadata=_help("atrous rate of the 4x global matching (the authors' released evaluation uses 2)")
+    )
+    min_matching_pixels: int = field(
+        default=0,
+        metadata=_help(
+            "with --global-atrous > 1, objects with at most this many pixels (times atrous^2) in a reference frame "
+            "keep all their pixels; 0 subsamples every object, 100 is the authors' released evaluation setting "
+            "(docs/design.md)"
+        ),
+    )
+    scales: tuple[float, ...] = field(
+        default=(1.0,),
+        metadata=_help(
+            "input scales whose probabilities are averaged (the authors' multi-scale evaluation: 1.0 1.15 1.3)"
+        ),
+    )
     flip: bool = field(default=False, metadata=_help("also average horizontally flipped views"))
-    amp: bool = field(default=False, metadata=_help(
-        "autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU"))
-    max_long_edge: float | None = field(default=None, metadata=_help(
-        "cap of a frame's long edge before scaling (None: 1040, the authors' single-scale TEST_MAX_SIZE, for "
-        "scales == (1.0,), else 800)"))
+    amp: bool = field(
+        default=False,
+        metadata=_help("autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU"),
+    )
+    max_long_edge: float | None = field(
+        default=None,
+        metadata=_help(
+            "cap of a frame's long edge before scaling (None: 1040, the authors' single-scale TEST_MAX_SIZE, for "
+            "scales == (1.0,), else 800)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if int(self.global_atrous) < 1:
@@ -340,6 +384,12 @@ class TrainConfig:
             the end).
         val_max_frames: frames per validation video (None: all).
         amp: autocast on CUDA (bfloat16 where supported, else float16 with a gradient scaler).
+        accumulate: micro-batches of `batch_size` clips per optimizer step (gradient accumulation): the
+            global batch is processes x batch_size x accumulate.
+        keep_checkpoints: numbered checkpoints (checkpoint-STEP.pth) kept besides checkpoint.pth (0: none).
+        youtube_ratio: fraction of the clips drawn from YouTube-VOS when it is given (DAVIS the rest).
+        init: weights the run starts from (cfbi_model.training.init; None: random initialisation).
+        recipe: name of the preset the run started from (cfbi_model.training.recipes; None: none).
     """
 
     model: str = "resnet101"
@@ -363,12 +413,23 @@ class TrainConfig:
     val_every: int = 0
     val_max_frames: int | None = None
     amp: bool = True
+    accumulate: int = 1
+    keep_checkpoints: int = 0
+    youtube_ratio: float = 0.5
+    init: str | None = None
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.clip, Mapping):
             self.clip = _from_dict(ClipConfig, self.clip)
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        if not 0.0 <= self.youtube_ratio <= 1.0:
+            raise ValueError(f"youtube_ratio must lie in [0, 1], got {self.youtube_ratio}")
         if not 0 < self.top_k_percent <= 1:
             raise ValueError(f"top_k_percent must lie in (0, 1], got {self.top_k_percent}")
 
@@ -382,3 +443,121 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of to_dict (lists accepted for tuples); ValueError on unknown keys. Fields added since a
+        checkpoint was written take their defaults."""
+        return _from_dict(cls, data)
+
+
+# ----------------------------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A training preset of the paper (docs/design.md, "Training"): the settings below, every other one the
+    TrainConfig / ClipConfig default (465 crop, scale 1.0-1.3, SGD momentum 0.9, hardest 15 %, frozen BN).
+
+    Attributes:
+        name, description: what `cfbi train --recipe` shows.
+        global_batch: clips per optimizer step over all processes in the paper; another global batch scales
+            the learning rate linearly (scaled_lr).
+        gpus: the paper's number of GPUs (the batch per process is global_batch / gpus there).
+        settings: TrainConfig fields (lr, steps, youtube_ratio, ...); clip: ClipConfig fields.
+        needs: the data sources the recipe trains on ("davis", "youtube").
+    """
+
+    name: str
+    description: str
+    global_batch: int
+    gpus: int
+    settings: tuple[tuple[str, Any], ...]
+    clip: tuple[tuple[str, Any], ...] = ()
+    needs: tuple[str, ...] = ()
+
+    def scaled_lr(self, global_batch: int) -> float:
+        """The linear scaling rule: the recipe's lr times global_batch / the recipe's global batch."""
+        lr = dict(self.settings)["lr"]
+        return lr if global_batch == self.global_batch else lr * global_batch / self.global_batch
+
+
+RECIPES = {
+    "ytvos": Recipe(
+        "ytvos",
+        "YouTube-VOS: lr 0.01, 100k steps, batch 8 on 4 GPUs, N = 3",
+        8,
+        4,
+        (("model", "resnet101"), ("lr", 0.01), ("steps", 100_000), ("youtube_ratio", 1.0)),
+        (("num_current", 3),),
+        ("youtube",),
+    ),
+    "davis": Recipe(
+        "davis",
+        "DAVIS-2017 only: lr 0.006, 50k steps, batch 6 on 2 GPUs, N = 3",
+        6,
+        2,
+        (("model", "resnet101"), ("lr", 0.006), ("steps", 50_000), ("youtube_ratio", 0.0)),
+        (("num_current", 3),),
+        ("davis",),
+    ),
+    "davis-finetune": Recipe(
+        "davis-finetune",
+        "fine-tune a YouTube-VOS model (--init) on DAVIS mixed 1:2 with "
+        "YouTube-VOS: lr 0.01, 50k steps, batch 8 on 4 GPUs, N = 5",
+        8,
+        4,
+        (("model", "resnet101"), ("lr", 0.01), ("steps", 50_000), ("youtube_ratio", 2 / 3)),
+        (("num_current", 5),),
+        ("davis", "youtube"),
+    ),
+    "ytvos-2x": Recipe(
+        "ytvos-2x",
+        "YouTube-VOS with double batch and lr (the paper's 2x): lr 0.02, 100k steps, "
+        "batch 16, N = 3 (the paper does not give the GPUs; 4 here)",
+        16,
+        4,
+        (("model", "resnet101"), ("lr", 0.02), ("steps", 100_000), ("youtube_ratio", 1.0)),
+        (("num_current", 3),),
+        ("youtube",),
+    ),
+}
+
+
+def recipe_train_config(recipe: str | None, world_size: int = 1, **given: Any) -> tuple[TrainConfig, str]:
+    """The TrainConfig of a recipe (or of the defaults when None) with the `given` fields overriding it
+    (clip: a dict of ClipConfig fields), and a one-line account of the global batch and learning rate.
+
+    Unless given, batch_size is the recipe's global batch / (world_size x accumulate) (at least 1), and lr
+    follows the linear scaling rule when the resulting global batch differs from the recipe's."""
+    clip_given = dict(given.pop("clip", None) or {})
+    accumulate = int(given.get("accumulate", 1))
+    if recipe is None:
+        config = TrainConfig(**given, clip=replace(ClipConfig(), **clip_given))
+        total = world_size * config.batch_size * config.accumulate
+        return config, (
+            f"global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
+            f"{config.accumulate} accumulation; lr {config.lr:g}"
+        )
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    preset = RECIPES[recipe]
+    values = dict(preset.settings)
+    values.update(given)
+    if "batch_size" not in given:
+        values["batch_size"] = max(1, preset.global_batch // (world_size * accumulate))
+    total = world_size * int(values["batch_size"]) * accumulate
+    lr_note = f"lr {values['lr']:g} (given)"
+    if "lr" not in given:
+        values["lr"] = preset.scaled_lr(total)
+        lr_note = (
+            f"lr {values['lr']:g}"
+            if total == preset.global_batch
+            else f"lr {values['lr']:g} = {dict(preset.settings)['lr']:g} x {total}/{preset.global_batch} "
+            "(linear scaling)"
+        )
+    clip = replace(ClipConfig(), **{**dict(preset.clip), **clip_given})
+    config = TrainConfig(**values, clip=clip, recipe=recipe)
+    message = (
+        f"recipe {recipe}: global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
+        f"{accumulate} accumulation (the paper's {preset.global_batch}); {lr_note}"
+    )
+    return config, message

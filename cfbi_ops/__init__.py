@@ -7,6 +7,7 @@
 Without the compiled extension (or with ``backend="reference"`` / ``CFBI_OPS_BACKEND=reference``) the same calls
 run on the plain-PyTorch implementation in ``cfbi_ops.reference``; importing warns once and says why.
 """
+
 from . import compat, reference
 from .ops import (
     BACKENDS,

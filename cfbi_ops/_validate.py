@@ -1,4 +1,5 @@
 """Argument checks of the public functions: clear errors that name the argument."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -68,8 +69,9 @@ def bias(value: object, name: str, query: Tensor) -> Tensor:
     return value
 
 
-def global_args(query: object, reference: object, ref_labels: object, num_labels: object, atrous: object,
-                atrous_min_pixels: object) -> tuple[Tensor, Tensor, Tensor]:
+def global_args(
+    query: object, reference: object, ref_labels: object, num_labels: object, atrous: object, atrous_min_pixels: object
+) -> tuple[Tensor, Tensor, Tensor]:
     """Checks global_match's arguments; returns reference [B, T, C, Hr, Wr] and ref_labels [B, T, Hr, Wr]."""
     query = _embedding(query, "query")
     if query.dim() != 4:
@@ -94,8 +96,9 @@ def global_args(query: object, reference: object, ref_labels: object, num_labels
     return query, reference, ref_labels
 
 
-def local_args(query: object, previous: object, prev_labels: object, num_labels: object, windows: object,
-               atrous: object) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+def local_args(
+    query: object, previous: object, prev_labels: object, num_labels: object, windows: object, atrous: object
+) -> tuple[Tensor, Tensor, Tensor, list[int]]:
     """Checks local_match's arguments; returns them with windows as a list of ints."""
     query = _embedding(query, "query")
     if query.dim() != 4:
@@ -113,8 +116,9 @@ def local_args(query: object, previous: object, prev_labels: object, num_labels:
     return query, previous, prev_labels, windows
 
 
-def raw_op_args(query: Tensor, candidates: Tensor, labels: Tensor, num_labels: int, fg_bias: Tensor,
-                bg_bias: Tensor, atrous: int) -> None:
+def raw_op_args(
+    query: Tensor, candidates: Tensor, labels: Tensor, num_labels: int, fg_bias: Tensor, bg_bias: Tensor, atrous: int
+) -> None:
     """The device / dtype / range checks of csrc/checks.h, for the fake (meta) kernels of the raw ops: a meta
     tensor among real ones dispatches there, and must fail as the real kernels do (RuntimeError)."""
     for name, value in (("candidates", candidates), ("labels", labels), ("fg_bias", fg_bias), ("bg_bias", bg_bias)):
@@ -126,8 +130,9 @@ def raw_op_args(query: Tensor, candidates: Tensor, labels: Tensor, num_labels: i
         raise RuntimeError(f"labels must be an integer tensor, got {labels.dtype}")
     for name, value in (("fg_bias", fg_bias), ("bg_bias", bg_bias)):
         if value.numel() != 1 or not value.dtype.is_floating_point:
-            raise RuntimeError(f"{name} must be a floating tensor of one element, got {value.dtype} "
-                               f"{tuple(value.shape)}")
+            raise RuntimeError(
+                f"{name} must be a floating tensor of one element, got {value.dtype} {tuple(value.shape)}"
+            )
     if not 1 <= num_labels <= MAX_INT32:
         raise RuntimeError(f"num_labels must be in [1, 2^31), got {num_labels}")
     if not 1 <= atrous <= MAX_INT32:

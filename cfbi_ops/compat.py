@@ -1,7 +1,7 @@
 """Drop-in replacements for the matching functions of the CFBI authors' code (`networks/layers/matching.py` of
 z-x-yang/CFBI), computed by the fused operators `cfbi_ops.global_match` and `cfbi_ops.local_match`.
 
-    # from networks.layers.matching import global_matching, global_matching_for_eval, local_matching, foreground2background
+    # instead of: from networks.layers.matching import <the same four names>
     from cfbi_ops.compat import global_matching, global_matching_for_eval, local_matching, foreground2background
 
 Same names, arguments, defaults, layouts and return shapes as the original: channels-last embeddings
@@ -22,6 +22,7 @@ What differs from the original (README, "Using cfbi_ops in a CFBI-based codebase
 - n_chunks and allow_parallel are accepted and ignored (the fused ops need no chunking);
 - input errors raise ValueError naming the argument, including labels that are not 0 / 1 one-hot.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -32,8 +33,7 @@ from torch import Tensor
 
 from .ops import global_match, local_match
 
-__all__ = ["INPLACE_LABELS", "foreground2background", "global_matching", "global_matching_for_eval",
-           "local_matching"]
+__all__ = ["INPLACE_LABELS", "foreground2background", "global_matching", "global_matching_for_eval", "local_matching"]
 
 # Module-wide default of the `inplace_labels` argument: reproduce the original's in-place label subsampling.
 INPLACE_LABELS = True
@@ -93,8 +93,7 @@ def _rate(atrous_rate: object) -> int:
 
 
 def _min_pixels(atrous_obj_pixel_num: object) -> int:
-    if isinstance(atrous_obj_pixel_num, bool) or not isinstance(atrous_obj_pixel_num, int) \
-            or atrous_obj_pixel_num < 0:
+    if isinstance(atrous_obj_pixel_num, bool) or not isinstance(atrous_obj_pixel_num, int) or atrous_obj_pixel_num < 0:
         raise ValueError(f"atrous_obj_pixel_num must be an int >= 0, got {atrous_obj_pixel_num!r}")
     return atrous_obj_pixel_num
 
@@ -102,8 +101,12 @@ def _min_pixels(atrous_obj_pixel_num: object) -> int:
 def _size(ori_size: object) -> tuple[int, int] | None:
     if ori_size is None:
         return None
-    if isinstance(ori_size, Tensor) or not isinstance(ori_size, Sequence) or len(ori_size) != 2 \
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in ori_size):
+    if (
+        isinstance(ori_size, Tensor)
+        or not isinstance(ori_size, Sequence)
+        or len(ori_size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in ori_size)
+    ):
         raise ValueError(f"ori_size must be None or (height, width) of positive ints, got {ori_size!r}")
     return int(ori_size[0]), int(ori_size[1])
 
@@ -117,8 +120,9 @@ def _bias_vector(dis_bias: object, num_labels: int, like: Tensor) -> Tensor:
     if not dis_bias.dtype.is_floating_point:
         raise ValueError(f"dis_bias must be a floating tensor, got {dis_bias.dtype}")
     if dis_bias.numel() not in (1, num_labels):
-        raise ValueError(f"dis_bias must hold 1 or {num_labels} elements (one per label), got shape "
-                         f"{tuple(dis_bias.shape)}")
+        raise ValueError(
+            f"dis_bias must hold 1 or {num_labels} elements (one per label), got shape {tuple(dis_bias.shape)}"
+        )
     if dis_bias.device != like.device:
         raise ValueError(f"dis_bias is on {dis_bias.device} but the embeddings are on {like.device}")
     return dis_bias.reshape(-1).expand(num_labels)
@@ -147,8 +151,9 @@ def _prepare(embedding: Tensor, use_float16: bool) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _match_per_bias(op: Callable[..., tuple[Tensor, Tensor]], labels: Tensor, num_labels: int, bias: Tensor,
-                    compute_dtype: torch.dtype) -> Tensor:
+def _match_per_bias(
+    op: Callable[..., tuple[Tensor, Tensor]], labels: Tensor, num_labels: int, bias: Tensor, compute_dtype: torch.dtype
+) -> Tensor:
     """fg [1, L, ...] of `op(labels, num_labels, fg_bias, bg_bias)` with label l scored with bias[l].
 
     The ops take one background and one foreground bias. When the foreground entries of bias hold several
@@ -171,7 +176,7 @@ def _match_per_bias(op: Callable[..., tuple[Tensor, Tensor]], labels: Tensor, nu
         lookup[torch.tensor(members, device=labels.device)] = torch.arange(1, group_labels, device=labels.device)
         if i == 0:
             lookup[0] = 0
-        fg, _ = op(lookup[labels], group_labels, values[members[0]:members[0] + 1], values[:1])
+        fg, _ = op(lookup[labels], group_labels, values[members[0] : members[0] + 1], values[:1])
         if i == 0:
             pieces.append(fg[:, :1])
         pieces.append(fg[:, 1:])
@@ -209,8 +214,17 @@ def _kept_pixels(labels: Tensor, num_labels: int, rate: int, min_pixels: int) ->
     return valid & (on_grid | small.gather(1, flat).reshape(labels.shape))
 
 
-def _global(query: Tensor, references: Sequence[Tensor], labels: Tensor, num_labels: int, bias: Tensor,
-            ori_size: tuple[int, int] | None, rate: int, min_pixels: int, use_float16: bool) -> Tensor:
+def _global(
+    query: Tensor,
+    references: Sequence[Tensor],
+    labels: Tensor,
+    num_labels: int,
+    bias: Tensor,
+    ori_size: tuple[int, int] | None,
+    rate: int,
+    min_pixels: int,
+    use_float16: bool,
+) -> Tensor:
     """query [H, W, C]; references T x [Hr, Wr, C]; labels [T, Hr, Wr] index; bias [L] -> [1, H', W', L, 1]."""
     height, width, _ = query.shape
     if not bool(_kept_pixels(labels, num_labels, rate, min_pixels).any().item()):
@@ -221,8 +235,9 @@ def _global(query: Tensor, references: Sequence[Tensor], labels: Tensor, num_lab
     r = torch.stack([_prepare(ref, use_float16) for ref in references]).permute(0, 3, 1, 2).unsqueeze(0)
 
     def op(op_labels: Tensor, op_num_labels: int, fg_bias: Tensor, bg_bias: Tensor) -> tuple[Tensor, Tensor]:
-        return global_match(q, r, op_labels.unsqueeze(0), op_num_labels, fg_bias, bg_bias, atrous=rate,
-                            atrous_min_pixels=min_pixels)
+        return global_match(
+            q, r, op_labels.unsqueeze(0), op_num_labels, fg_bias, bg_bias, atrous=rate, atrous_min_pixels=min_pixels
+        )
 
     fg = _match_per_bias(op, labels, num_labels, bias, compute_dtype).to(result_dtype)
     maps = _with_bias_gradient(fg, bias)[0].unsqueeze(1)  # [L, 1, H, W]
@@ -245,10 +260,19 @@ def _subsample_labels_(labels: Tensor, index: Tensor, num_labels: int, rate: int
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def global_matching(reference_embeddings: Tensor, query_embeddings: Tensor, reference_labels: Tensor,
-                    n_chunks: int = 100, dis_bias: Tensor | float = 0., ori_size: Sequence[int] | None = None,
-                    atrous_rate: int = 1, use_float16: bool = True, atrous_obj_pixel_num: int = 0, *,
-                    inplace_labels: bool | None = None) -> Tensor:
+def global_matching(
+    reference_embeddings: Tensor,
+    query_embeddings: Tensor,
+    reference_labels: Tensor,
+    n_chunks: int = 100,
+    dis_bias: Tensor | float = 0.0,
+    ori_size: Sequence[int] | None = None,
+    atrous_rate: int = 1,
+    use_float16: bool = True,
+    atrous_obj_pixel_num: int = 0,
+    *,
+    inplace_labels: bool | None = None,
+) -> Tensor:
     """Per-object global matching of the query against one reference frame (the original's training path).
 
     Args:
@@ -275,18 +299,28 @@ def global_matching(reference_embeddings: Tensor, query_embeddings: Tensor, refe
     bias = _bias_vector(dis_bias, num_labels, query)
     if rate > 1:
         if reference.shape[:2] != query.shape[:2]:
-            raise ValueError(f"atrous_rate > 1 needs reference_embeddings of the query's size {tuple(query.shape[:2])},"
-                             f" got {tuple(reference.shape[:2])}")
+            raise ValueError(
+                f"atrous_rate > 1 needs reference_embeddings of the query's size {tuple(query.shape[:2])},"
+                f" got {tuple(reference.shape[:2])}"
+            )
         if _inplace(inplace_labels):
             _subsample_labels_(reference_labels, index, num_labels, rate, min_pixels)
     return _global(query, [reference], index.unsqueeze(0), num_labels, bias, size, rate, min_pixels, use_float16)
 
 
-def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_embeddings: Tensor,
-                             all_reference_labels: Sequence[Tensor], n_chunks: int = 20,
-                             dis_bias: Tensor | float = 0., ori_size: Sequence[int] | None = None,
-                             atrous_rate: int = 1, use_float16: bool = True, atrous_obj_pixel_num: int = 0, *,
-                             inplace_labels: bool | None = None) -> Tensor:
+def global_matching_for_eval(
+    all_reference_embeddings: Sequence[Tensor],
+    query_embeddings: Tensor,
+    all_reference_labels: Sequence[Tensor],
+    n_chunks: int = 20,
+    dis_bias: Tensor | float = 0.0,
+    ori_size: Sequence[int] | None = None,
+    atrous_rate: int = 1,
+    use_float16: bool = True,
+    atrous_obj_pixel_num: int = 0,
+    *,
+    inplace_labels: bool | None = None,
+) -> Tensor:
     """Global matching against several reference frames forming one candidate set (the original's
     evaluation path).
 
@@ -303,16 +337,21 @@ def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_e
         [1, H', W', L, 1], as global_matching.
     """
     query = _embedding(query_embeddings, "query_embeddings")
-    if isinstance(all_reference_embeddings, Tensor) or isinstance(all_reference_labels, Tensor) \
-            or len(all_reference_embeddings) == 0 or len(all_reference_embeddings) != len(all_reference_labels):
-        raise ValueError("all_reference_embeddings and all_reference_labels must be lists of the same, non-zero "
-                         "length")
-    references = [_embedding(ref, f"all_reference_embeddings[{t}]", query)
-                  for t, ref in enumerate(all_reference_embeddings)]
+    if (
+        isinstance(all_reference_embeddings, Tensor)
+        or isinstance(all_reference_labels, Tensor)
+        or len(all_reference_embeddings) == 0
+        or len(all_reference_embeddings) != len(all_reference_labels)
+    ):
+        raise ValueError("all_reference_embeddings and all_reference_labels must be lists of the same, non-zero length")
+    references = [
+        _embedding(ref, f"all_reference_embeddings[{t}]", query) for t, ref in enumerate(all_reference_embeddings)
+    ]
     size0 = references[0].shape[:2]
     if any(ref.shape[:2] != size0 for ref in references):
-        raise ValueError("all_reference_embeddings must have one spatial size, got "
-                         f"{[tuple(ref.shape[:2]) for ref in references]}")
+        raise ValueError(
+            f"all_reference_embeddings must have one spatial size, got {[tuple(ref.shape[:2]) for ref in references]}"
+        )
     num_labels = all_reference_labels[0].shape[2] if isinstance(all_reference_labels[0], Tensor) else 0
     indices = []
     for t, labels in enumerate(all_reference_labels):
@@ -323,18 +362,27 @@ def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_e
     rate, min_pixels, size = _rate(atrous_rate), _min_pixels(atrous_obj_pixel_num), _size(ori_size)
     bias = _bias_vector(dis_bias, num_labels, query)
     if rate > 1 and size0 != query.shape[:2]:
-        raise ValueError(f"atrous_rate > 1 needs reference frames of the query's size {tuple(query.shape[:2])}, "
-                         f"got {tuple(size0)}")
+        raise ValueError(
+            f"atrous_rate > 1 needs reference frames of the query's size {tuple(query.shape[:2])}, got {tuple(size0)}"
+        )
     if rate > 1 and min_pixels > 0 and _inplace(inplace_labels):
         for labels, index in zip(all_reference_labels, indices):
             _subsample_labels_(labels, index, num_labels, rate, min_pixels)
     return _global(query, references, torch.stack(indices), num_labels, bias, size, rate, min_pixels, use_float16)
 
 
-def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_frame_labels: Tensor,
-                   dis_bias: Tensor | float = 0., multi_local_distance: Sequence[int] = (15,),
-                   ori_size: Sequence[int] | None = None, atrous_rate: int = 1, use_float16: bool = True,
-                   allow_downsample: bool = True, allow_parallel: bool = True) -> Tensor:
+def local_matching(
+    prev_frame_embedding: Tensor,
+    query_embedding: Tensor,
+    prev_frame_labels: Tensor,
+    dis_bias: Tensor | float = 0.0,
+    multi_local_distance: Sequence[int] = (15,),
+    ori_size: Sequence[int] | None = None,
+    atrous_rate: int = 1,
+    use_float16: bool = True,
+    allow_downsample: bool = True,
+    allow_parallel: bool = True,
+) -> Tensor:
     """Multi-window local matching of the query against the previous frame.
 
     Args:
@@ -356,8 +404,10 @@ def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_f
     query = _embedding(query_embedding, "query_embedding")
     previous = _embedding(prev_frame_embedding, "prev_frame_embedding", query)
     if previous.shape != query.shape:
-        raise ValueError(f"prev_frame_embedding must have the shape of query_embedding {tuple(query.shape)}, got "
-                         f"{tuple(previous.shape)}")
+        raise ValueError(
+            f"prev_frame_embedding must have the shape of query_embedding {tuple(query.shape)}, got "
+            f"{tuple(previous.shape)}"
+        )
     rate = _rate(atrous_rate)
     windows = list(multi_local_distance) if isinstance(multi_local_distance, Sequence) else None
     if not windows or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in windows):
@@ -365,8 +415,9 @@ def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_f
     if any(k // rate > windows[-1] // rate for k in windows):
         raise ValueError(f"multi_local_distance: the last window must be the largest, got {windows}")
     size = _size(ori_size) or (previous.shape[0], previous.shape[1])
-    num_labels = prev_frame_labels.shape[2] if isinstance(prev_frame_labels, Tensor) and \
-        prev_frame_labels.dim() == 3 else 0
+    num_labels = (
+        prev_frame_labels.shape[2] if isinstance(prev_frame_labels, Tensor) and prev_frame_labels.dim() == 3 else 0
+    )
     index = _label_index(prev_frame_labels, "prev_frame_labels", None, query)
     bias = _bias_vector(dis_bias, num_labels, query)
     compute_dtype, result_dtype = _dtypes(query, bias, use_float16)
@@ -381,14 +432,14 @@ def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_f
     if (height, width) != size:
         index = F.interpolate(index[None, None].to(torch.float32), size=(height, width), mode="nearest")[0, 0].long()
     elif tuple(index.shape) != (height, width):
-        raise ValueError(f"prev_frame_labels must have the matching size {(height, width)}, got "
-                         f"{tuple(index.shape)}")
+        raise ValueError(f"prev_frame_labels must have the matching size {(height, width)}, got {tuple(index.shape)}")
     # The original puts the largest (last) window first.
     op_windows = [windows[-1]] + windows[:-1]
 
     def op(op_labels: Tensor, op_num_labels: int, fg_bias: Tensor, bg_bias: Tensor) -> tuple[Tensor, Tensor]:
-        return local_match(q, p, op_labels.unsqueeze(0), op_num_labels, fg_bias, bg_bias, windows=op_windows,
-                           atrous=rate)
+        return local_match(
+            q, p, op_labels.unsqueeze(0), op_num_labels, fg_bias, bg_bias, windows=op_windows, atrous=rate
+        )
 
     fg = _match_per_bias(op, index, num_labels, bias, compute_dtype).to(result_dtype)
     maps = _with_bias_gradient(fg, bias)[0]  # [L, K, h, w]

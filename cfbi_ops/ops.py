@@ -7,6 +7,7 @@ Backends (README, "The operators"; docs/design.md):
 - ``"auto"`` (default): ``"compiled"`` when the extension is loaded, else ``"reference"``.
 A call chooses with ``backend=...``; a process with the environment variable ``CFBI_OPS_BACKEND``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,12 +62,16 @@ def resolve_backend(backend: str | None = None) -> str:
     if choice == "auto":
         choice = "compiled" if HAS_EXTENSION else "reference"
     if choice == "compiled" and not HAS_EXTENSION:
-        raise RuntimeError(f"backend 'compiled' asked for, but the extension cfbi_ops._C could not be loaded: "
-                           f"{EXTENSION_ERROR}")
+        raise RuntimeError(
+            f"backend 'compiled' asked for, but the extension cfbi_ops._C could not be loaded: {EXTENSION_ERROR}"
+        )
     if choice not in _logged:
         _logged.add(choice)
-        reason = "the compiled extension is not loaded" if not HAS_EXTENSION else (
-            f"chosen by {'CFBI_OPS_BACKEND' if backend is None else 'backend='}")
+        reason = (
+            "the compiled extension is not loaded"
+            if not HAS_EXTENSION
+            else (f"chosen by {'CFBI_OPS_BACKEND' if backend is None else 'backend='}")
+        )
         _logger.info("cfbi_ops: running on the %s backend (%s)", choice, reason)
     return choice
 
@@ -75,19 +80,35 @@ def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _global_backward(query: Tensor, reference_: Tensor, fg: Tensor, argmin: Tensor, fg_bias: Tensor,
-                     bg_bias: Tensor, grad_fg: Tensor | None, grad_bg: Tensor | None
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _global_backward(
+    query: Tensor,
+    reference_: Tensor,
+    fg: Tensor,
+    argmin: Tensor,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    grad_fg: Tensor | None,
+    grad_bg: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     gq, gr, gfb, gbb = torch.ops.cfbi.global_match_backward(
-        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias)
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias
+    )
     return gq, gr, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
 
-def _local_backward(query: Tensor, previous: Tensor, fg: Tensor, argmin: Tensor, fg_bias: Tensor,
-                    bg_bias: Tensor, grad_fg: Tensor | None, grad_bg: Tensor | None
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _local_backward(
+    query: Tensor,
+    previous: Tensor,
+    fg: Tensor,
+    argmin: Tensor,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    grad_fg: Tensor | None,
+    grad_bg: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(
-        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias)
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias
+    )
     return gq, gp, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
 
@@ -131,9 +152,18 @@ if HAS_EXTENSION:
     torch.library.register_autograd("cfbi::local_match", _local_match_autograd, setup_context=_setup_context)
 
 
-def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_labels: int,
-                 fg_bias: Tensor | float, bg_bias: Tensor | float, *, atrous: int = 1,
-                 atrous_min_pixels: int = 0, backend: str | None = None) -> tuple[Tensor, Tensor]:
+def global_match(
+    query: Tensor,
+    reference: Tensor,
+    ref_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor | float,
+    bg_bias: Tensor | float,
+    *,
+    atrous: int = 1,
+    atrous_min_pixels: int = 0,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """Per-object global nearest-neighbour matching (CFBI eq. 1-3, atrous eq. 8-9).
 
     Args:
@@ -150,21 +180,40 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
         (fg, bg), each [B, L, H, W]: fg_l = 1 - 2 / (1 + exp(min_q ||e_p - e_q||^2 + b_l)) over the candidates of
         label l (1.0 when there is none); bg_l = min over j != l of fg_j (bg = fg when L == 1).
     """
-    query, reference_, ref_labels = _validate.global_args(query, reference, ref_labels, num_labels, atrous,
-                                                          atrous_min_pixels)
+    query, reference_, ref_labels = _validate.global_args(
+        query, reference, ref_labels, num_labels, atrous, atrous_min_pixels
+    )
     fg_bias = _validate.bias(fg_bias, "fg_bias", query)
     bg_bias = _validate.bias(bg_bias, "bg_bias", query)
     if resolve_backend(backend) == "reference":
-        return _reference.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
-                                       atrous_min_pixels=atrous_min_pixels)
-    fg, bg, _ = torch.ops.cfbi.global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous,
-                                            atrous_min_pixels)
+        return _reference.global_match(
+            query,
+            reference_,
+            ref_labels,
+            num_labels,
+            fg_bias,
+            bg_bias,
+            atrous=atrous,
+            atrous_min_pixels=atrous_min_pixels,
+        )
+    fg, bg, _ = torch.ops.cfbi.global_match(
+        query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels
+    )
     return fg, bg
 
 
-def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels: int,
-                fg_bias: Tensor | float, bg_bias: Tensor | float, *, windows: Sequence[int] = DEFAULT_WINDOWS,
-                atrous: int = 1, backend: str | None = None) -> tuple[Tensor, Tensor]:
+def local_match(
+    query: Tensor,
+    previous: Tensor,
+    prev_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor | float,
+    bg_bias: Tensor | float,
+    *,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    atrous: int = 1,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """Multi-window local nearest-neighbour matching against the previous frame (CFBI eq. 4-7, 10-12).
 
     Args:
@@ -180,15 +229,16 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
     Returns:
         (fg, bg), each [B, L, K, H, W], windows in the order given; scores as in global_match.
     """
-    query, previous, prev_labels, windows = _validate.local_args(query, previous, prev_labels, num_labels, windows,
-                                                                 atrous)
+    query, previous, prev_labels, windows = _validate.local_args(
+        query, previous, prev_labels, num_labels, windows, atrous
+    )
     fg_bias = _validate.bias(fg_bias, "fg_bias", query)
     bg_bias = _validate.bias(bg_bias, "bg_bias", query)
     if resolve_backend(backend) == "reference":
-        return _reference.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
-                                      atrous=atrous)
-    fg, bg, _ = torch.ops.cfbi.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows,
-                                           atrous)
+        return _reference.local_match(
+            query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows, atrous=atrous
+        )
+    fg, bg, _ = torch.ops.cfbi.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous)
     return fg, bg
 
 
@@ -198,10 +248,12 @@ class GlobalMatchFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=1, atrous_min_pixels=0):
-        query, ref5, ref_labels = _validate.global_args(query, reference_, ref_labels, num_labels, atrous,
-                                                        atrous_min_pixels)
-        fg, bg, argmin = torch.ops.cfbi.global_match(query, ref5, ref_labels, num_labels, fg_bias, bg_bias, atrous,
-                                                     atrous_min_pixels)
+        query, ref5, ref_labels = _validate.global_args(
+            query, reference_, ref_labels, num_labels, atrous, atrous_min_pixels
+        )
+        fg, bg, argmin = torch.ops.cfbi.global_match(
+            query, ref5, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels
+        )
         ctx.reference_shape = reference_.shape
         ctx.save_for_backward(query, ref5, fg, argmin, fg_bias, bg_bias)
         return fg, bg
@@ -216,8 +268,16 @@ class GlobalMatchFunction(torch.autograd.Function):
         fg_bias = _validate.bias(fg_bias, "fg_bias", query)
         bg_bias = _validate.bias(bg_bias, "bg_bias", query)
         if resolve_backend() == "reference":
-            return global_match(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=atrous,
-                                atrous_min_pixels=atrous_min_pixels)
+            return global_match(
+                query,
+                reference_,
+                ref_labels,
+                num_labels,
+                fg_bias,
+                bg_bias,
+                atrous=atrous,
+                atrous_min_pixels=atrous_min_pixels,
+            )
         return super().apply(query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels)
 
 
@@ -227,10 +287,12 @@ class LocalMatchFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=DEFAULT_WINDOWS, atrous=1):
-        query, previous, prev_labels, windows = _validate.local_args(query, previous, prev_labels, num_labels,
-                                                                     windows, atrous)
-        fg, bg, argmin = torch.ops.cfbi.local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias,
-                                                    windows, atrous)
+        query, previous, prev_labels, windows = _validate.local_args(
+            query, previous, prev_labels, num_labels, windows, atrous
+        )
+        fg, bg, argmin = torch.ops.cfbi.local_match(
+            query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous
+        )
         ctx.save_for_backward(query, previous, fg, argmin, fg_bias, bg_bias)
         return fg, bg
 
@@ -244,6 +306,7 @@ class LocalMatchFunction(torch.autograd.Function):
         fg_bias = _validate.bias(fg_bias, "fg_bias", query)
         bg_bias = _validate.bias(bg_bias, "bg_bias", query)
         if resolve_backend() == "reference":
-            return local_match(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows,
-                               atrous=atrous)
+            return local_match(
+                query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows=windows, atrous=atrous
+            )
         return super().apply(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous)

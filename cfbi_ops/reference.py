@@ -5,6 +5,7 @@ chunked over query pixels so that no [all queries x all candidates] or [pixels x
 built. Gradients flow through the selected (argmin) candidate only; ties go to the lowest flattened
 candidate index, as in the compiled kernels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -85,8 +86,17 @@ def _global_candidate_labels(labels: Tensor, num_labels: int, atrous: int, min_p
     return torch.where(keep, labels, -1).reshape(-1)
 
 
-def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_labels: int, fg_bias: Tensor,
-                 bg_bias: Tensor, *, atrous: int = 1, atrous_min_pixels: int = 0) -> tuple[Tensor, Tensor]:
+def global_match(
+    query: Tensor,
+    reference: Tensor,
+    ref_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    atrous: int = 1,
+    atrous_min_pixels: int = 0,
+) -> tuple[Tensor, Tensor]:
     """Reference global matching. query [B, C, H, W]; reference [B, C, Hr, Wr] or [B, T, C, Hr, Wr];
     ref_labels [B, Hr, Wr] or [B, T, Hr, Wr]. Returns (fg, bg), each [B, L, H, W]."""
     if reference.dim() == 4:
@@ -101,8 +111,12 @@ def global_match(query: Tensor, reference: Tensor, ref_labels: Tensor, num_label
         min_dist, found = _nearest(q, r, cand, num_labels)
         fgs.append((min_dist, found))
     if not fgs:  # B = 0
-        fgs = [(query.new_zeros(0, num_labels, height * width), torch.zeros(0, num_labels, height * width,
-                                                                            dtype=torch.bool, device=query.device))]
+        fgs = [
+            (
+                query.new_zeros(0, num_labels, height * width),
+                torch.zeros(0, num_labels, height * width, dtype=torch.bool, device=query.device),
+            )
+        ]
         min_dist, found = fgs[0]
     else:
         min_dist, found = torch.stack([m for m, _ in fgs]), torch.stack([f for _, f in fgs])
@@ -123,7 +137,7 @@ def _nearest(q: Tensor, r: Tensor, cand_labels: Tensor, num_labels: int) -> tupl
     with torch.no_grad():
         r_sq = (r.double() ** 2).sum(1)
     for start in range(0, n, chunk):
-        qc = q[start:start + chunk]
+        qc = q[start : start + chunk]
         with torch.no_grad():
             # Selection in float64 so that float32 inputs pick the candidate the kernels pick.
             dist = (qc.double() ** 2).sum(1, keepdim=True) + r_sq.unsqueeze(0) - 2 * qc.double() @ r.double().t()
@@ -131,14 +145,22 @@ def _nearest(q: Tensor, r: Tensor, cand_labels: Tensor, num_labels: int) -> tupl
         # Exact distance to the selected candidate, differentiable in q and r. Labels without a candidate get
         # a zero difference, so that a NaN at the stand-in index cannot leak into the gradients.
         diff = torch.where(found.unsqueeze(-1), qc.unsqueeze(0) - r[index], 0.0)
-        mins.append((diff ** 2).sum(-1))
+        mins.append((diff**2).sum(-1))
         founds.append(found)
     return torch.cat(mins, 1), torch.cat(founds, 1)
 
 
-def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels: int, fg_bias: Tensor,
-                bg_bias: Tensor, *, windows: Sequence[int] = (4, 8, 12, 16, 20, 24),
-                atrous: int = 1) -> tuple[Tensor, Tensor]:
+def local_match(
+    query: Tensor,
+    previous: Tensor,
+    prev_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    windows: Sequence[int] = (4, 8, 12, 16, 20, 24),
+    atrous: int = 1,
+) -> tuple[Tensor, Tensor]:
     """Reference local matching. query, previous [B, C, H, W]; prev_labels [B, H, W].
     Returns (fg, bg), each [B, L, K, H, W] with K = len(windows), windows in the order given."""
     batch, channels, height, width = query.shape
@@ -180,6 +202,6 @@ def local_match(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels
     sel = index.clamp(min=0).reshape(batch, 1, count).expand(batch, channels, count)
     chosen = flat_prev.squeeze(2).gather(2, sel).reshape(batch, channels, num_labels, len(windows), height, width)
     diff = torch.where(found.unsqueeze(1), query.unsqueeze(2).unsqueeze(2) - chosen, 0.0)
-    min_dist = (diff ** 2).sum(1)
+    min_dist = (diff**2).sum(1)
     fg = _scores(min_dist, found, fg_bias, bg_bias)
     return fg, background_maps(fg)

@@ -11,6 +11,7 @@ pyproject.toml, it runs setup.py from a temporary folder of links that leaves py
     python scripts/parallel_build.py --jobs 16 build_ext --inplace        # setup.py of the current folder
     python scripts/parallel_build.py --jobs 2 --no-ninja --setup path/to/setup.py build_ext --inplace
 """
+
 from __future__ import annotations  # noqa: I001  (setuptools before distutils, below)
 
 import argparse
@@ -41,10 +42,20 @@ def parallel_compile(jobs: int):
     """A replacement of CCompiler.compile that runs the per-source _compile calls in up to `jobs` forked
     processes (forked, so nothing is pickled: setup.py runs as a stand-in __main__ module)."""
 
-    def compile(self, sources, output_dir=None, macros=None, include_dirs=None, debug=False, extra_preargs=None,
-                extra_postargs=None, depends=None):
+    def compile(
+        self,
+        sources,
+        output_dir=None,
+        macros=None,
+        include_dirs=None,
+        debug=False,
+        extra_preargs=None,
+        extra_postargs=None,
+        depends=None,
+    ):
         macros, objects, extra_postargs, pp_opts, build = self._setup_compile(
-            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            output_dir, macros, include_dirs, sources, depends, extra_postargs
+        )
         cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
         pending = [(obj, *build[obj]) for obj in objects if obj in build]
         if len(pending) <= 1 or jobs <= 1:
@@ -110,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     if _setuptools_major() < 77 and os.path.exists(os.path.join(folder, "pyproject.toml")):
         folder = shadow = shadow_without_pyproject(folder)
         setup = os.path.join(folder, os.path.basename(setup))
-        print(f"parallel_build: setuptools {setuptools.__version__} rejects this pyproject.toml (a license string "
-              f"needs >= 77); building from {folder}, which links everything else", flush=True)
+        print(
+            f"parallel_build: setuptools {setuptools.__version__} rejects this pyproject.toml (a license string "
+            f"needs >= 77); building from {folder}, which links everything else",
+            flush=True,
+        )
     os.chdir(folder)
     sys.argv = [setup] + setup_args
     try:

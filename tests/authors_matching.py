@@ -16,6 +16,7 @@ Two deliberate departures, both in the arguments only:
 - allow_parallel=False runs the same `F.unfold` formulation: the original's loop variant reuses the query's
   name as its column counter, so it does not compute the matching it documents.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,12 @@ def _nearest_per_object(reference: Tensor, query: Tensor, labels: Tensor, n_chun
     chunk = math.ceil(rows / n_chunks)
     features = []
     for start in range(0, rows, chunk):
-        part = query[start:start + chunk]
-        dist = query_sq[start:start + chunk].unsqueeze(1) + reference_sq.unsqueeze(0) - 2. * torch.matmul(part, reference.t())
+        part = query[start : start + chunk]
+        dist = (
+            query_sq[start : start + chunk].unsqueeze(1)
+            + reference_sq.unsqueeze(0)
+            - 2.0 * torch.matmul(part, reference.t())
+        )
         dist = dist.unsqueeze(1) + wrong_label.unsqueeze(0) * PAD_DISTANCE  # [n, L, M]
         features.append(torch.min(dist, dim=2, keepdim=True)[0])
     return torch.cat(features, dim=0)
@@ -78,7 +83,7 @@ def _grid(height: int, width: int, rate: int, device: torch.device) -> Tensor:
 def _subsample_large_objects_(labels: Tensor, grid: Tensor, rate: int, min_pixels: int) -> None:
     """In place, as the original: every object with more than min_pixels * rate**2 pixels keeps only its
     pixels on the atrous grid."""
-    large = labels.sum(dim=(0, 1)) > (min_pixels * rate ** 2)
+    large = labels.sum(dim=(0, 1)) > (min_pixels * rate**2)
     labels[:, :, large] = labels[:, :, large] * grid
 
 
@@ -92,9 +97,18 @@ def _strided(frame: Tensor, height: int, width: int, rate: int) -> Tensor:
     return frame[:, 0, :, 0, :].contiguous()
 
 
-def _match_flat(reference: Tensor, query: Tensor, labels: Tensor, height: int, width: int, n_chunks: int,
-                dis_bias: Tensor | float, ori_size: Sequence[int] | None, use_float16: bool,
-                cast_after_selection: bool) -> Tensor:
+def _match_flat(
+    reference: Tensor,
+    query: Tensor,
+    labels: Tensor,
+    height: int,
+    width: int,
+    n_chunks: int,
+    dis_bias: Tensor | float,
+    ori_size: Sequence[int] | None,
+    use_float16: bool,
+    cast_after_selection: bool,
+) -> Tensor:
     """reference [M, C], query [N, C], labels [M, L] -> [1, H', W', L, 1]."""
     obj_nums = labels.shape[1]
     candidate = labels.sum(dim=1) > 0.9
@@ -115,9 +129,17 @@ def _match_flat(reference: Tensor, query: Tensor, labels: Tensor, height: int, w
     return features
 
 
-def global_matching(reference_embeddings: Tensor, query_embeddings: Tensor, reference_labels: Tensor,
-                    n_chunks: int = 100, dis_bias: Tensor | float = 0., ori_size: Sequence[int] | None = None,
-                    atrous_rate: int = 1, use_float16: bool = True, atrous_obj_pixel_num: int = 0) -> Tensor:
+def global_matching(
+    reference_embeddings: Tensor,
+    query_embeddings: Tensor,
+    reference_labels: Tensor,
+    n_chunks: int = 100,
+    dis_bias: Tensor | float = 0.0,
+    ori_size: Sequence[int] | None = None,
+    atrous_rate: int = 1,
+    use_float16: bool = True,
+    atrous_obj_pixel_num: int = 0,
+) -> Tensor:
     """Global matching of the training path: reference [Hr, Wr, C], query [H, W, C], reference_labels
     [Hr, Wr, L] (modified in place when atrous_rate > 1). Returns [1, H', W', L, 1]."""
     assert reference_embeddings.shape[:2] == reference_labels.shape[:2]
@@ -128,16 +150,31 @@ def global_matching(reference_embeddings: Tensor, query_embeddings: Tensor, refe
     if atrous_rate > 1:
         grid = _grid(height, width, atrous_rate, query_embeddings.device)
         _subsample_large_objects_(reference_labels, grid, atrous_rate, atrous_obj_pixel_num)
-    return _match_flat(reference_embeddings.reshape(-1, channels), query_embeddings.reshape(-1, channels),
-                       reference_labels.reshape(-1, obj_nums), height, width, n_chunks, dis_bias, ori_size,
-                       use_float16, cast_after_selection=False)
+    return _match_flat(
+        reference_embeddings.reshape(-1, channels),
+        query_embeddings.reshape(-1, channels),
+        reference_labels.reshape(-1, obj_nums),
+        height,
+        width,
+        n_chunks,
+        dis_bias,
+        ori_size,
+        use_float16,
+        cast_after_selection=False,
+    )
 
 
-def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_embeddings: Tensor,
-                             all_reference_labels: Sequence[Tensor], n_chunks: int = 20,
-                             dis_bias: Tensor | float = 0., ori_size: Sequence[int] | None = None,
-                             atrous_rate: int = 1, use_float16: bool = True,
-                             atrous_obj_pixel_num: int = 0) -> Tensor:
+def global_matching_for_eval(
+    all_reference_embeddings: Sequence[Tensor],
+    query_embeddings: Tensor,
+    all_reference_labels: Sequence[Tensor],
+    n_chunks: int = 20,
+    dis_bias: Tensor | float = 0.0,
+    ori_size: Sequence[int] | None = None,
+    atrous_rate: int = 1,
+    use_float16: bool = True,
+    atrous_obj_pixel_num: int = 0,
+) -> Tensor:
     """Global matching of the evaluation path against several reference frames (lists of [Hr, Wr, C] and
     [Hr, Wr, L]); with atrous_obj_pixel_num > 0 and atrous_rate > 1 each frame's labels are subsampled in
     place, otherwise the frames are strided (no side effect). Returns [1, H', W', L, 1]."""
@@ -159,12 +196,23 @@ def global_matching_for_eval(all_reference_embeddings: Sequence[Tensor], query_e
                 label = _strided(label, height, width, atrous_rate)
             references.append(reference.reshape(-1, channels))
             labels.append(label.reshape(-1, obj_nums))
-    return _match_flat(torch.cat(references, 0), query_embeddings.reshape(-1, channels), torch.cat(labels, 0),
-                       height, width, n_chunks, dis_bias, ori_size, use_float16, cast_after_selection=True)
+    return _match_flat(
+        torch.cat(references, 0),
+        query_embeddings.reshape(-1, channels),
+        torch.cat(labels, 0),
+        height,
+        width,
+        n_chunks,
+        dis_bias,
+        ori_size,
+        use_float16,
+        cast_after_selection=True,
+    )
 
 
-def _local_distances(query: Tensor, previous: Tensor, max_distance: int, atrous_rate: int,
-                     allow_downsample: bool) -> Tensor:
+def _local_distances(
+    query: Tensor, previous: Tensor, max_distance: int, atrous_rate: int, allow_downsample: bool
+) -> Tensor:
     """query, previous [H, W, C] -> [h, w, (2 R + 1)^2] expanded distances to every window offset, R =
     max_distance // atrous_rate, row-major over (dy, dx); offsets outside the frame get ||q||^2 + 5e4."""
     full_height, full_width, _ = query.shape
@@ -185,13 +233,21 @@ def _local_distances(query: Tensor, previous: Tensor, max_distance: int, atrous_
     windows_sq = F.unfold(padded_sq, kernel_size=(height, width), stride=(atrous_rate, atrous_rate))
     windows_sq = windows_sq.reshape(height, width, -1)
     rows = query.reshape(channels, height * width, -1).permute(1, 2, 0)  # [hw, 1, C]
-    return query_sq + windows_sq - 2. * torch.matmul(rows, windows).reshape(height, width, -1)
+    return query_sq + windows_sq - 2.0 * torch.matmul(rows, windows).reshape(height, width, -1)
 
 
-def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_frame_labels: Tensor,
-                   dis_bias: Tensor | float = 0., multi_local_distance: Sequence[int] = (15,),
-                   ori_size: Sequence[int] | None = None, atrous_rate: int = 1, use_float16: bool = True,
-                   allow_downsample: bool = True, allow_parallel: bool = True) -> Tensor:
+def local_matching(
+    prev_frame_embedding: Tensor,
+    query_embedding: Tensor,
+    prev_frame_labels: Tensor,
+    dis_bias: Tensor | float = 0.0,
+    multi_local_distance: Sequence[int] = (15,),
+    ori_size: Sequence[int] | None = None,
+    atrous_rate: int = 1,
+    use_float16: bool = True,
+    allow_downsample: bool = True,
+    allow_parallel: bool = True,
+) -> Tensor:
     """Multi-window local matching: previous, query [H, W, C], prev_frame_labels [H, W, L]. Returns
     [1, H', W', L, K] with the windows in the order (last, first, ..., second to last)."""
     max_distance = multi_local_distance[-1]
@@ -217,7 +273,9 @@ def local_matching(prev_frame_embedding: Tensor, query_embedding: Tensor, prev_f
     square = masked.reshape(height, width, 2 * radius + 1, 2 * radius + 1, obj_num)
     for distance in multi_local_distance[:-1]:
         k = distance // atrous_rate
-        window = square[:, :, radius - k:radius + k + 1, radius - k:radius + k + 1, :].reshape(height, width, -1, obj_num)
+        window = square[:, :, radius - k : radius + k + 1, radius - k : radius + k + 1, :].reshape(
+            height, width, -1, obj_num
+        )
         maps.append(torch.min(window, dim=2)[0].permute(2, 0, 1).unsqueeze(1))
     maps = _score(torch.cat(maps, dim=1), _bias(dis_bias, dist).reshape(-1, 1, 1, 1))  # [L, K, h, w]
     if use_float16:
@@ -251,33 +309,62 @@ def _dis_bias(num_labels: int, fg_bias: Tensor, bg_bias: Tensor) -> Tensor:
     return torch.cat([bg_bias.reshape(1), fg_bias.reshape(1).expand(num_labels - 1)]).reshape(-1, 1, 1, 1)
 
 
-def global_match_op_layout(query: Tensor, reference: Tensor, ref_labels: Tensor, num_labels: int, fg_bias: Tensor,
-                           bg_bias: Tensor, *, atrous: int = 1, n_chunks: int = 1,
-                           impl=None) -> tuple[Tensor, Tensor]:
+def global_match_op_layout(
+    query: Tensor,
+    reference: Tensor,
+    ref_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    atrous: int = 1,
+    n_chunks: int = 1,
+    impl=None,
+) -> tuple[Tensor, Tensor]:
     """query, reference [1, C, H, W]; ref_labels [1, H, W] -> (fg, bg) [1, L, H, W] via impl.global_matching
     (float32 / float64, no float16) and impl.foreground2background."""
     impl = sys.modules[__name__] if impl is None else impl
-    out = impl.global_matching(_channels_last(reference), _channels_last(query),
-                               _one_hot(ref_labels, num_labels, query.dtype), n_chunks=n_chunks,
-                               dis_bias=_dis_bias(num_labels, fg_bias, bg_bias), atrous_rate=atrous,
-                               use_float16=False)
+    out = impl.global_matching(
+        _channels_last(reference),
+        _channels_last(query),
+        _one_hot(ref_labels, num_labels, query.dtype),
+        n_chunks=n_chunks,
+        dis_bias=_dis_bias(num_labels, fg_bias, bg_bias),
+        atrous_rate=atrous,
+        use_float16=False,
+    )
     fg = out[0, :, :, :, 0].permute(2, 0, 1).unsqueeze(1)  # [L, 1, H, W]
     return fg.transpose(0, 1), impl.foreground2background(fg, num_labels).transpose(0, 1)
 
 
-def local_match_op_layout(query: Tensor, previous: Tensor, prev_labels: Tensor, num_labels: int, fg_bias: Tensor,
-                          bg_bias: Tensor, *, windows: Sequence[int], atrous: int = 1,
-                          impl=None) -> tuple[Tensor, Tensor]:
+def local_match_op_layout(
+    query: Tensor,
+    previous: Tensor,
+    prev_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    windows: Sequence[int],
+    atrous: int = 1,
+    impl=None,
+) -> tuple[Tensor, Tensor]:
     """query, previous [1, C, H, W]; prev_labels [1, H, W] -> (fg, bg) [1, L, K, H, W], windows in the order
     given, via impl.local_matching (windows sorted: the authors' largest window is the last) and
     impl.foreground2background."""
     impl = sys.modules[__name__] if impl is None else impl
     ordered = sorted(windows)
     produced = [ordered[-1]] + ordered[:-1]  # the largest window comes out first
-    out = impl.local_matching(_channels_last(previous), _channels_last(query),
-                              _one_hot(prev_labels, num_labels, query.dtype),
-                              dis_bias=_dis_bias(num_labels, fg_bias, bg_bias), multi_local_distance=ordered,
-                              atrous_rate=atrous, use_float16=False, allow_downsample=False)
+    out = impl.local_matching(
+        _channels_last(previous),
+        _channels_last(query),
+        _one_hot(prev_labels, num_labels, query.dtype),
+        dis_bias=_dis_bias(num_labels, fg_bias, bg_bias),
+        multi_local_distance=ordered,
+        atrous_rate=atrous,
+        use_float16=False,
+        allow_downsample=False,
+    )
     pick = torch.tensor([produced.index(w) for w in windows], device=out.device)
     fg = out[0].permute(2, 3, 0, 1).index_select(1, pick)  # [L, K, H, W]
     bg = impl.foreground2background(fg.permute(0, 2, 3, 1).unsqueeze(1), num_labels)  # [L, 1, H, W, K]

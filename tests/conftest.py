@@ -3,6 +3,7 @@
 Embeddings are small (0.1 * randn): with unit-variance embeddings the squared distances are ~2C and
 the score 1 - 2 / (1 + exp(d + b)) saturates to 1 (no gradient), which would hide most bugs.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,17 @@ def embeddings(shape, dtype, g: torch.Generator, scale: float = 0.1) -> torch.Te
     return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
 
 
-def random_labels(shape, num_labels: int, g: torch.Generator, *, absent=(), ignore_fraction: float = 0.1,
-                  out_of_range_fraction: float = 0.05, dtype=torch.int64, skew: float | None = None) -> torch.Tensor:
+def random_labels(
+    shape,
+    num_labels: int,
+    g: torch.Generator,
+    *,
+    absent=(),
+    ignore_fraction: float = 0.1,
+    out_of_range_fraction: float = 0.05,
+    dtype=torch.int64,
+    skew: float | None = None,
+) -> torch.Tensor:
     """Labels in [0, num_labels) with some pixels ignored: value 255 and value num_labels + 1 (>= L).
 
     Labels listed in `absent` never appear (their pixels are turned into ignored / other labels).
@@ -79,7 +89,7 @@ def random_labels(shape, num_labels: int, g: torch.Generator, *, absent=(), igno
     if skew is None:
         labels = torch.randint(0, num_labels, shape, generator=g)
     else:
-        probs = torch.tensor([skew ** l for l in range(num_labels)], dtype=torch.float64)
+        probs = torch.tensor([skew**label for label in range(num_labels)], dtype=torch.float64)
         numel = 1
         for n in shape:
             numel *= n
@@ -87,7 +97,7 @@ def random_labels(shape, num_labels: int, g: torch.Generator, *, absent=(), igno
     u = torch.rand(shape, generator=g, dtype=torch.float64)
     labels[u < ignore_fraction] = IGNORE
     labels[(u >= ignore_fraction) & (u < ignore_fraction + out_of_range_fraction)] = num_labels + 1
-    present = [l for l in range(num_labels) if l not in absent]
+    present = [label for label in range(num_labels) if label not in absent]
     for label in absent:
         mask = labels == label
         if present:
@@ -155,9 +165,30 @@ class LocalCase:
         return [self.query, self.previous, self.fg_bias, self.bg_bias]
 
 
-def make_global_case(*, B=1, C=4, H=6, W=7, T=1, Hr=None, Wr=None, L=3, atrous=1, min_pixels=0, absent=(),
-                     dtype=torch.float64, ref_5d=None, noncontig=False, label_dtype=torch.int64, seed=0,
-                     fg_bias=-0.3, bg_bias=0.2, bias_shape=(1,), requires_grad=True, skew=None) -> GlobalCase:
+def make_global_case(
+    *,
+    B=1,
+    C=4,
+    H=6,
+    W=7,
+    T=1,
+    Hr=None,
+    Wr=None,
+    L=3,
+    atrous=1,
+    min_pixels=0,
+    absent=(),
+    dtype=torch.float64,
+    ref_5d=None,
+    noncontig=False,
+    label_dtype=torch.int64,
+    seed=0,
+    fg_bias=-0.3,
+    bg_bias=0.2,
+    bias_shape=(1,),
+    requires_grad=True,
+    skew=None,
+) -> GlobalCase:
     Hr = H if Hr is None else Hr
     Wr = W if Wr is None else Wr
     ref_5d = (T > 1) if ref_5d is None else ref_5d
@@ -172,13 +203,38 @@ def make_global_case(*, B=1, C=4, H=6, W=7, T=1, Hr=None, Wr=None, L=3, atrous=1
         query, reference, labels = noncontiguous(query), noncontiguous(reference), noncontiguous(labels)
     query.requires_grad_(requires_grad)
     reference.requires_grad_(requires_grad)
-    return GlobalCase(query, reference, labels, L, make_bias(fg_bias, dtype, bias_shape, requires_grad),
-                      make_bias(bg_bias, dtype, bias_shape, requires_grad), atrous, min_pixels, tuple(absent))
+    return GlobalCase(
+        query,
+        reference,
+        labels,
+        L,
+        make_bias(fg_bias, dtype, bias_shape, requires_grad),
+        make_bias(bg_bias, dtype, bias_shape, requires_grad),
+        atrous,
+        min_pixels,
+        tuple(absent),
+    )
 
 
-def make_local_case(*, B=1, C=4, H=6, W=7, L=3, windows=(4, 8, 12, 16, 20, 24), atrous=1, absent=(),
-                    dtype=torch.float64, noncontig=False, label_dtype=torch.int64, seed=0, fg_bias=-0.3,
-                    bg_bias=0.2, bias_shape=(1,), requires_grad=True) -> LocalCase:
+def make_local_case(
+    *,
+    B=1,
+    C=4,
+    H=6,
+    W=7,
+    L=3,
+    windows=(4, 8, 12, 16, 20, 24),
+    atrous=1,
+    absent=(),
+    dtype=torch.float64,
+    noncontig=False,
+    label_dtype=torch.int64,
+    seed=0,
+    fg_bias=-0.3,
+    bg_bias=0.2,
+    bias_shape=(1,),
+    requires_grad=True,
+) -> LocalCase:
     g = generator(seed)
     query = embeddings((B, C, H, W), dtype, g)
     previous = embeddings((B, C, H, W), dtype, g)
@@ -187,20 +243,27 @@ def make_local_case(*, B=1, C=4, H=6, W=7, L=3, windows=(4, 8, 12, 16, 20, 24), 
         query, previous, labels = noncontiguous(query), noncontiguous(previous), noncontiguous(labels)
     query.requires_grad_(requires_grad)
     previous.requires_grad_(requires_grad)
-    return LocalCase(query, previous, labels, L, make_bias(fg_bias, dtype, bias_shape, requires_grad),
-                     make_bias(bg_bias, dtype, bias_shape, requires_grad), tuple(windows), atrous, tuple(absent))
+    return LocalCase(
+        query,
+        previous,
+        labels,
+        L,
+        make_bias(fg_bias, dtype, bias_shape, requires_grad),
+        make_bias(bg_bias, dtype, bias_shape, requires_grad),
+        tuple(windows),
+        atrous,
+        tuple(absent),
+    )
 
 
 def run_global(case: GlobalCase, impl=None):
     impl = cfbi_ops.global_match if impl is None else impl
-    return impl(case.query, case.reference, case.labels, case.num_labels, case.fg_bias, case.bg_bias,
-                **case.kwargs())
+    return impl(case.query, case.reference, case.labels, case.num_labels, case.fg_bias, case.bg_bias, **case.kwargs())
 
 
 def run_local(case: LocalCase, impl=None):
     impl = cfbi_ops.local_match if impl is None else impl
-    return impl(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias,
-                **case.kwargs())
+    return impl(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias, **case.kwargs())
 
 
 def weighted_loss(fg: torch.Tensor, bg: torch.Tensor, seed: int = 123) -> torch.Tensor:
@@ -222,8 +285,9 @@ def run_isolated(code: str, timeout: float = 120) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ The variants and what selects them (csrc/cuda/*.cu):
 Prints one line per call and "ok" at the end; not collected by pytest. `--device cpu` runs the same calls
 on the CPU kernels (a check of this driver without a GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,9 @@ class Driver:
         torch.autograd.grad(loss, leaves)
         self.calls += 1
 
-    def global_case(self, dtype: torch.dtype, *, B=2, C=8, H=7, W=9, T=2, Hr=8, Wr=6, L=4, atrous=2,
-                    min_pixels=1) -> None:
+    def global_case(
+        self, dtype: torch.dtype, *, B=2, C=8, H=7, W=9, T=2, Hr=8, Wr=6, L=4, atrous=2, min_pixels=1
+    ) -> None:
         """global_match forward and backward: query [B, C, H, W], reference [B, T, C, Hr, Wr]."""
         query = self.embeddings((B, C, H, W), dtype)
         reference = self.embeddings((B, T, C, Hr, Wr), dtype)
@@ -110,53 +112,97 @@ def cases(device: str) -> list[tuple[str, Callable[[Driver, torch.dtype], None],
     sms = multiprocessors(device)
     return [
         # ---- global_match
-        ("global: 2 frames, atrous 2, small-label rule (frame counts)",
-         lambda d, t: d.global_case(t), True),
-        ("global: packed by the atrous grid (atrous 4, no small-label rule)",
-         lambda d, t: d.global_case(t, B=1, C=20, H=9, W=11, T=1, Hr=13, Wr=15, L=3, atrous=4, min_pixels=0), False),
-        ("global: 70 channels (several chunks), L = 1",
-         lambda d, t: d.global_case(t, C=70, T=1, L=1, atrous=1, min_pixels=0), False),
-        ("global: one query block, about 16 candidate tiles (candidate splits)",
-         lambda d, t: d.global_case(t, B=1, C=33, H=8, W=8, T=1, Hr=34, Wr=34, L=5, atrous=1, min_pixels=0), True),
-        (f"global: {2 * sms} x 128 queries (query blocks fill the device: one split)",
-         lambda d, t: d.global_case(t, B=1, C=8, H=2 * sms, W=128, T=1, Hr=9, Wr=16, L=3, atrous=1, min_pixels=0),
-         False),
-        ("global: no candidate at all",
-         lambda d, t: d.global_case(t, B=1, Hr=0, L=3), False),
-        ("global: 40 labels, atrous 3, small-label rule",
-         lambda d, t: d.global_case(t, B=1, C=5, L=40, atrous=3, min_pixels=2), False),
+        ("global: 2 frames, atrous 2, small-label rule (frame counts)", lambda d, t: d.global_case(t), True),
+        (
+            "global: packed by the atrous grid (atrous 4, no small-label rule)",
+            lambda d, t: d.global_case(t, B=1, C=20, H=9, W=11, T=1, Hr=13, Wr=15, L=3, atrous=4, min_pixels=0),
+            False,
+        ),
+        (
+            "global: 70 channels (several chunks), L = 1",
+            lambda d, t: d.global_case(t, C=70, T=1, L=1, atrous=1, min_pixels=0),
+            False,
+        ),
+        (
+            "global: one query block, about 16 candidate tiles (candidate splits)",
+            lambda d, t: d.global_case(t, B=1, C=33, H=8, W=8, T=1, Hr=34, Wr=34, L=5, atrous=1, min_pixels=0),
+            True,
+        ),
+        (
+            f"global: {2 * sms} x 128 queries (query blocks fill the device: one split)",
+            lambda d, t: d.global_case(t, B=1, C=8, H=2 * sms, W=128, T=1, Hr=9, Wr=16, L=3, atrous=1, min_pixels=0),
+            False,
+        ),
+        ("global: no candidate at all", lambda d, t: d.global_case(t, B=1, Hr=0, L=3), False),
+        (
+            "global: 40 labels, atrous 3, small-label rule",
+            lambda d, t: d.global_case(t, B=1, C=5, L=40, atrous=3, min_pixels=2),
+            False,
+        ),
         # ---- local_match
-        ("local: row state in shared memory (L = 4), atrous 2",
-         lambda d, t: d.local_case(t), True),
-        ("local: row state in shared memory at its limit (L = 17, float64 11)",
-         lambda d, t: d.local_case(t, B=1, C=8, H=6, W=35, L=_shared_limit(t), windows=(1, 3), atrous=1), False),
-        ("local: row state in global memory (L = 18, float64 12)",
-         lambda d, t: d.local_case(t, B=1, C=8, H=6, W=35, L=_shared_limit(t) + 1, windows=(1, 3), atrous=1), True),
-        ("local: row state in global memory (L = 60)",
-         lambda d, t: d.local_case(t, B=1, C=4, H=5, W=35, L=60, windows=(1, 2), atrous=1), False),
-        ("local: 50 channels (two chunks)",
-         lambda d, t: d.local_case(t, C=50, windows=(1, 2), atrous=1), False),
-        ("local: 130 channels (five chunks)",
-         lambda d, t: d.local_case(t, B=1, C=130, H=5, W=6, windows=(2,), atrous=1), False),
-        ("local: radius 15 (two segments, left and right strips), atrous 2",
-         lambda d, t: d.local_case(t, B=1, C=6, H=9, W=70, L=3, windows=(26, 4, 30, 0), atrous=2), False),
-        ("local: radius 40 (four segments)",
-         lambda d, t: d.local_case(t, B=1, C=3, H=7, W=90, L=2, windows=(40, 13), atrous=1), False),
-        ("local: 71 windows (two launches)",
-         lambda d, t: d.local_case(t, B=1, C=3, H=5, W=6, L=3, windows=tuple(range(70)) + (100,), atrous=1), False),
-        ("local: one-row frame, window 0",
-         lambda d, t: d.local_case(t, B=1, C=3, H=1, W=9, L=1, windows=(0, 3), atrous=1), False),
-        ("local: atrous 3, frame not a multiple of 3",
-         lambda d, t: d.local_case(t, B=1, C=8, H=10, W=11, L=3, windows=(3, 6, 9), atrous=3), False),
-        ("local: 38400 entries (bias reduction over several blocks)",
-         lambda d, t: d.local_case(t, B=1, C=8, H=40, W=40, L=4, windows=(2, 4, 6, 8, 10, 12), atrous=1), True),
+        ("local: row state in shared memory (L = 4), atrous 2", lambda d, t: d.local_case(t), True),
+        (
+            "local: row state in shared memory at its limit (L = 17, float64 11)",
+            lambda d, t: d.local_case(t, B=1, C=8, H=6, W=35, L=_shared_limit(t), windows=(1, 3), atrous=1),
+            False,
+        ),
+        (
+            "local: row state in global memory (L = 18, float64 12)",
+            lambda d, t: d.local_case(t, B=1, C=8, H=6, W=35, L=_shared_limit(t) + 1, windows=(1, 3), atrous=1),
+            True,
+        ),
+        (
+            "local: row state in global memory (L = 60)",
+            lambda d, t: d.local_case(t, B=1, C=4, H=5, W=35, L=60, windows=(1, 2), atrous=1),
+            False,
+        ),
+        ("local: 50 channels (two chunks)", lambda d, t: d.local_case(t, C=50, windows=(1, 2), atrous=1), False),
+        (
+            "local: 130 channels (five chunks)",
+            lambda d, t: d.local_case(t, B=1, C=130, H=5, W=6, windows=(2,), atrous=1),
+            False,
+        ),
+        (
+            "local: radius 15 (two segments, left and right strips), atrous 2",
+            lambda d, t: d.local_case(t, B=1, C=6, H=9, W=70, L=3, windows=(26, 4, 30, 0), atrous=2),
+            False,
+        ),
+        (
+            "local: radius 40 (four segments)",
+            lambda d, t: d.local_case(t, B=1, C=3, H=7, W=90, L=2, windows=(40, 13), atrous=1),
+            False,
+        ),
+        (
+            "local: 71 windows (two launches)",
+            lambda d, t: d.local_case(t, B=1, C=3, H=5, W=6, L=3, windows=tuple(range(70)) + (100,), atrous=1),
+            False,
+        ),
+        (
+            "local: one-row frame, window 0",
+            lambda d, t: d.local_case(t, B=1, C=3, H=1, W=9, L=1, windows=(0, 3), atrous=1),
+            False,
+        ),
+        (
+            "local: atrous 3, frame not a multiple of 3",
+            lambda d, t: d.local_case(t, B=1, C=8, H=10, W=11, L=3, windows=(3, 6, 9), atrous=3),
+            False,
+        ),
+        (
+            "local: 38400 entries (bias reduction over several blocks)",
+            lambda d, t: d.local_case(t, B=1, C=8, H=40, W=40, L=4, windows=(2, 4, 6, 8, 10, 12), atrous=1),
+            True,
+        ),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                        help="cpu: the same calls on the CPU kernels (checks this driver without a GPU)")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: the same calls on the CPU kernels (checks this driver without a GPU)",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")

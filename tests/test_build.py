@@ -1,5 +1,6 @@
 """Configurations in checkpoints: build_model / load_model, the formats a checkpoint may have, and the defaults
 of the command line taken from the configuration dataclasses."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,8 +85,22 @@ def test_inference_options_default_to_inference_config():
     parsers = _subparsers()
     args = parsers["segment"].parse_args(["--frames", "f", "--mask", "m.png", "--out", "o"])
     assert inference_config(args) == InferenceConfig()
-    args = parsers["segment"].parse_args(["--frames", "f", "--mask", "m.png", "--out", "o", "--flip",
-                                          "--scales", "1", "1.3", "--min-matching-pixels", "100"])
+    args = parsers["segment"].parse_args(
+        [
+            "--frames",
+            "f",
+            "--mask",
+            "m.png",
+            "--out",
+            "o",
+            "--flip",
+            "--scales",
+            "1",
+            "1.3",
+            "--min-matching-pixels",
+            "100",
+        ]
+    )
     assert inference_config(args) == InferenceConfig(flip=True, scales=(1.0, 1.3), min_matching_pixels=100)
     assert inference_config(parsers["demo"].parse_args([])) == InferenceConfig()
     assert inference_config(parsers["evaluate"].parse_args([])) == InferenceConfig()
@@ -93,10 +108,15 @@ def test_inference_options_default_to_inference_config():
     assert inference_config(train, prefix="val-") == InferenceConfig()
     defaults, clip = TrainConfig(), ClipConfig()
     assert (train.steps, train.batch_size, train.lr, train.warmup, train.amp, train.workers, train.seed) == (
-        defaults.steps, defaults.batch_size, defaults.lr, defaults.warmup_steps, defaults.amp,
-        defaults.num_workers, defaults.seed)
-    assert (train.crop, train.short_edge, train.num_current) == (clip.crop_size[0], clip.short_edge,
-                                                                  clip.num_current)
+        defaults.steps,
+        defaults.batch_size,
+        defaults.lr,
+        defaults.warmup_steps,
+        defaults.amp,
+        defaults.num_workers,
+        defaults.seed,
+    )
+    assert (train.crop, train.short_edge, train.num_current) == (clip.crop_size[0], clip.short_edge, clip.num_current)
 
 
 @pytest.mark.parametrize("command", ["segment", "demo", "evaluate", "train"])

@@ -6,6 +6,7 @@ ori_size, allow_downsample and per-label biases.
 float64: tight. float32: values to 1e-5; gradients may differ at a near-tie, where the authors' expanded
 distance ||q||^2 + ||r||^2 - 2 q.r orders two candidates a few ulp apart differently from the exact distance
 and routes the gradient to the other one, so a small fraction of embedding-gradient entries may differ."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,9 @@ def gradients(out: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tenso
     return [torch.zeros_like(x) if gx is None else gx for x, gx in zip(leaves, got)]
 
 
-def assert_parity(ours: torch.Tensor, theirs: torch.Tensor, leaves: list[torch.Tensor], dtype: torch.dtype,
-                  check_grads: bool = True) -> None:
+def assert_parity(
+    ours: torch.Tensor, theirs: torch.Tensor, leaves: list[torch.Tensor], dtype: torch.dtype, check_grads: bool = True
+) -> None:
     assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
     tol = VALUE_TOL[dtype]
     torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
@@ -103,8 +105,9 @@ def test_global_matching(case: tuple, dtype: torch.dtype) -> None:
     index = random_labels((height, width), num_labels, g, absent=absent, skew=0.3 if min_pixels else None)
     labels = one_hot(index, num_labels)
     bias = make_bias(num_labels, dtype, distinct)
-    kwargs = dict(dis_bias=bias, ori_size=ori_size, atrous_rate=rate, use_float16=False,
-                  atrous_obj_pixel_num=min_pixels)
+    kwargs = dict(
+        dis_bias=bias, ori_size=ori_size, atrous_rate=rate, use_float16=False, atrous_obj_pixel_num=min_pixels
+    )
     ours_labels, their_labels = labels.clone(), labels.clone()
     ours = compat.global_matching(reference, query, ours_labels, **kwargs)
     theirs = authors.global_matching(reference, query, their_labels, n_chunks=3, **kwargs)
@@ -121,21 +124,37 @@ def test_global_matching_keeps_small_objects_whole() -> None:
     pixels on the grid (checked on the labels left in place and on the scores)."""
     g = generator(3)
     height, width, channels = 12, 12, 4
-    query, reference = frame(height, width, channels, torch.float64, g), frame(height, width, channels,
-                                                                                torch.float64, g)
+    query, reference = (
+        frame(height, width, channels, torch.float64, g),
+        frame(height, width, channels, torch.float64, g),
+    )
     index = torch.zeros(height, width, dtype=torch.long)
     index[1:4, 1:4] = 1  # 9 pixels <= 3 * 2**2: kept whole
     index[5:11, 5:11] = 2  # 36 pixels: subsampled
     labels = one_hot(index, 3)
     before = labels.clone()
-    out = compat.global_matching(reference, query, labels, dis_bias=torch.zeros(3, 1, 1, 1, dtype=torch.float64),
-                                 atrous_rate=2, use_float16=False, atrous_obj_pixel_num=3)
+    out = compat.global_matching(
+        reference,
+        query,
+        labels,
+        dis_bias=torch.zeros(3, 1, 1, 1, dtype=torch.float64),
+        atrous_rate=2,
+        use_float16=False,
+        atrous_obj_pixel_num=3,
+    )
     assert torch.equal(labels[..., 1], before[..., 1])
     on_grid = (torch.arange(height)[:, None] % 2 == 0) & (torch.arange(width)[None, :] % 2 == 0)
     assert torch.equal(labels[..., 2], before[..., 2] * on_grid)
     assert torch.equal(labels[..., 0], before[..., 0] * on_grid)
-    theirs = authors.global_matching(reference, query, before.clone(), dis_bias=torch.zeros(3, 1, 1, 1,
-                                     dtype=torch.float64), atrous_rate=2, use_float16=False, atrous_obj_pixel_num=3)
+    theirs = authors.global_matching(
+        reference,
+        query,
+        before.clone(),
+        dis_bias=torch.zeros(3, 1, 1, 1, dtype=torch.float64),
+        atrous_rate=2,
+        use_float16=False,
+        atrous_obj_pixel_num=3,
+    )
     torch.testing.assert_close(out, theirs, rtol=1e-12, atol=1e-12)
 
 
@@ -146,13 +165,13 @@ def test_in_place_side_effect_can_be_switched_off(switch: str, monkeypatch: pyte
     labels = one_hot(random_labels((9, 10), 3, g), 3)
     bias = make_bias(3, torch.float64)
     default_labels = labels.clone()
-    expected = compat.global_matching(reference, query, default_labels, dis_bias=bias, atrous_rate=2,
-                                      use_float16=False)
+    expected = compat.global_matching(reference, query, default_labels, dis_bias=bias, atrous_rate=2, use_float16=False)
     assert not torch.equal(default_labels, labels)  # the side effect is on by default
     untouched = labels.clone()
     if switch == "argument":
-        out = compat.global_matching(reference, query, untouched, dis_bias=bias, atrous_rate=2, use_float16=False,
-                                     inplace_labels=False)
+        out = compat.global_matching(
+            reference, query, untouched, dis_bias=bias, atrous_rate=2, use_float16=False, inplace_labels=False
+        )
     else:
         monkeypatch.setattr(compat, "INPLACE_LABELS", False)
         out = compat.global_matching(reference, query, untouched, dis_bias=bias, atrous_rate=2, use_float16=False)
@@ -204,11 +223,14 @@ def test_global_matching_for_eval(case: tuple, dtype: torch.dtype) -> None:
     g = generator(sum(case[:7]))
     query = frame(height, width, channels, dtype, g)
     references = [frame(height, width, channels, dtype, g) for _ in range(frames)]
-    labels = [one_hot(random_labels((height, width), num_labels, g, absent=absent, skew=0.4), num_labels)
-              for _ in range(frames)]
+    labels = [
+        one_hot(random_labels((height, width), num_labels, g, absent=absent, skew=0.4), num_labels)
+        for _ in range(frames)
+    ]
     bias = make_bias(num_labels, dtype, distinct)
-    kwargs = dict(dis_bias=bias, ori_size=ori_size, atrous_rate=rate, use_float16=False,
-                  atrous_obj_pixel_num=min_pixels)
+    kwargs = dict(
+        dis_bias=bias, ori_size=ori_size, atrous_rate=rate, use_float16=False, atrous_obj_pixel_num=min_pixels
+    )
     ours_labels, their_labels = [x.clone() for x in labels], [x.clone() for x in labels]
     ours = compat.global_matching_for_eval(references, query, ours_labels, **kwargs)
     theirs = authors.global_matching_for_eval(references, query, their_labels, n_chunks=2, **kwargs)
@@ -244,8 +266,14 @@ def test_local_matching(case: tuple, dtype: torch.dtype) -> None:
     query, previous = frame(height, width, channels, dtype, g), frame(height, width, channels, dtype, g)
     labels = one_hot(random_labels((height, width), num_labels, g, absent=absent), num_labels)
     bias = make_bias(num_labels, dtype, distinct)
-    kwargs = dict(dis_bias=bias, multi_local_distance=windows, ori_size=ori_size, atrous_rate=rate,
-                  use_float16=False, allow_downsample=downsample)
+    kwargs = dict(
+        dis_bias=bias,
+        multi_local_distance=windows,
+        ori_size=ori_size,
+        atrous_rate=rate,
+        use_float16=False,
+        allow_downsample=downsample,
+    )
     ours_labels = labels.clone()
     ours = compat.local_matching(previous, query, ours_labels, **kwargs)
     theirs = authors.local_matching(previous, query, labels.clone(), **kwargs)
@@ -260,16 +288,37 @@ def test_local_matching_window_order_and_allow_parallel() -> None:
     g = generator(21)
     query, previous = frame(10, 11, 4, torch.float64, g), frame(10, 11, 4, torch.float64, g)
     labels = one_hot(random_labels((10, 11), 3, g), 3)
-    out = compat.local_matching(previous, query, labels, dis_bias=make_bias(3, torch.float64),
-                                multi_local_distance=[1, 2, 5], use_float16=False, allow_downsample=False)
-    loop = compat.local_matching(previous, query, labels, dis_bias=make_bias(3, torch.float64),
-                                 multi_local_distance=[1, 2, 5], use_float16=False, allow_downsample=False,
-                                 allow_parallel=False)
+    out = compat.local_matching(
+        previous,
+        query,
+        labels,
+        dis_bias=make_bias(3, torch.float64),
+        multi_local_distance=[1, 2, 5],
+        use_float16=False,
+        allow_downsample=False,
+    )
+    loop = compat.local_matching(
+        previous,
+        query,
+        labels,
+        dis_bias=make_bias(3, torch.float64),
+        multi_local_distance=[1, 2, 5],
+        use_float16=False,
+        allow_downsample=False,
+        allow_parallel=False,
+    )
     assert torch.equal(out, loop)
     to_op = lambda t: t.detach().permute(2, 0, 1).unsqueeze(0)  # noqa: E731
     index = labels.argmax(-1).masked_fill(labels.sum(-1) == 0, 3).unsqueeze(0)
-    fg, _ = cfbi_ops.local_match(to_op(query), to_op(previous), index, 3, torch.tensor(-0.3, dtype=torch.float64),
-                                 torch.tensor(0.2, dtype=torch.float64), windows=(5, 1, 2))
+    fg, _ = cfbi_ops.local_match(
+        to_op(query),
+        to_op(previous),
+        index,
+        3,
+        torch.tensor(-0.3, dtype=torch.float64),
+        torch.tensor(0.2, dtype=torch.float64),
+        windows=(5, 1, 2),
+    )
     torch.testing.assert_close(out.detach()[0].permute(2, 3, 0, 1), fg[0], rtol=0, atol=0)
 
 
@@ -291,11 +340,19 @@ def test_cfbi_bias_parameters_get_their_gradient(fn: str) -> None:
         fg = torch.full((1, 1, 1, 1), -0.4, dtype=torch.float64, requires_grad=True)
         dis_bias = torch.cat([bg, fg.expand(3, -1, -1, -1)])
         if fn == "global":
-            out = module.global_matching(other, query, labels.clone(), dis_bias=dis_bias, atrous_rate=2,
-                                         use_float16=False)
+            out = module.global_matching(
+                other, query, labels.clone(), dis_bias=dis_bias, atrous_rate=2, use_float16=False
+            )
         else:
-            out = module.local_matching(other, query, labels.clone(), dis_bias=dis_bias, multi_local_distance=[2, 4],
-                                        use_float16=False, allow_downsample=False)
+            out = module.local_matching(
+                other,
+                query,
+                labels.clone(),
+                dis_bias=dis_bias,
+                multi_local_distance=[2, 4],
+                use_float16=False,
+                allow_downsample=False,
+            )
         results.append((out, *torch.autograd.grad(loss_of(out), [bg, fg])))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
@@ -406,20 +463,46 @@ def test_cuda_matches_the_original(fn: str) -> None:
     bias = make_bias(4, torch.float32, distinct=True)
     query, other = (x.detach().cuda().requires_grad_() for x in cpu)
     if fn == "global":
-        ours = compat.global_matching(other, query, labels.cuda(), dis_bias=bias.cuda(), atrous_rate=2,
-                                      use_float16=False)
-        theirs = authors.global_matching(cpu[1], cpu[0], labels.clone(), dis_bias=bias, atrous_rate=2,
-                                         use_float16=False)
+        ours = compat.global_matching(
+            other, query, labels.cuda(), dis_bias=bias.cuda(), atrous_rate=2, use_float16=False
+        )
+        theirs = authors.global_matching(
+            cpu[1], cpu[0], labels.clone(), dis_bias=bias, atrous_rate=2, use_float16=False
+        )
     elif fn == "eval":
-        ours = compat.global_matching_for_eval([other], query, [labels.cuda()], dis_bias=bias.cuda(), atrous_rate=2,
-                                               use_float16=False, atrous_obj_pixel_num=2)
-        theirs = authors.global_matching_for_eval([cpu[1]], cpu[0], [labels.clone()], dis_bias=bias, atrous_rate=2,
-                                                  use_float16=False, atrous_obj_pixel_num=2)
+        ours = compat.global_matching_for_eval(
+            [other],
+            query,
+            [labels.cuda()],
+            dis_bias=bias.cuda(),
+            atrous_rate=2,
+            use_float16=False,
+            atrous_obj_pixel_num=2,
+        )
+        theirs = authors.global_matching_for_eval(
+            [cpu[1]], cpu[0], [labels.clone()], dis_bias=bias, atrous_rate=2, use_float16=False, atrous_obj_pixel_num=2
+        )
     else:
-        ours = compat.local_matching(other, query, labels.cuda(), dis_bias=bias.cuda(), multi_local_distance=[2, 4],
-                                     atrous_rate=2, use_float16=False, allow_downsample=False)
-        theirs = authors.local_matching(cpu[1], cpu[0], labels.clone(), dis_bias=bias, multi_local_distance=[2, 4],
-                                        atrous_rate=2, use_float16=False, allow_downsample=False)
+        ours = compat.local_matching(
+            other,
+            query,
+            labels.cuda(),
+            dis_bias=bias.cuda(),
+            multi_local_distance=[2, 4],
+            atrous_rate=2,
+            use_float16=False,
+            allow_downsample=False,
+        )
+        theirs = authors.local_matching(
+            cpu[1],
+            cpu[0],
+            labels.clone(),
+            dis_bias=bias,
+            multi_local_distance=[2, 4],
+            atrous_rate=2,
+            use_float16=False,
+            allow_downsample=False,
+        )
     assert ours.is_cuda
     torch.testing.assert_close(ours.cpu(), theirs, rtol=1e-5, atol=1e-5)
     for got, want in zip(gradients(ours, [query, other]), gradients(theirs, cpu)):

@@ -7,6 +7,7 @@ multiply-add), so for float64 and the 16-bit dtypes they select the same candida
 uses the dot-product form, which may order two near-equal candidates differently (see
 _assert_same_selection).
 """
+
 from __future__ import annotations
 
 import random
@@ -14,9 +15,6 @@ import zlib
 
 import pytest
 import torch
-
-import cfbi_ops
-from cfbi_ops import reference as ref_impl
 from conftest import (
     GRAD_TOL,
     TOL,
@@ -32,6 +30,9 @@ from conftest import (
     weighted_loss,
 )
 
+import cfbi_ops
+from cfbi_ops import reference as ref_impl
+
 pytestmark = [pytest.mark.cuda, requires_cuda]
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -39,8 +40,7 @@ OPS = ["global_match", "global_match_backward", "local_match", "local_match_back
 
 # CUDA vs CPU kernel: outputs (the 16-bit ones may differ by one rounding of the score) and gradients.
 OUT_TOL = {**TOL, torch.float16: dict(rtol=0, atol=2e-3), torch.bfloat16: dict(rtol=0, atol=1.6e-2)}
-KERNEL_GRAD_TOL = {**GRAD_TOL, torch.float16: dict(rtol=2e-2, atol=2e-3),
-                   torch.bfloat16: dict(rtol=5e-2, atol=2e-2)}
+KERNEL_GRAD_TOL = {**GRAD_TOL, torch.float16: dict(rtol=2e-2, atol=2e-3), torch.bfloat16: dict(rtol=5e-2, atol=2e-2)}
 # CUDA (16-bit) vs the reference run in float32 on the same rounded inputs.
 REF_TOL_16 = {torch.float16: dict(rtol=0, atol=4e-3), torch.bfloat16: dict(rtol=0, atol=3e-2)}
 
@@ -96,26 +96,65 @@ def _raw(case):
         ref, labels = case.reference, case.labels
         if ref.dim() == 4:
             ref, labels = ref.unsqueeze(1), labels.unsqueeze(1)
-        return torch.ops.cfbi.global_match(case.query.detach(), ref.detach(), labels, case.num_labels,
-                                           case.fg_bias.detach(), case.bg_bias.detach(), case.atrous,
-                                           case.atrous_min_pixels)
-    return torch.ops.cfbi.local_match(case.query.detach(), case.previous.detach(), case.labels, case.num_labels,
-                                      case.fg_bias.detach(), case.bg_bias.detach(), list(case.windows), case.atrous)
+        return torch.ops.cfbi.global_match(
+            case.query.detach(),
+            ref.detach(),
+            labels,
+            case.num_labels,
+            case.fg_bias.detach(),
+            case.bg_bias.detach(),
+            case.atrous,
+            case.atrous_min_pixels,
+        )
+    return torch.ops.cfbi.local_match(
+        case.query.detach(),
+        case.previous.detach(),
+        case.labels,
+        case.num_labels,
+        case.fg_bias.detach(),
+        case.bg_bias.detach(),
+        list(case.windows),
+        case.atrous,
+    )
 
 
 def _run(case):
     if _is_global(case):
         return run_global(case)
-    return cfbi_ops.local_match(case.query, case.previous, case.labels, case.num_labels, case.fg_bias,
-                                case.bg_bias, windows=case.windows, atrous=case.atrous)
+    return cfbi_ops.local_match(
+        case.query,
+        case.previous,
+        case.labels,
+        case.num_labels,
+        case.fg_bias,
+        case.bg_bias,
+        windows=case.windows,
+        atrous=case.atrous,
+    )
 
 
 def _run_reference(case):
     if _is_global(case):
-        return ref_impl.global_match(case.query, case.reference, case.labels, case.num_labels, case.fg_bias,
-                                     case.bg_bias, atrous=case.atrous, atrous_min_pixels=case.atrous_min_pixels)
-    return ref_impl.local_match(case.query, case.previous, case.labels, case.num_labels, case.fg_bias,
-                                case.bg_bias, windows=case.windows, atrous=case.atrous)
+        return ref_impl.global_match(
+            case.query,
+            case.reference,
+            case.labels,
+            case.num_labels,
+            case.fg_bias,
+            case.bg_bias,
+            atrous=case.atrous,
+            atrous_min_pixels=case.atrous_min_pixels,
+        )
+    return ref_impl.local_match(
+        case.query,
+        case.previous,
+        case.labels,
+        case.num_labels,
+        case.fg_bias,
+        case.bg_bias,
+        windows=case.windows,
+        atrous=case.atrous,
+    )
 
 
 def _assert_same_selection(got, expected, dtype, max_fraction=1e-3):
@@ -236,6 +275,7 @@ def test_ties_go_to_lowest_index(dtype):
 # Gradients
 # --------------------------------------------------------------------------------------------------
 
+
 def _grads(case):
     fg, bg = _run(case)
     loss = weighted_loss(fg, bg)
@@ -247,8 +287,7 @@ def _grads(case):
 @pytest.mark.parametrize("op", ["global", "local"])
 def test_backward_parity(op, dtype, deterministic, deterministic_mode):
     if op == "global":
-        case = make_global_case(B=2, C=8, H=7, W=9, T=2, Hr=8, Wr=6, L=4, atrous=2, min_pixels=1, dtype=dtype,
-                                seed=11)
+        case = make_global_case(B=2, C=8, H=7, W=9, T=2, Hr=8, Wr=6, L=4, atrous=2, min_pixels=1, dtype=dtype, seed=11)
     else:
         case = make_local_case(B=2, C=8, H=9, W=11, L=4, windows=(4, 1, 2), atrous=1, dtype=dtype, seed=12)
     deterministic_mode(deterministic)
@@ -259,15 +298,15 @@ def test_backward_parity(op, dtype, deterministic, deterministic_mode):
     for name, g, e in zip(names, got, expected):
         assert g.device.type == "cuda" and g.shape == e.shape
         assert torch.count_nonzero(e) > 0, f"test case gives no gradient to {name}"
-        torch.testing.assert_close(g.cpu(), e, msg=lambda m, name=name: f"grad {name}: {m}",
-                                   **KERNEL_GRAD_TOL[dtype])
+        torch.testing.assert_close(g.cpu(), e, msg=lambda m, name=name: f"grad {name}: {m}", **KERNEL_GRAD_TOL[dtype])
     if dtype in (torch.float32, torch.float64):
         leaves = _leaves(cuda_case)
         fg, bg = _run_reference(cuda_case)
         ref = torch.autograd.grad(weighted_loss(fg, bg), leaves)
         for name, g, e in zip(names, got, ref):
-            torch.testing.assert_close(g, e, msg=lambda m, name=name: f"grad {name} vs reference: {m}",
-                                       **GRAD_TOL[dtype])
+            torch.testing.assert_close(
+                g, e, msg=lambda m, name=name: f"grad {name} vs reference: {m}", **GRAD_TOL[dtype]
+            )
 
 
 GRADCHECK_CASES = {
@@ -293,12 +332,14 @@ def test_gradcheck_float64(name):
 
         def fn(q, p, fb, bb):
             return cfbi_ops.local_match(q, p, case.labels, case.num_labels, fb, bb, **case.kwargs())
+
     assert torch.autograd.gradcheck(fn, tuple(_leaves(case)), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------------
 # opcheck, torch.compile
 # --------------------------------------------------------------------------------------------------
+
 
 def _channels_last(x):
     if x.dim() == 4:
@@ -340,8 +381,7 @@ def test_opcheck(op, dtype, layout):
 
 
 def _both_ops(query, reference, ref_labels, previous, prev_labels, fg_bias, bg_bias, weights):
-    gfg, gbg = cfbi_ops.global_match(query, reference, ref_labels, 4, fg_bias, bg_bias, atrous=2,
-                                     atrous_min_pixels=1)
+    gfg, gbg = cfbi_ops.global_match(query, reference, ref_labels, 4, fg_bias, bg_bias, atrous=2, atrous_min_pixels=1)
     lfg, lbg = cfbi_ops.local_match(query, previous, prev_labels, 4, fg_bias, bg_bias, windows=(3, 1, 0), atrous=1)
     outs = (gfg, gbg, lfg, lbg)
     loss = sum((o * w).sum() for o, w in zip(outs, weights))
@@ -363,7 +403,8 @@ def _compile_inputs(seed, layout="contiguous"):
         bg_bias=torch.full((1, 1, 1), 0.2, dtype=dtype),
     )
     inputs["weights"] = [torch.randn((B, 4, H, W), generator=g).to(dtype) for _ in range(2)] + [
-        torch.randn((B, 4, 3, H, W), generator=g).to(dtype) for _ in range(2)]
+        torch.randn((B, 4, 3, H, W), generator=g).to(dtype) for _ in range(2)
+    ]
     return {k: ([w.cuda() for w in v] if k == "weights" else v.cuda()) for k, v in inputs.items()}
 
 
@@ -401,11 +442,13 @@ def test_torch_compile_reduce_overhead():
         got_out, got_grads = _compile_step(compiled, inputs)
         eager_out, eager_grads = _compile_step(_both_ops, inputs)
         for got, expected in zip(got_out, eager_out):
-            torch.testing.assert_close(got, expected, msg=lambda m, step=step: f"step {step}: {m}",
-                                       **TOL[torch.float32])
+            torch.testing.assert_close(
+                got, expected, msg=lambda m, step=step: f"step {step}: {m}", **TOL[torch.float32]
+            )
         for name, got, expected in zip(DIFF, got_grads, eager_grads):
-            torch.testing.assert_close(got, expected, msg=lambda m, name=name: f"grad {name}: {m}",
-                                       **GRAD_TOL[torch.float32])
+            torch.testing.assert_close(
+                got, expected, msg=lambda m, name=name: f"grad {name}: {m}", **GRAD_TOL[torch.float32]
+            )
 
 
 def test_manual_cuda_graph_capture_with_number_biases():
@@ -416,8 +459,16 @@ def test_manual_cuda_graph_capture_with_number_biases():
     leaves = {k: static[k].detach().clone().requires_grad_() for k in names}
 
     def step():
-        outs = _both_ops(leaves["query"], leaves["reference"], static["ref_labels"], leaves["previous"],
-                         static["prev_labels"], -0.3, 0.2, static["weights"])
+        outs = _both_ops(
+            leaves["query"],
+            leaves["reference"],
+            static["ref_labels"],
+            leaves["previous"],
+            static["prev_labels"],
+            -0.3,
+            0.2,
+            static["weights"],
+        )
         grads = torch.autograd.grad(outs[-1], [leaves[k] for k in names])
         return [o.detach() for o in outs[:-1]], grads
 
@@ -449,6 +500,7 @@ def test_manual_cuda_graph_capture_with_number_biases():
 # --------------------------------------------------------------------------------------------------
 # Determinism, streams, devices, layouts
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("op", ["global", "local"])
@@ -483,8 +535,7 @@ def test_side_stream_and_bias_dtypes():
     with torch.cuda.stream(stream):
         fb = case.fg_bias.detach().double().reshape(1, 1, 1)
         bb = case.bg_bias.detach().double().reshape(1, 1, 1)
-        got = cfbi_ops.global_match(case.query, case.reference, case.labels, case.num_labels, fb, bb,
-                                    **case.kwargs())
+        got = cfbi_ops.global_match(case.query, case.reference, case.labels, case.num_labels, fb, bb, **case.kwargs())
     torch.cuda.current_stream().wait_stream(stream)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
@@ -516,8 +567,9 @@ def test_raw_op_edge_cases():
         for a, b in zip(got, cpu):
             assert a.shape == b.shape
             torch.testing.assert_close(a.cpu(), b)
-        grads = torch.ops.cfbi.global_match_backward(got[0], got[0], got[0], got[2], q.cuda(), r.cuda(), fb.cuda(),
-                                                     bb.cuda())
+        grads = torch.ops.cfbi.global_match_backward(
+            got[0], got[0], got[0], got[2], q.cuda(), r.cuda(), fb.cuda(), bb.cuda()
+        )
         expected = torch.ops.cfbi.global_match_backward(cpu[0], cpu[0], cpu[0], cpu[2], q, r, fb, bb)
         assert [x.shape for x in grads] == [q.shape, r.shape, (1,), (1,)]
         for a, b in zip(grads, expected):  # zero, except the bias gradients with C = 0
@@ -533,8 +585,9 @@ def test_raw_op_edge_cases():
         for a, b in zip(got, cpu):
             assert a.shape == b.shape
             torch.testing.assert_close(a.cpu(), b)
-        grads = torch.ops.cfbi.local_match_backward(got[0], got[0], got[0], got[2], q.cuda(), q.cuda(), fb.cuda(),
-                                                    bb.cuda())
+        grads = torch.ops.cfbi.local_match_backward(
+            got[0], got[0], got[0], got[2], q.cuda(), q.cuda(), fb.cuda(), bb.cuda()
+        )
         expected = torch.ops.cfbi.local_match_backward(cpu[0], cpu[0], cpu[0], cpu[2], q, q, fb, bb)
         assert [x.shape for x in grads] == [q.shape, q.shape, (1,), (1,)]
         for a, b in zip(grads, expected):
@@ -562,11 +615,12 @@ def test_argmin_out_of_range_is_a_device_assert():
 # Full-size grid
 # --------------------------------------------------------------------------------------------------
 
+
 def _brute_global(query, reference, labels, num_labels, fb, bb, pixels):
     """fg [L, len(pixels)] in float64 for query pixels (flat indices); reference [1, C, Hr, Wr], atrous 1."""
     C = query.shape[1]
     q = query[0].reshape(C, -1)[:, pixels].double().t()  # [P, C]
-    r = reference[0].reshape(C, -1).double().t()        # [M, C]
+    r = reference[0].reshape(C, -1).double().t()  # [M, C]
     d = (q * q).sum(1, keepdim=True) + (r * r).sum(1)[None] - 2 * q @ r.t()
     flat = labels[0].reshape(-1).long()
     out = torch.ones(num_labels, len(pixels), dtype=torch.float64, device=query.device)

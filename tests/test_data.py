@@ -1,4 +1,5 @@
 """Training data: synthetic generator, DAVIS / YouTube-VOS readers, clip sampling and augmentation."""
+
 from __future__ import annotations
 
 import filecmp
@@ -144,7 +145,7 @@ def test_balanced_crop_and_relabel():
     label[150:165, 20:35] = 3  # 225 px object in a corner
     for _ in range(20):
         y, x = balanced_crop(label, (65, 65), 100, 50, rng)
-        window = label[y:y + 65, x:x + 65]
+        window = label[y : y + 65, x : x + 65]
         assert (window == 3).sum() > 100
     many = np.arange(8, dtype=np.uint8).repeat(4)[None].repeat(3, 0)  # objects 1..7
     many[0, 0] = 255
@@ -179,8 +180,9 @@ def test_clip_dataset_properties(davis_root):
 
 def test_clip_normalisation_matches_inference(davis_root):
     videos = davis_videos(davis_root, "train", sequences=["synth_train_0000"])
-    cfg = ClipConfig(crop_size=(72, 96), scale_range=(1.0, 1.0), short_edge=None, flip_probability=0.0,
-                     min_object_pixels=0)
+    cfg = ClipConfig(
+        crop_size=(72, 96), scale_range=(1.0, 1.0), short_edge=None, flip_probability=0.0, min_object_pixels=0
+    )
     item = ClipDataset(videos, cfg, seed=0)[0]
     ref = item["frame_indices"][0]
     expected = preprocess(load_frame(videos[0].frames[ref]))

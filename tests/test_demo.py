@@ -1,4 +1,5 @@
 """`cfbi demo`: the shipped small checkpoint segments a synthetic clip offline."""
+
 from __future__ import annotations
 
 import os
@@ -13,10 +14,12 @@ def test_demo_writes_masks_gif_and_prints_jf(tmp_path, capsys):
     import torch
 
     from cfbi_model.cli import main
+
     torch.set_num_threads(1)
-    assert os.path.getsize(default_weights()) <= 20 * 2 ** 20
-    assert main(["demo", "--out", str(tmp_path), "--frames", "8", "--seed", "7", "--threads", "1",
-                 "--device", "cpu"]) == 0
+    assert os.path.getsize(default_weights()) <= 20 * 2**20
+    assert (
+        main(["demo", "--out", str(tmp_path), "--frames", "8", "--seed", "7", "--threads", "1", "--device", "cpu"]) == 0
+    )
     captured = capsys.readouterr()
     out = captured.out
     assert "demo: 100%" in captured.err and "8/8" in captured.err  # the progress bar

@@ -1,4 +1,5 @@
 """End-to-end tests of `cfbi evaluate` on DAVIS-layout palette PNG folders written in tmp_path."""
+
 from __future__ import annotations
 
 import csv
@@ -83,8 +84,7 @@ def run_cli(*args: str) -> int:
 def test_end_to_end_json_csv_and_table(dataset, tmp_path, capsys):
     gt_root, pred_root = dataset
     out_json, out_csv = tmp_path / "out" / "r.json", tmp_path / "out" / "r.csv"
-    assert run_cli("--gt", gt_root, "--pred", pred_root, "--json", out_json, "--csv", out_csv,
-                   "--workers", "1") == 0
+    assert run_cli("--gt", gt_root, "--pred", pred_root, "--json", out_json, "--csv", out_csv, "--workers", "1") == 0
     text = capsys.readouterr().out
     for word in ("J&F-Mean", "J-Recall", "F-Decay", "known_1", "known_2", "perfect_2", "Global results"):
         assert word in text
@@ -109,9 +109,14 @@ def test_end_to_end_json_csv_and_table(dataset, tmp_path, capsys):
 
     rows = list(csv.DictReader(out_csv.open()))
     assert [(r["Level"], r["Sequence"], r["Object"]) for r in rows] == [
-        ("object", "known", "1"), ("object", "known", "2"), ("sequence", "known", ""),
-        ("object", "perfect", "1"), ("object", "perfect", "2"), ("sequence", "perfect", ""),
-        ("global", "", "")]
+        ("object", "known", "1"),
+        ("object", "known", "2"),
+        ("sequence", "known", ""),
+        ("object", "perfect", "1"),
+        ("object", "perfect", "2"),
+        ("sequence", "perfect", ""),
+        ("global", "", ""),
+    ]
     assert float(rows[0]["J-Decay"]) == pytest.approx(1.0)
     assert float(rows[2]["J-Mean"]) == pytest.approx(2 / 3)
     assert float(rows[-1]["J&F-Mean"]) == pytest.approx(5 / 6)
@@ -142,8 +147,12 @@ def expect_error(capsys, args, *fragments, code=1):
 def test_missing_predicted_frame(dataset, capsys):
     gt_root, pred_root = dataset
     (pred_root / "known" / "00002.png").unlink()
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
-                 "missing predicted frame", pred_root / "known" / "00002.png")
+    expect_error(
+        capsys,
+        ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
+        "missing predicted frame",
+        pred_root / "known" / "00002.png",
+    )
 
 
 def test_missing_prediction_folder(dataset, capsys):
@@ -151,22 +160,32 @@ def test_missing_prediction_folder(dataset, capsys):
     for f in (pred_root / "perfect").iterdir():
         f.unlink()
     (pred_root / "perfect").rmdir()
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
-                 "missing prediction folder", pred_root / "perfect")
+    expect_error(
+        capsys,
+        ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
+        "missing prediction folder",
+        pred_root / "perfect",
+    )
 
 
 def test_size_mismatch(dataset, capsys):
     gt_root, pred_root = dataset
     write_png(pred_root / "perfect" / "00003.png", np.zeros((9, 10), np.uint8))
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
-                 pred_root / "perfect" / "00003.png", "10x9", "11x9")
+    expect_error(
+        capsys,
+        ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
+        pred_root / "perfect" / "00003.png",
+        "10x9",
+        "11x9",
+    )
 
 
 def test_ground_truth_size_mismatch(dataset, capsys):
     gt_root, pred_root = dataset
     write_png(gt_root / "perfect" / "00005.png", np.zeros((8, 11), np.uint8))
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
-                 gt_root / "perfect" / "00005.png", "differs")
+    expect_error(
+        capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"], gt_root / "perfect" / "00005.png", "differs"
+    )
 
 
 def test_predicted_id_absent_from_ground_truth(dataset, capsys):
@@ -174,15 +193,25 @@ def test_predicted_id_absent_from_ground_truth(dataset, capsys):
     labels = np.zeros((9, 11), np.uint8)
     labels[0, 0] = 3
     write_png(pred_root / "perfect" / "00002.png", labels)
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
-                 pred_root / "perfect" / "00002.png", "id(s) 3", "objects: 1, 2")
+    expect_error(
+        capsys,
+        ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
+        pred_root / "perfect" / "00002.png",
+        "id(s) 3",
+        "objects: 1, 2",
+    )
 
 
 def test_predicted_void_label_is_an_error(dataset, capsys):
     gt_root, pred_root = dataset
     write_png(pred_root / "perfect" / "00001.png", perfect_sequence()[1])  # still has the 255 pixel
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
-                 pred_root / "perfect" / "00001.png", "255", "void")
+    expect_error(
+        capsys,
+        ["--gt", gt_root, "--pred", pred_root, "--workers", "1"],
+        pred_root / "perfect" / "00001.png",
+        "255",
+        "void",
+    )
 
 
 def test_unreadable_and_colour_files(dataset, capsys):
@@ -197,8 +226,7 @@ def test_unreadable_and_colour_files(dataset, capsys):
 def test_error_inside_a_worker_process(dataset, capsys):
     gt_root, pred_root = dataset
     (pred_root / "known" / "00003.png").unlink()
-    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "2"],
-                 pred_root / "known" / "00003.png")
+    expect_error(capsys, ["--gt", gt_root, "--pred", pred_root, "--workers", "2"], pred_root / "known" / "00003.png")
 
 
 def test_too_short_sequence_and_empty_folders(tmp_path, capsys):

@@ -1,7 +1,9 @@
 """`cfbi evaluate` with bad inputs reports one line: bad checkpoints, result files that are folders,
 decompression bombs among the predictions; and --threads / --device for the model run."""
+
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import zlib
@@ -20,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 @pytest.fixture(scope="module")
 def davis(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("davis")
-    write_synthetic_davis(root, num_train=0, num_val=2, seed=9,
-                          config=SyntheticConfig(height=48, width=64, num_frames=(5, 5)))
+    write_synthetic_davis(
+        root, num_train=0, num_val=2, seed=9, config=SyntheticConfig(height=48, width=64, num_frames=(5, 5))
+    )
     return root
 
 
@@ -45,10 +48,27 @@ def one_line_error(capsys, args: list, code: int, expect: list[str]) -> None:
 
 def test_checkpoint_run_with_threads_and_device(davis, tmp_path, capsys):
     json_path = tmp_path / "r.json"
-    args = ["--checkpoint", default_weights(), "--data", davis, "--threads", "1", "--device", "cpu",
-            "--workers", "1", "--json", json_path]
+    args = [
+        "--checkpoint",
+        default_weights(),
+        "--data",
+        davis,
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--json",
+        json_path,
+    ]
     assert main(["evaluate", *map(str, args)]) == 0
     assert "Global results (2 sequences" in capsys.readouterr().out and json_path.is_file()
+
+
+class _SystemCall:
+    def __reduce__(self):
+        return (os.system, ("exit 0",))
 
 
 def test_bad_checkpoints(davis, tmp_path, capsys):
@@ -60,6 +80,9 @@ def test_bad_checkpoints(davis, tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _Payload()}, evil)
     one_line_error(capsys, [*base, evil], 1, ["evil.pth", "holds Python objects", "was not loaded"])
+    system = tmp_path / "system.pth"  # a callable of a blocked module: torch words its refusal differently
+    torch.save({"state_dict": {}, "payload": _SystemCall()}, system)
+    one_line_error(capsys, [*base, system], 1, ["system.pth", "holds Python objects", "was not loaded"])
 
 
 def test_result_files_that_are_folders(davis, tmp_path, capsys):

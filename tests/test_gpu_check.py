@@ -1,5 +1,6 @@
 """scripts/gpu_check.sh: the --dry-run walks every stage on the CPU with tiny sizes; the parallel build it uses
 without ninja compiles an extension; the GPU table's targets are computed from the measured rows."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ ROOT = Path(REPO_ROOT)
 STAGES = ["env", "build", "tests", "sanitizer", "benchmark", "model"]
 
 
-requires_cxx = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                  reason="needs a C++ compiler")
+requires_cxx = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler"
+)
 
 # A Python module tiny_ext with one function, twice(), defined in another source file.
 MODULE_SOURCE = textwrap.dedent("""
@@ -43,8 +45,14 @@ def _env() -> dict[str, str]:
 def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
     results = tmp_path / "results"
     before = sorted(os.listdir(ROOT / "benchmarks" / "results"))
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "--results", str(results)], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run", "--results", str(results)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     summary = (results / "summary.txt").read_text()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in STAGES:
@@ -74,8 +82,14 @@ def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run on a machine without a GPU")
 def test_without_gpu_stops_after_env(tmp_path: Path) -> None:
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--results", str(tmp_path)], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--results", str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     summary = (tmp_path / "summary.txt").read_text()
     assert proc.returncode == 1
     assert "no CUDA device visible" in (tmp_path / "env-build.log").read_text()
@@ -84,21 +98,33 @@ def test_without_gpu_stops_after_env(tmp_path: Path) -> None:
 
 
 def test_usage_without_results_folder() -> None:
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "--results DIR" in proc.stdout
 
 
 def _parallel_build(folder: Path, sources: list[str], **env: str) -> subprocess.CompletedProcess:
     """scripts/parallel_build.py --no-ninja on a setup.py building `sources` of `folder` into one module."""
-    (folder / "setup.py").write_text(textwrap.dedent(f"""
+    (folder / "setup.py").write_text(
+        textwrap.dedent(f"""
         from setuptools import Extension, setup
         from torch.utils.cpp_extension import BuildExtension
         setup(name="tiny_ext", ext_modules=[Extension("tiny_ext", {sources!r}, language="c++")],
               cmdclass={{"build_ext": BuildExtension}})
-    """))
-    command = [sys.executable, str(ROOT / "scripts" / "parallel_build.py"), "--jobs", "2", "--no-ninja", "--setup",
-               str(folder / "setup.py"), "build_ext", "--inplace"]
+    """)
+    )
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "parallel_build.py"),
+        "--jobs",
+        "2",
+        "--no-ninja",
+        "--setup",
+        str(folder / "setup.py"),
+        "build_ext",
+        "--inplace",
+    ]
     return subprocess.run(command, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
 
 
@@ -110,8 +136,13 @@ def test_parallel_build_without_ninja(tmp_path: Path) -> None:
     proc = _parallel_build(tmp_path, ["module.cpp", "twice.cpp"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "compiling 2 sources in 2 processes" in proc.stdout
-    out = subprocess.run([sys.executable, "-c", "import tiny_ext; print(tiny_ext.twice(21))"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import tiny_ext; print(tiny_ext.twice(21))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "42", out.stderr
 
 
@@ -124,24 +155,34 @@ def test_parallel_build_with_old_setuptools_skips_pyproject(tmp_path: Path) -> N
     (tmp_path / "module.cpp").write_text(MODULE_SOURCE.replace("tiny_ext", "_ext"))
     (tmp_path / "twice.cpp").write_text("long twice(long x) { return 2 * x; }\n")
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "pkg"\nversion = "0.1"\nlicense = "MIT"\n')
-    (tmp_path / "setup.py").write_text(textwrap.dedent("""
+    (tmp_path / "setup.py").write_text(
+        textwrap.dedent("""
         from setuptools import Extension, setup
         from torch.utils.cpp_extension import BuildExtension
         setup(packages=["pkg"], ext_modules=[Extension("pkg._ext", ["module.cpp", "twice.cpp"], language="c++")],
               cmdclass={"build_ext": BuildExtension})
-    """))
-    code = (f"import runpy, sys, setuptools; setuptools.__version__ = '65.5.0'; "
-            f"sys.argv = ['parallel_build.py', '--jobs', '2', '--setup', {str(tmp_path / 'setup.py')!r}, "
-            f"'build_ext', '--inplace']; runpy.run_path({str(ROOT / 'scripts' / 'parallel_build.py')!r}, "
-            f"run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    """)
+    )
+    code = (
+        f"import runpy, sys, setuptools; setuptools.__version__ = '65.5.0'; "
+        f"sys.argv = ['parallel_build.py', '--jobs', '2', '--setup', {str(tmp_path / 'setup.py')!r}, "
+        f"'build_ext', '--inplace']; runpy.run_path({str(ROOT / 'scripts' / 'parallel_build.py')!r}, "
+        f"run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shadow = proc.stdout.split("building from ")[1].split(",")[0]
     assert not os.path.exists(shadow)
     assert list((tmp_path / "pkg").glob("_ext*.so")) and (tmp_path / "pyproject.toml").exists()
-    out = subprocess.run([sys.executable, "-c", "from pkg import _ext; print(_ext.twice(4))"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "from pkg import _ext; print(_ext.twice(4))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "8", out.stderr
 
 
@@ -168,15 +209,28 @@ def test_parallel_build_sends_cu_files_to_nvcc(tmp_path: Path) -> None:
 
 
 def _row(op, peer, ms, dtype="float32", mode="fwd", labels=4, peak_mb=None, outputs_mb=None):
-    return dict(case="s4", op=op, labels=labels, dtype=dtype, mode=mode, peer=peer, ms=ms, peak_mb=peak_mb,
-                outputs_mb=outputs_mb)
+    return dict(
+        case="s4",
+        op=op,
+        labels=labels,
+        dtype=dtype,
+        mode=mode,
+        peer=peer,
+        ms=ms,
+        peak_mb=peak_mb,
+        outputs_mb=outputs_mb,
+    )
 
 
 @pytest.mark.parametrize("global_ms, local_ms, peak, met", [(3.0, 1.0, 1.9, True), (3.1, 1.25, 2.1, False)])
 def test_gpu_targets(global_ms, local_ms, peak, met) -> None:
-    rows = [_row("global", "cfbi_ops", global_ms, peak_mb=peak, outputs_mb=1.0),
-            _row("global", "torch.mm", 2.0, labels=None), _row("global", "torch.mm-tf32", 1.0, labels=None),
-            _row("local", "cfbi_ops", local_ms, peak_mb=1.0, outputs_mb=1.0), _row("local", "naive", 24.0)]
+    rows = [
+        _row("global", "cfbi_ops", global_ms, peak_mb=peak, outputs_mb=1.0),
+        _row("global", "torch.mm", 2.0, labels=None),
+        _row("global", "torch.mm-tf32", 1.0, labels=None),
+        _row("local", "cfbi_ops", local_ms, peak_mb=1.0, outputs_mb=1.0),
+        _row("local", "naive", 24.0),
+    ]
     targets = {t["name"]: t for t in compare.gpu_targets(rows, ["s4"])}
     assert targets["s4 global fwd / float32 torch.mm"]["value"] == pytest.approx(global_ms / 2.0)
     assert targets["s4 global fwd / float32 torch.mm"]["ok"] is met
@@ -188,19 +242,40 @@ def test_gpu_targets(global_ms, local_ms, peak, met) -> None:
 
 def test_gpu_table_keeps_the_rows_of_calls_that_worked(tmp_path: Path, monkeypatch) -> None:
     """A peer that fails (out of memory, say) loses its rows only; the run reports it and exits with 1."""
+
     def out_of_memory(case, x):
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setitem(compare.PEERS["local"], "naive", out_of_memory)
     stem = tmp_path / "table"
-    code = compare.main(["--device", "cpu", "--protocol", "gpu", "--cases", "tiny", "--labels", "4", "--dtypes",
-                         "float32", "--quick", "--out", str(stem)])
+    code = compare.main(
+        [
+            "--device",
+            "cpu",
+            "--protocol",
+            "gpu",
+            "--cases",
+            "tiny",
+            "--labels",
+            "4",
+            "--dtypes",
+            "float32",
+            "--quick",
+            "--out",
+            str(stem),
+        ]
+    )
     data = json.loads(stem.with_suffix(".json").read_text())
     assert code == 1 and len(data["errors"]) == 2 and "simulated" in data["errors"][0]
-    assert {(r["op"], r["peer"]) for r in data["rows"]} == {("global", "cfbi_ops"), ("global", "naive"),
-                                                           ("global", "torch.mm"), ("global", "torch.mm-tf32"),
-                                                           ("local", "cfbi_ops"), ("local", "torch.mm"),
-                                                           ("local", "torch.mm-tf32")}
+    assert {(r["op"], r["peer"]) for r in data["rows"]} == {
+        ("global", "cfbi_ops"),
+        ("global", "naive"),
+        ("global", "torch.mm"),
+        ("global", "torch.mm-tf32"),
+        ("local", "cfbi_ops"),
+        ("local", "torch.mm"),
+        ("local", "torch.mm-tf32"),
+    }
     assert "## Failed calls" in stem.with_suffix(".md").read_text()
 
 
@@ -210,8 +285,16 @@ def test_add_model_without_kernel_table(tmp_path: Path) -> None:
     for amp, median in ((False, 0.08), (True, 0.05)):
         path = tmp_path / f"model-{amp}.json"
         args = dict(height=480, width=854, objects=2, frames=3, warmup=1, amp=amp)
-        row = {"config": "resnet101", "input": [481, 849], "median": median, "global": 0.0, "local": 0.01,
-               "features": 0.03, "ensembler": 0.02, "share": 0.1}
+        row = {
+            "config": "resnet101",
+            "input": [481, 849],
+            "median": median,
+            "global": 0.0,
+            "local": 0.01,
+            "features": 0.03,
+            "ensembler": 0.02,
+            "share": 0.1,
+        }
         path.write_text(json.dumps(dict(args=args, machine=[], rows=[row])))
         runs.append(path)
     stem = tmp_path / "table"

@@ -1,4 +1,5 @@
 """VideoSegmenter: the authors' evaluation protocol on tiny generated clips with the small configuration."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,16 +35,16 @@ def make_clip(count: int = 5, size: tuple[int, int] = (H, W), seed: int = 0):
     frames = []
     for t in range(count):
         img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-        img[8 + t:28 + t, 6 + 2 * t:30 + 2 * t] = (220, 40, 40)
-        img[35:55, 40 + t:70 + t] = (40, 200, 60)
+        img[8 + t : 28 + t, 6 + 2 * t : 30 + 2 * t] = (220, 40, 40)
+        img[35:55, 40 + t : 70 + t] = (40, 200, 60)
         if t >= 2:
-            img[4:14, w - 16:w - 4] = (30, 30, 230)
+            img[4:14, w - 16 : w - 4] = (30, 30, 230)
         frames.append(img)
     labels = np.zeros((h, w), np.uint8)
     labels[8:28, 6:30] = 1
     labels[35:55, 40:70] = 2
     new_object = np.zeros((h, w), np.uint8)
-    new_object[4:14, w - 16:w - 4] = 3
+    new_object[4:14, w - 16 : w - 4] = 3
     return frames, labels, new_object
 
 
@@ -65,9 +66,9 @@ def _official_size(h, w, scale, max_size):
     new_h, new_w = (h, w) if sc is None else (sc * h, sc * w)
     new_h, new_w = int(new_h * scale), int(new_w * scale)
     if (new_h - 1) % 16 != 0:
-        new_h = int(np.around((new_h - 1) / 16.) * 16 + 1)
+        new_h = int(np.around((new_h - 1) / 16.0) * 16 + 1)
     if (new_w - 1) % 16 != 0:
-        new_w = int(np.around((new_w - 1) / 16.) * 16 + 1)
+        new_w = int(np.around((new_w - 1) / 16.0) * 16 + 1)
     return new_h, new_w
 
 
@@ -112,14 +113,24 @@ def test_step_equals_manual_protocol(model, size):
     h, w = size
     net = inference_size(h, w)
     with torch.no_grad():
-        x0, x1 = (F.interpolate(preprocess(f)[None], size=net, mode="bicubic", align_corners=False)
-                  if net != size else preprocess(f)[None] for f in frames)
+        x0, x1 = (
+            F.interpolate(preprocess(f)[None], size=net, mode="bicubic", align_corners=False)
+            if net != size
+            else preprocess(f)[None]
+            for f in frames
+        )
         f0, f1 = model.extract_features(x0), model.extract_features(x1)
         lab = torch.from_numpy(labels.astype(np.int64))[None]
-        scaled = [F.interpolate(lab[None].float(), size=e.shape[-2:], mode="nearest")[0].long()
-                  for e in f0.embeddings]
-        logits = model.segment(f1, [e[:, None] for e in model.matching_embeddings(f0)], [s[:, None] for s in scaled],
-                               list(f0.embeddings), scaled, 3, global_atrous=2)[0]
+        scaled = [F.interpolate(lab[None].float(), size=e.shape[-2:], mode="nearest")[0].long() for e in f0.embeddings]
+        logits = model.segment(
+            f1,
+            [e[:, None] for e in model.matching_embeddings(f0)],
+            [s[:, None] for s in scaled],
+            list(f0.embeddings),
+            scaled,
+            3,
+            global_atrous=2,
+        )[0]
         probs = torch.softmax(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True), 1)[0]
     torch.testing.assert_close(got.probs, probs)
     assert torch.equal(got.labels, probs.argmax(0))
@@ -160,8 +171,11 @@ def test_memory_bounded_without_annotations(model):
     shapes = None
     for frame in frames[1:]:
         seg.step(frame)
-        state = [tuple(t.shape) for aug in seg._augs for t in aug.references + aug.reference_labels + aug.previous
-                 + aug.previous_labels]
+        state = [
+            tuple(t.shape)
+            for aug in seg._augs
+            for t in aug.references + aug.reference_labels + aug.previous + aug.previous_labels
+        ]
         assert shapes is None or state == shapes
         shapes = state
     assert seg.num_references == 1
@@ -194,8 +208,9 @@ def test_normalized_and_tensor_inputs_match_uint8(model):
     frames, labels, new_object = make_clip(3)
     ref = run(model, frames, labels, {1: new_object})
     norm = run(model, [preprocess(f) for f in frames], labels, {1: new_object}, normalized=True)
-    tens = run(model, [torch.from_numpy(f) for f in frames], torch.from_numpy(labels),
-               {1: torch.from_numpy(new_object)})
+    tens = run(
+        model, [torch.from_numpy(f) for f in frames], torch.from_numpy(labels), {1: torch.from_numpy(new_object)}
+    )
     for a, b, c in zip(ref, norm, tens):
         torch.testing.assert_close(a.probs, b.probs)
         torch.testing.assert_close(a.probs, c.probs)

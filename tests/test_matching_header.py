@@ -1,5 +1,6 @@
 """Direct tests of csrc/matching.h arithmetic that only the CUDA kernels use (the rest runs in the CPU kernels):
 a plain C++ program built against the header alone."""
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,21 @@ CXX = shutil.which("g++") or shutil.which("c++")
 @pytest.mark.skipif(CXX is None, reason="needs a C++ compiler")
 def test_selection_key_orders_like_the_tie_rule(tmp_path: Path) -> None:
     binary = tmp_path / "selection_key_test"
-    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}",
-                    str(ROOT / "tests" / "cpp" / "selection_key_test.cpp"), "-o", str(binary)], check=True)
+    subprocess.run(
+        [
+            CXX,
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{ROOT / 'csrc'}",
+            str(ROOT / "tests" / "cpp" / "selection_key_test.cpp"),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+    )
     run = subprocess.run([str(binary)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     assert " 0 failures" in run.stdout

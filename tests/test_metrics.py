@@ -1,5 +1,6 @@
 """Tests of cfbi_model.evaluation.metrics: hand-computed J, F, boundaries and statistics, and a comparison with a small
 port of the official DAVIS-2017 evaluation code on random masks."""
+
 from __future__ import annotations
 
 import math
@@ -364,6 +365,7 @@ try:  # pragma: no cover - optional
     def _official_dilate(b, r):
         return _cv2.dilate(b.astype(np.uint8), _sk_disk(r).astype(np.uint8)).astype(bool)
 except ImportError:  # pragma: no cover - optional
+
     def _official_dilate(b, r):
         return naive_dilate(b, int(r))
 

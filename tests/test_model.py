@@ -1,4 +1,5 @@
 """CFBI+ network: state dict = the released one, building blocks, end-to-end shapes, checkpoint loading."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -108,8 +109,8 @@ def test_gct_formula():
             p.copy_(torch.randn(p.shape, generator=g))
     x = torch.randn(3, 5, 4, 6, generator=g)
     eps = 1e-5
-    s = torch.sqrt((x ** 2).sum(dim=(2, 3), keepdim=True) + eps) * gct.alpha
-    norm = gct.gamma / torch.sqrt((s ** 2).mean(dim=1, keepdim=True) + eps)
+    s = torch.sqrt((x**2).sum(dim=(2, 3), keepdim=True) + eps) * gct.alpha
+    norm = gct.gamma / torch.sqrt((s**2).mean(dim=1, keepdim=True) + eps)
     expected = x * (1 + torch.tanh(s * norm + gct.beta))
     torch.testing.assert_close(gct(x), expected)
     assert torch.equal(GCT(5)(x), x)  # gamma = beta = 0 at initialisation: identity
@@ -137,8 +138,11 @@ def test_end_to_end_shapes_small(small, size):
     images = torch.randn(1, 3, h, w, generator=g)
     features = small.extract_features(images)
     grids = [tuple(e.shape[-2:]) for e in features.embeddings]
-    assert grids == [((h - 1) // 4 + 1, (w - 1) // 4 + 1), ((h - 1) // 8 + 1, (w - 1) // 8 + 1),
-                     ((h - 1) // 16 + 1, (w - 1) // 16 + 1)]
+    assert grids == [
+        ((h - 1) // 4 + 1, (w - 1) // 4 + 1),
+        ((h - 1) // 8 + 1, (w - 1) // 8 + 1),
+        ((h - 1) // 16 + 1, (w - 1) // 16 + 1),
+    ]
     assert all(e.shape[1] == small.config.embedding_dim for e in features.embeddings)
     assert features.low_level.shape[1] == small.config.backbone.low_level_dim
     labels = torch.randint(0, 3, (1, h, w), generator=g)
@@ -158,8 +162,10 @@ def test_forward_batch_with_different_label_counts_and_backward(small):
         labels = torch.randint(0, 3, (2, 33, 49), generator=g)
         logits = small(refs, ref_labels, images, labels, images, [3, 2])
         assert [tuple(x.shape) for x in logits] == [(3, 9, 13), (2, 9, 13)]
-        loss = sum(F.cross_entropy(x.unsqueeze(0), labels[i:i + 1, ::4, ::4].clamp(max=x.shape[0] - 1))
-                   for i, x in enumerate(logits))
+        loss = sum(
+            F.cross_entropy(x.unsqueeze(0), labels[i : i + 1, ::4, ::4].clamp(max=x.shape[0] - 1))
+            for i, x in enumerate(logits)
+        )
         loss.backward()
         for name in ("fg_bias", "bg_bias"):
             grad = getattr(small, name).grad
@@ -230,8 +236,16 @@ def test_checkpoint_mismatch_lists_keys(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(model, path)
     message = str(info.value)
-    for text in ("missing keys (2)", "fg_bias", "fpn.toplayer.0.weight", "unexpected keys (1)", "extra.weight",
-                 "mis-shaped keys", "bg_bias: (4, 1, 1, 1) vs (3, 1, 1, 1)", "bad.pth"):
+    for text in (
+        "missing keys (2)",
+        "fg_bias",
+        "fpn.toplayer.0.weight",
+        "unexpected keys (1)",
+        "extra.weight",
+        "mis-shaped keys",
+        "bg_bias: (4, 1, 1, 1) vs (3, 1, 1, 1)",
+        "bad.pth",
+    ):
         assert text in message, text
     assert info.value.missing == ["fg_bias", "fpn.toplayer.0.weight"]
     assert info.value.unexpected == ["extra.weight"]

@@ -7,6 +7,7 @@ foreground-to-background loops, the in-place atrous masking of the one-hot refer
 attention pooling then sees), the grouped dynamic convolution and the zero-padded background augmentation.
 It shares no code with cfbi_model's glue; only the module parameters are read from the model.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,7 +41,7 @@ def oracle_global(query, refs, ref_onehots, bias, atrous, min_pixels):
         grid[::atrous, ::atrous] = 1.0
         for emb, onehot in zip(refs, ref_onehots):
             if atrous > 1:
-                big = onehot.sum(dim=(0, 1)) > min_pixels * atrous ** 2
+                big = onehot.sum(dim=(0, 1)) > min_pixels * atrous**2
                 onehot[:, :, big] = onehot[:, :, big] * grid  # in place, like the authors
             cand_emb.append(emb.permute(1, 2, 0).reshape(-1, c))
             cand_lab.append(onehot.reshape(-1, num_labels))
@@ -173,8 +174,9 @@ def oracle_fpn(fpn, x4, x8, x16):
 
 
 # ----------------------------------------------------------------------------------------- oracle: CFBI+
-def oracle_segment(model, cur_embs, low, ref_embs, ref_labels, prev_embs, prev_labels, num_labels, atrous0,
-                   min_pixels, training=False):
+def oracle_segment(
+    model, cur_embs, low, ref_embs, ref_labels, prev_embs, prev_labels, num_labels, atrous0, min_pixels, training=False
+):
     """One sample. cur_embs/prev_embs: per scale [E, h, w]; ref_embs: per scale list of [E, h, w];
     ref_labels: per scale list of [h, w]; prev_labels: per scale [h, w]."""
     cfg = model.config
@@ -192,8 +194,9 @@ def oracle_segment(model, cur_embs, low, ref_embs, ref_labels, prev_embs, prev_l
             g_fg = _oracle_global_training(query, keys, ref_onehots, bias, atrous)
         else:
             g_fg = oracle_global(query, keys, ref_onehots, bias, atrous, min_pixels)
-        l_fg = oracle_local(cur_embs[s][:dim], prev_embs[s][:dim], prev_onehot, bias, cfg.local_windows[s],
-                            cfg.local_atrous[s])
+        l_fg = oracle_local(
+            cur_embs[s][:dim], prev_embs[s][:dim], prev_onehot, bias, cfg.local_windows[s], cfg.local_atrous[s]
+        )
         g_bg = oracle_fg2bg(g_fg)
         l_bg = oracle_fg2bg(l_fg)
         cur = cur_embs[s][None].expand(num_labels, -1, -1, -1)
@@ -201,8 +204,9 @@ def oracle_segment(model, cur_embs, low, ref_embs, ref_labels, prev_embs, prev_l
         pm = prev_onehot[:, None]
         inputs.append(torch.cat([g_fg[:, None], l_fg, pm, l_bg, g_bg[:, None], cur, prev * pm, prev * (1 - pm)], 1))
         att_labels = [oh.permute(2, 0, 1) for oh in ref_onehots]  # mutated on the masking path
-        assert masking_path or all(torch.equal(a, (lab[None] == ids).float()) for a, lab in zip(att_labels,
-                                                                                              ref_labels[s]))
+        assert masking_path or all(
+            torch.equal(a, (lab[None] == ids).float()) for a, lab in zip(att_labels, ref_labels[s])
+        )
         heads.append(oracle_attention(ref_embs[s], att_labels, prev_embs[s], prev_onehot))
     return oracle_ensembler(model.dynamic_seghead, inputs, heads[0], low)
 
@@ -268,18 +272,24 @@ def _labels(g, size, num_labels, ignore=True):
 def test_fpn_matches_oracle(model):
     g = torch.Generator().manual_seed(7)
     bb = model.config.backbone
-    x4, x8, x16 = torch.randn(1, bb.decoder_dim, 17, 21, generator=g), \
-        torch.randn(1, bb.mid_level_dim, 9, 11, generator=g), torch.randn(1, bb.aspp_dim, 5, 6, generator=g)
+    x4, x8, x16 = (
+        torch.randn(1, bb.decoder_dim, 17, 21, generator=g),
+        torch.randn(1, bb.mid_level_dim, 9, 11, generator=g),
+        torch.randn(1, bb.aspp_dim, 5, 6, generator=g),
+    )
     for a, b in zip(model.fpn(x4, x8, x16), oracle_fpn(model.fpn, x4, x8, x16)):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("atrous0, min_pixels, num_refs, num_labels", [
-    (2, 0, 1, 3),     # default inference: subsampling path, no attention quirk
-    (2, 1, 2, 3),     # label-masking path (min pixels > 0): attention pooled over the masked labels
-    (1, 0, 1, 2),     # no atrous
-    (2, 0, 2, 1),     # background only
-])
+@pytest.mark.parametrize(
+    "atrous0, min_pixels, num_refs, num_labels",
+    [
+        (2, 0, 1, 3),  # default inference: subsampling path, no attention quirk
+        (2, 1, 2, 3),  # label-masking path (min pixels > 0): attention pooled over the masked labels
+        (1, 0, 1, 2),  # no atrous
+        (2, 0, 2, 1),  # background only
+    ],
+)
 def test_segment_matches_official_algorithm(model, atrous0, min_pixels, num_refs, num_labels):
     g = torch.Generator().manual_seed(10 + atrous0 + min_pixels + num_refs)
     size = (65, 81)
@@ -296,12 +306,18 @@ def test_segment_matches_official_algorithm(model, atrous0, min_pixels, num_refs
 
     with torch.no_grad():
         got = model.segment(
-            type(feats)(tuple(e[num_refs + 1:] for e in emb), feats.low_level[num_refs + 1:]),
-            [torch.stack(r)[None] for r in refs], [torch.stack(r)[None] for r in ref_lab],
-            [p[None] for p in prev], [p[None] for p in prev_lab], num_labels,
-            global_atrous=atrous0, min_matching_pixels=min_pixels)[0]
-        want = oracle_segment(model, cur, feats.low_level[num_refs + 1:], refs, ref_lab, prev, prev_lab, num_labels,
-                              atrous0, min_pixels)
+            type(feats)(tuple(e[num_refs + 1 :] for e in emb), feats.low_level[num_refs + 1 :]),
+            [torch.stack(r)[None] for r in refs],
+            [torch.stack(r)[None] for r in ref_lab],
+            [p[None] for p in prev],
+            [p[None] for p in prev_lab],
+            num_labels,
+            global_atrous=atrous0,
+            min_matching_pixels=min_pixels,
+        )[0]
+        want = oracle_segment(
+            model, cur, feats.low_level[num_refs + 1 :], refs, ref_lab, prev, prev_lab, num_labels, atrous0, min_pixels
+        )
     assert got.shape == (num_labels, 17, 21)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(scaled, snapshot)), "caller's labels were mutated"
@@ -319,17 +335,38 @@ def test_training_mode_matches_official_training_path(model):
     try:
         model.train()
         with torch.no_grad():
-            got = model.segment(type(feats)(tuple(e[2:] for e in emb), feats.low_level[2:]),
-                                [e[0:1, None] for e in emb], [s[0:1, None] for s in scaled],
-                                [e[1:2] for e in emb], [s[1:2] for s in scaled], 3)[0]
-            quirk_off = model.segment(type(feats)(tuple(e[2:] for e in emb), feats.low_level[2:]),
-                                      [e[0:1, None] for e in emb], [s[0:1, None] for s in scaled],
-                                      [e[1:2] for e in emb], [s[1:2] for s in scaled], 3, atrous_attention=False)[0]
+            got = model.segment(
+                type(feats)(tuple(e[2:] for e in emb), feats.low_level[2:]),
+                [e[0:1, None] for e in emb],
+                [s[0:1, None] for s in scaled],
+                [e[1:2] for e in emb],
+                [s[1:2] for s in scaled],
+                3,
+            )[0]
+            quirk_off = model.segment(
+                type(feats)(tuple(e[2:] for e in emb), feats.low_level[2:]),
+                [e[0:1, None] for e in emb],
+                [s[0:1, None] for s in scaled],
+                [e[1:2] for e in emb],
+                [s[1:2] for s in scaled],
+                3,
+                atrous_attention=False,
+            )[0]
     finally:
         model.eval()
-    want = oracle_segment(model, [e[2] for e in emb], feats.low_level[2:], [[e[0]] for e in emb],
-                          [[s[0]] for s in scaled], [e[1] for e in emb], [s[1] for s in scaled], 3,
-                          model.config.global_atrous[0], 0, training=True)
+    want = oracle_segment(
+        model,
+        [e[2] for e in emb],
+        feats.low_level[2:],
+        [[e[0]] for e in emb],
+        [[s[0]] for s in scaled],
+        [e[1] for e in emb],
+        [s[1] for s in scaled],
+        3,
+        model.config.global_atrous[0],
+        0,
+        training=True,
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, quirk_off, rtol=1e-4, atol=1e-4), "the attention quirk had no effect"
 
@@ -341,8 +378,14 @@ def test_attention_quirk_flag(model):
     feats = _frames(model, g, 3, size)
     scaled = model.scale_labels(_labels(g, (2,) + size, 3), feats)
     emb = feats.embeddings
-    args = (type(feats)(tuple(e[2:] for e in emb), feats.low_level[2:]), [e[0:1, None] for e in emb],
-            [s[0:1, None] for s in scaled], [e[1:2] for e in emb], [s[1:2] for s in scaled], 3)
+    args = (
+        type(feats)(tuple(e[2:] for e in emb), feats.low_level[2:]),
+        [e[0:1, None] for e in emb],
+        [s[0:1, None] for s in scaled],
+        [e[1:2] for e in emb],
+        [s[1:2] for s in scaled],
+        3,
+    )
     with torch.no_grad():
         on = model.segment(*args, min_matching_pixels=1)[0]
         off = model.segment(*args, min_matching_pixels=1, atrous_attention=False)[0]

@@ -1,12 +1,10 @@
 """Gradients of the ops: vs the reference's autograd, gradcheck, empty labels, the autograd.Function entry
 points, and determinism (repeat runs, thread counts, deterministic mode)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-import cfbi_ops
-from cfbi_ops import reference as ref_impl
 from conftest import (
     DTYPES,
     GRAD_TOL,
@@ -19,6 +17,9 @@ from conftest import (
     run_local,
     weighted_loss,
 )
+
+import cfbi_ops
+from cfbi_ops import reference as ref_impl
 
 GRAD_NAMES_GLOBAL = ["query", "reference", "fg_bias", "bg_bias"]
 GRAD_NAMES_LOCAL = ["query", "previous", "fg_bias", "bg_bias"]
@@ -102,11 +103,16 @@ def test_grads_through_one_output_only(which):
 # gradcheck (float64, tiny sizes, small embeddings)
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("params", [
-    dict(B=1, C=3, H=4, W=5, L=3, atrous=1),
-    dict(B=2, C=2, H=4, W=3, T=2, Hr=5, Wr=4, L=4, atrous=2, min_pixels=1, absent=(3,)),
-    dict(B=1, C=3, H=3, W=4, Hr=4, Wr=4, L=1),
-], ids=["L3", "T2-atrous2-minpx", "L1"])
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(B=1, C=3, H=4, W=5, L=3, atrous=1),
+        dict(B=2, C=2, H=4, W=3, T=2, Hr=5, Wr=4, L=4, atrous=2, min_pixels=1, absent=(3,)),
+        dict(B=1, C=3, H=3, W=4, Hr=4, Wr=4, L=1),
+    ],
+    ids=["L3", "T2-atrous2-minpx", "L1"],
+)
 def test_global_gradcheck(params, single_thread):
     case = make_global_case(dtype=torch.float64, seed=12, **params)
 
@@ -116,11 +122,15 @@ def test_global_gradcheck(params, single_thread):
     assert torch.autograd.gradcheck(fn, tuple(case.leaves()), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("params", [
-    dict(B=1, C=3, H=4, W=5, L=3, windows=(1, 2)),
-    dict(B=2, C=2, H=5, W=4, L=4, windows=(3, 0, 1), atrous=2, absent=(2,)),
-    dict(B=1, C=2, H=4, W=4, L=1, windows=(24,)),
-], ids=["L3", "atrous2-unsorted", "L1"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(B=1, C=3, H=4, W=5, L=3, windows=(1, 2)),
+        dict(B=2, C=2, H=5, W=4, L=4, windows=(3, 0, 1), atrous=2, absent=(2,)),
+        dict(B=1, C=2, H=4, W=4, L=1, windows=(24,)),
+    ],
+    ids=["L3", "atrous2-unsorted", "L1"],
+)
 def test_local_gradcheck(params, single_thread):
     case = make_local_case(dtype=torch.float64, seed=13, **params)
 
@@ -135,15 +145,24 @@ def test_gradcheck_fast_mode_larger(single_thread):
     lcase = make_local_case(B=2, C=4, H=6, W=5, L=5, windows=(24, 2, 4), atrous=1, dtype=torch.float64, seed=15)
     assert torch.autograd.gradcheck(
         lambda q, r, fb, bb: cfbi_ops.global_match(q, r, gcase.labels, 5, fb, bb, atrous=2),
-        tuple(gcase.leaves()), fast_mode=True, atol=1e-6, rtol=1e-4)
+        tuple(gcase.leaves()),
+        fast_mode=True,
+        atol=1e-6,
+        rtol=1e-4,
+    )
     assert torch.autograd.gradcheck(
         lambda q, p, fb, bb: cfbi_ops.local_match(q, p, lcase.labels, 5, fb, bb, windows=(24, 2, 4)),
-        tuple(lcase.leaves()), fast_mode=True, atol=1e-6, rtol=1e-4)
+        tuple(lcase.leaves()),
+        fast_mode=True,
+        atol=1e-6,
+        rtol=1e-4,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # A label without candidates: exactly 1.0, zero gradient
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_empty_label_is_one_with_zero_grad(dtype):
@@ -171,6 +190,7 @@ def test_empty_label_is_one_with_zero_grad(dtype):
 # torch.autograd.Function entry points
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("ref_5d", [False, True], ids=["ref4d", "ref5d"])
 def test_global_function_apply_equals_function(dtype, ref_5d):
@@ -179,8 +199,16 @@ def test_global_function_apply_equals_function(dtype, ref_5d):
         params["T"] = 2
     case = make_global_case(ref_5d=ref_5d, **params)
     fg, bg = run_global(case)
-    afg, abg = cfbi_ops.GlobalMatchFunction.apply(case.query, case.reference, case.labels, case.num_labels,
-                                                  case.fg_bias, case.bg_bias, case.atrous, case.atrous_min_pixels)
+    afg, abg = cfbi_ops.GlobalMatchFunction.apply(
+        case.query,
+        case.reference,
+        case.labels,
+        case.num_labels,
+        case.fg_bias,
+        case.bg_bias,
+        case.atrous,
+        case.atrous_min_pixels,
+    )
     assert torch.equal(fg, afg) and torch.equal(bg, abg)
     expected = grads(weighted_loss(fg, bg), case.leaves())
     got = grads(weighted_loss(afg, abg), case.leaves())
@@ -193,8 +221,9 @@ def test_global_function_apply_equals_function(dtype, ref_5d):
 def test_local_function_apply_equals_function(dtype):
     case = make_local_case(B=2, C=5, H=6, W=7, L=4, windows=(6, 1, 3), atrous=2, dtype=dtype, seed=19)
     fg, bg = run_local(case)
-    afg, abg = cfbi_ops.LocalMatchFunction.apply(case.query, case.previous, case.labels, case.num_labels,
-                                                 case.fg_bias, case.bg_bias, case.windows, case.atrous)
+    afg, abg = cfbi_ops.LocalMatchFunction.apply(
+        case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias, case.windows, case.atrous
+    )
     assert torch.equal(fg, afg) and torch.equal(bg, abg)
     expected = grads(weighted_loss(fg, bg), case.leaves())
     got = grads(weighted_loss(afg, abg), case.leaves())
@@ -232,10 +261,12 @@ def test_bias_slice_of_parameter_gets_gradient():
 # Determinism
 # --------------------------------------------------------------------------------------------------
 
+
 def _det_cases(dtype):
     # Big enough that at::parallel_for splits the work over two threads (grain 16 pixels).
-    gcase = make_global_case(B=2, C=16, H=13, W=12, T=2, Hr=11, Wr=13, L=5, atrous=2, min_pixels=1,
-                             dtype=dtype, seed=40)
+    gcase = make_global_case(
+        B=2, C=16, H=13, W=12, T=2, Hr=11, Wr=13, L=5, atrous=2, min_pixels=1, dtype=dtype, seed=40
+    )
     lcase = make_local_case(B=2, C=16, H=13, W=12, L=5, windows=(24, 4, 8, 0), atrous=2, dtype=dtype, seed=41)
     return [(gcase, run_global), (lcase, run_local)]
 
@@ -277,6 +308,7 @@ def test_deterministic_algorithms_mode(restore_deterministic):
 # --------------------------------------------------------------------------------------------------
 # Ties: the lowest flattened candidate index wins, and only it receives gradient
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_global_tie_goes_to_lowest_candidate_index(dtype):

@@ -1,6 +1,7 @@
 """Backends: the reference is chosen per call (backend=) or per process (CFBI_OPS_BACKEND) and logged once; without
 the compiled extension (a child interpreter with the import blocked) the whole public API and the model run on the
 reference and give the compiled path's results (the ops in float64 to 1e-9, the float32 model to 1e-4)."""
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,7 @@ from conftest import BLOCK_EXTENSION_CODE, requires_extension, run_isolated
 import cfbi_ops
 
 # Runs in this process and in the child: every public entry point, forward and backward, float64.
-_CASES = '''
+_CASES = """
 import torch, cfbi_ops
 
 def run_public_api():
@@ -51,7 +52,7 @@ def run_model():
     labels = torch.randint(0, 3, (1, 33, 41), generator=g)
     with torch.no_grad():
         return model(images, labels, images.flip(-1), labels.flip(-1), images, 3, output_size=(33, 41))[0]
-'''
+"""
 
 
 @requires_extension
@@ -62,7 +63,9 @@ def test_without_the_extension_everything_runs_on_the_reference(tmp_path):
     exec(_CASES, namespace)
     expected_api, expected_model = namespace["run_public_api"](), namespace["run_model"]()
     out = tmp_path / "results.pt"
-    code = BLOCK_EXTENSION_CODE + textwrap.dedent('''
+    code = (
+        BLOCK_EXTENSION_CODE
+        + textwrap.dedent("""
         import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -75,7 +78,10 @@ def test_without_the_extension_everything_runs_on_the_reference(tmp_path):
             raise AssertionError("backend='compiled' without the extension must raise")
         except RuntimeError as error:
             assert "blocked" in str(error)
-    ''') + _CASES + f"\ntorch.save((run_public_api(), run_model()), {str(out)!r})\n"
+    """)
+        + _CASES
+        + f"\ntorch.save((run_public_api(), run_model()), {str(out)!r})\n"
+    )
     proc = run_isolated(code)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
@@ -119,11 +125,12 @@ def test_backend_choice_is_logged_once(caplog, monkeypatch):
             cfbi_ops.resolve_backend("reference")
     lines = [r.getMessage() for r in caplog.records if r.name == "cfbi_ops"]
     assert lines == ["cfbi_ops: running on the reference backend (chosen by backend=)"] or (
-        not cfbi_ops.HAS_EXTENSION and len(lines) == 1), lines
+        not cfbi_ops.HAS_EXTENSION and len(lines) == 1
+    ), lines
 
 
 def test_backend_per_process():
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import torch, cfbi_ops
         assert cfbi_ops.DEFAULT_BACKEND == "reference" and cfbi_ops.resolve_backend() == "reference"
         q = 0.1 * torch.randn(1, 2, 3, 4, dtype=torch.float64)
@@ -133,7 +140,7 @@ def test_backend_per_process():
         expected = cfbi_ops.reference.local_match(q, q.flip(-1), lab, 2, b, b, windows=(1,))
         assert all(torch.equal(x, y) for x, y in zip(got, expected))
         print("per-process backend ok")
-    ''')
+    """)
     env_before = os.environ.get("CFBI_OPS_BACKEND")
     try:
         os.environ["CFBI_OPS_BACKEND"] = "reference"

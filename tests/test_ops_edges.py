@@ -2,6 +2,7 @@
 calling the ops with generated arguments: window and atrous arguments far beyond the frame, overflowing
 products, NaN inputs, C = 0, the bfloat16 bias gradient, huge num_labels and the raw ops' checks. Calls
 that crashed the process run in a child interpreter."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,10 +48,16 @@ for size, dtype, window, backend in {cases}:
 def test_windows_beyond_the_frame_are_clamped():
     """Window 2**61 on a 4x4 frame segfaulted, 2**62 - 1 aborted (double free), 2**62 on 16x16 hung, 10**6
     took 37 s and 2.9 GB and 10**7 raised bad_alloc; each must equal a window covering the frame, quickly."""
-    cases = [(4, torch.float32, 2**61, "compiled"), (4, torch.float32, 2**62 - 1, "compiled"),
-             (16, torch.float32, 2**62, "compiled"), (16, torch.float32, 10**6, "compiled"),
-             (16, torch.float32, 10**7, "compiled"), (16, torch.float64, 2**63 - 1, "compiled"),
-             (16, torch.float16, 2**62, "compiled"), (16, torch.float64, 2**62, "reference")]
+    cases = [
+        (4, torch.float32, 2**61, "compiled"),
+        (4, torch.float32, 2**62 - 1, "compiled"),
+        (16, torch.float32, 2**62, "compiled"),
+        (16, torch.float32, 10**6, "compiled"),
+        (16, torch.float32, 10**7, "compiled"),
+        (16, torch.float64, 2**63 - 1, "compiled"),
+        (16, torch.float16, 2**62, "compiled"),
+        (16, torch.float64, 2**62, "reference"),
+    ]
     proc = run_isolated(_HUGE_WINDOWS.format(cases=repr(cases)))
     try:
         out, err = proc.communicate(timeout=120)
@@ -73,8 +80,7 @@ def test_huge_atrous_keeps_only_the_origin(backend):
     fg, _ = cfbi_ops.local_match(q, r, lab, 3, 0.0, 0.0, windows=(2**40,), atrous=2**31 - 1, backend=backend)
     efg, _ = cfbi_ops.local_match(q, r, lab, 3, 0.0, 0.0, windows=(0,), backend=backend)
     torch.testing.assert_close(fg, efg, rtol=0, atol=0)
-    gfg, _ = cfbi_ops.global_match(q, r, lab, 3, 0.0, 0.0, atrous=2**31 - 1, atrous_min_pixels=2**62,
-                                   backend=backend)
+    gfg, _ = cfbi_ops.global_match(q, r, lab, 3, 0.0, 0.0, atrous=2**31 - 1, atrous_min_pixels=2**62, backend=backend)
     assert torch.isfinite(gfg).all()
 
 
@@ -88,8 +94,7 @@ def test_min_pixels_product_does_not_overflow(dtype, backend):
         pytest.skip("needs the compiled extension")
     q, r, lab = _inputs(dtype, H=7, W=6)
     for min_pixels in (2**62, 2**63 - 1, 2**61 + 1):
-        fg, bg = cfbi_ops.global_match(q, r, lab, 3, -0.2, 0.1, atrous=2, atrous_min_pixels=min_pixels,
-                                       backend=backend)
+        fg, bg = cfbi_ops.global_match(q, r, lab, 3, -0.2, 0.1, atrous=2, atrous_min_pixels=min_pixels, backend=backend)
         efg, ebg = cfbi_ops.global_match(q, r, lab, 3, -0.2, 0.1, backend=backend)
         torch.testing.assert_close(fg, efg, rtol=0, atol=0)
         torch.testing.assert_close(bg, ebg, rtol=0, atol=0)
@@ -187,7 +192,7 @@ def _bg_nan(fg_nan):
     L = fg_nan.shape[1]
     if L == 1:
         return fg_nan
-    return torch.stack([torch.cat([fg_nan[:, :j], fg_nan[:, j + 1:]], 1).any(1) for j in range(L)], 1)
+    return torch.stack([torch.cat([fg_nan[:, :j], fg_nan[:, j + 1 :]], 1).any(1) for j in range(L)], 1)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
@@ -202,11 +207,12 @@ def test_nan_propagates_on_every_dtype(op, backend, dtype):
         pytest.skip("the reference runs float16 / bfloat16 through float64 selection like the other dtypes")
     L, windows, atrous = 3, (1, 2, 0), 1
     q, r, lab = _inputs(dtype, H=6, W=7, L=L, seed=3)
-    r[0, 1, 2, 3] = float("nan")       # one candidate
-    q[0, 0, 5, 6] = float("nan")       # one query pixel
+    r[0, 1, 2, 3] = float("nan")  # one candidate
+    q[0, 0, 5, 6] = float("nan")  # one query pixel
     clean_q, clean_r = q.clone(), r.clone()
     clean_q[0, 0, 5, 6] = 0.0
     clean_r[0, 1, 2, 3] = 0.0
+
     def run(a, b):
         if op == "global":
             return cfbi_ops.global_match(a, b, lab, L, -0.1, 0.2, backend=backend)
@@ -313,5 +319,5 @@ def test_reference_empty_batch(op):
     else:
         fg, bg = cfbi_ops.local_match(q, q, lab, 3, bias, bias, windows=(1, 2), backend="reference")
     assert fg.shape == bg.shape == ((0, 3, 4, 5) if op == "global" else (0, 3, 2, 4, 5))
-    grad, = torch.autograd.grad(fg.sum() + bg.sum(), [bias])
+    (grad,) = torch.autograd.grad(fg.sum() + bg.sum(), [bias])
     assert grad.shape == (1,) and not grad.any()

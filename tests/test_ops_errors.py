@@ -1,15 +1,16 @@
 """Bad input: every documented error case raises ValueError / RuntimeError whose message names the
 argument, and direct calls of the raw torch.ops.cfbi ops with bad shapes raise RuntimeError instead of
 crashing (the risky ones run in a separate interpreter so that a crash cannot take the suite down)."""
+
 from __future__ import annotations
 
 import textwrap
 
 import pytest
 import torch
+from conftest import embeddings, generator, random_labels, requires_extension, run_isolated
 
 import cfbi_ops
-from conftest import embeddings, generator, random_labels, requires_extension, run_isolated
 
 ERRORS = (ValueError, RuntimeError)
 
@@ -61,8 +62,10 @@ GLOBAL_ERRORS = {
     "dtype-mismatch": ("reference", lambda a, k: a.update(reference=a["reference"].double())),
     "query-int": ("query", lambda a, k: a.update(query=a["query"].long())),
     "channel-mismatch": ("reference", lambda a, k: a.update(reference=a["reference"][:, :3])),
-    "batch-mismatch": ("reference", lambda a, k: a.update(reference=a["reference"][:1],
-                                                          ref_labels=a["ref_labels"][:1])),
+    "batch-mismatch": (
+        "reference",
+        lambda a, k: a.update(reference=a["reference"][:1], ref_labels=a["ref_labels"][:1]),
+    ),
     "atrous-0": ("atrous", lambda a, k: k.update(atrous=0)),
     "atrous-negative": ("atrous", lambda a, k: k.update(atrous=-2)),
     "min-pixels-negative": ("atrous_min_pixels", lambda a, k: k.update(atrous_min_pixels=-1)),
@@ -128,6 +131,7 @@ def test_function_apply_validates_too():
 # --------------------------------------------------------------------------------------------------
 # Raw ops called directly with bad arguments: RuntimeError, no crash
 # --------------------------------------------------------------------------------------------------
+
 
 def _canonical_global():
     a = _global_inputs()
@@ -241,7 +245,8 @@ def isolated_results():
     procs = []
     for group in ISOLATED_GROUPS:
         code = textwrap.dedent(_ISOLATED_PRELUDE) + "".join(
-            f"attempt({name!r}, lambda: {ISOLATED_CASES[name]})\n" for name in group)
+            f"attempt({name!r}, lambda: {ISOLATED_CASES[name]})\n" for name in group
+        )
         procs.append((group, run_isolated(code)))
     results = {}
     for group, proc in procs:
@@ -261,5 +266,6 @@ def isolated_results():
 def test_raw_global_backward_bad_reference_raises(name, isolated_results):
     returncode, line, err_tail = isolated_results[name]
     assert line.startswith(f"{name} RAISED"), (
-        f"no RuntimeError: output {line!r}, exit code {returncode}, stderr tail {err_tail}")
+        f"no RuntimeError: output {line!r}, exit code {returncode}, stderr tail {err_tail}"
+    )
     assert returncode == 0, f"process crashed (exit code {returncode}); stderr tail {err_tail}"

@@ -3,6 +3,7 @@ distance matrix with 5e4-padded wrong labels and a masked min for global matchin
 previous frame for local matching, their score and their foreground-to-background min), with ignored pixels
 among the labels: values in float32 and float64, gradients in float64 (in float32 their expanded distance
 ||q||^2 + ||r||^2 - 2 q.r can reorder near-ties, a few ulp apart, and send a gradient to the other candidate)."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,6 +43,9 @@ def test_matches_authors_formulation(op: str, case: tuple, labels: int, dtype: t
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     if dtype != torch.float64:
         return
-    for name, got, want in zip(["query", "candidates", "fg_bias", "bg_bias"], grads(weighted_loss(*ours), x.leaves()),
-                               grads(weighted_loss(*theirs), x.leaves())):
+    for name, got, want in zip(
+        ["query", "candidates", "fg_bias", "bg_bias"],
+        grads(weighted_loss(*ours), x.leaves()),
+        grads(weighted_loss(*theirs), x.leaves()),
+    ):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

@@ -1,20 +1,21 @@
 """Registration of the cfbi:: custom ops: the compiled extension is loaded, CPU kernels are registered,
 torch.library.opcheck passes on every op, and torch.compile(fullgraph=True) traces through them."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-import cfbi_ops
 from conftest import (
     GRAD_TOL,
-    requires_compiled,
     TOL,
     dtype_id,
     embeddings,
     generator,
     random_labels,
+    requires_compiled,
 )
+
+import cfbi_ops
 
 OPS = ["global_match", "local_match", "global_match_backward", "local_match_backward"]
 # The compiled ops themselves: skipped without the extension and in the run with the reference forced.
@@ -46,6 +47,7 @@ def test_function_classes_are_autograd_functions():
 # opcheck with canonical arguments
 # --------------------------------------------------------------------------------------------------
 
+
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     """Same values, memory format as asked: 'contiguous' or 'channels_last' (a dense, non-contiguous
     layout such as a channels_last conv output; for 5-D [B, T, C, H, W] the C dim is innermost)."""
@@ -59,8 +61,23 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 LAYOUTS = ["contiguous", "channels_last"]
 
 
-def _global_args(dtype, *, B=2, C=4, H=5, W=6, T=2, Hr=6, Wr=5, L=4, atrous=2, min_pixels=1, seed=50,
-                 requires_grad=True, layout="contiguous"):
+def _global_args(
+    dtype,
+    *,
+    B=2,
+    C=4,
+    H=5,
+    W=6,
+    T=2,
+    Hr=6,
+    Wr=5,
+    L=4,
+    atrous=2,
+    min_pixels=1,
+    seed=50,
+    requires_grad=True,
+    layout="contiguous",
+):
     g = generator(seed)
     query = _layout(embeddings((B, C, H, W), dtype, g), layout).requires_grad_(requires_grad)
     reference = _layout(embeddings((B, T, C, Hr, Wr), dtype, g), layout).requires_grad_(requires_grad)
@@ -70,8 +87,9 @@ def _global_args(dtype, *, B=2, C=4, H=5, W=6, T=2, Hr=6, Wr=5, L=4, atrous=2, m
     return (query, reference, labels, L, fg_bias, bg_bias, atrous, min_pixels)
 
 
-def _local_args(dtype, *, B=2, C=4, H=6, W=5, L=4, windows=(5, 1, 0, 3), atrous=2, seed=51, requires_grad=True,
-                layout="contiguous"):
+def _local_args(
+    dtype, *, B=2, C=4, H=6, W=5, L=4, windows=(5, 1, 0, 3), atrous=2, seed=51, requires_grad=True, layout="contiguous"
+):
     g = generator(seed)
     query = _layout(embeddings((B, C, H, W), dtype, g), layout).requires_grad_(requires_grad)
     previous = _layout(embeddings((B, C, H, W), dtype, g), layout).requires_grad_(requires_grad)
@@ -95,16 +113,20 @@ def _backward_args(forward_op, args):
 def test_opcheck_global_match(dtype, layout):
     torch.library.opcheck(torch.ops.cfbi.global_match.default, _global_args(dtype, layout=layout))
     # T = 1, L = 1, atrous 1
-    torch.library.opcheck(torch.ops.cfbi.global_match.default,
-                          _global_args(dtype, B=1, T=1, L=1, atrous=1, min_pixels=0, seed=53, layout=layout))
+    torch.library.opcheck(
+        torch.ops.cfbi.global_match.default,
+        _global_args(dtype, B=1, T=1, L=1, atrous=1, min_pixels=0, seed=53, layout=layout),
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 def test_opcheck_local_match(dtype, layout):
     torch.library.opcheck(torch.ops.cfbi.local_match.default, _local_args(dtype, layout=layout))
-    torch.library.opcheck(torch.ops.cfbi.local_match.default,
-                          _local_args(dtype, B=1, L=1, windows=(24,), atrous=1, seed=54, layout=layout))
+    torch.library.opcheck(
+        torch.ops.cfbi.local_match.default,
+        _local_args(dtype, B=1, L=1, windows=(24,), atrous=1, seed=54, layout=layout),
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -152,11 +174,10 @@ def test_canonical_op_outputs():
 # torch.compile(fullgraph=True)
 # --------------------------------------------------------------------------------------------------
 
+
 def _both_ops(query, reference, ref_labels, previous, prev_labels, fg_bias, bg_bias, weights):
-    gfg, gbg = cfbi_ops.global_match(query, reference, ref_labels, 4, fg_bias, bg_bias, atrous=2,
-                                     atrous_min_pixels=1)
-    lfg, lbg = cfbi_ops.local_match(query, previous, prev_labels, 4, fg_bias, bg_bias, windows=(3, 1, 0),
-                                    atrous=1)
+    gfg, gbg = cfbi_ops.global_match(query, reference, ref_labels, 4, fg_bias, bg_bias, atrous=2, atrous_min_pixels=1)
+    lfg, lbg = cfbi_ops.local_match(query, previous, prev_labels, 4, fg_bias, bg_bias, windows=(3, 1, 0), atrous=1)
     outs = (gfg, gbg, lfg, lbg)
     loss = sum((o * w).sum() for o, w in zip(outs, weights))
     return gfg, gbg, lfg, lbg, loss
@@ -179,7 +200,8 @@ def test_torch_compile_fullgraph_matches_eager(layout):
         bg_bias=torch.full((1, 1, 1), 0.2, dtype=dtype),
     )
     inputs["weights"] = [torch.randn((B, 4, H, W), generator=g).to(dtype) for _ in range(2)] + [
-        torch.randn((B, 4, 3, H, W), generator=g).to(dtype) for _ in range(2)]
+        torch.randn((B, 4, 3, H, W), generator=g).to(dtype) for _ in range(2)
+    ]
     diff = ["query", "reference", "previous", "fg_bias", "bg_bias"]
 
     def run(fn):
@@ -195,5 +217,4 @@ def test_torch_compile_fullgraph_matches_eager(layout):
     for name, got, expected in zip(diff, compiled_grads, eager_grads):
         assert got is not None, f"no gradient for {name}"
         assert torch.count_nonzero(got) > 0, f"zero gradient for {name}"
-        torch.testing.assert_close(got, expected, msg=lambda m, name=name: f"grad {name}: {m}",
-                                   **GRAD_TOL[dtype])
+        torch.testing.assert_close(got, expected, msg=lambda m, name=name: f"grad {name}: {m}", **GRAD_TOL[dtype])

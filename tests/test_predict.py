@@ -1,5 +1,6 @@
 """`cfbi predict` on generated splits in the DAVIS and YouTube-VOS layouts: scored frames written, objects that
 start late, resume, the zip, two processes under torchrun, `cfbi evaluate` on the output, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -37,15 +38,16 @@ def write_png(path: Path, labels: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def davis(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("davis")
-    write_synthetic_davis(root, num_train=0, num_val=3, seed=5,
-                          config=SyntheticConfig(height=H, width=W, num_frames=(5, 7)))
+    write_synthetic_davis(
+        root, num_train=0, num_val=3, seed=5, config=SyntheticConfig(height=H, width=W, num_frames=(5, 7))
+    )
     return root
 
 
 def youtube_frame(t: int) -> np.ndarray:
     rng = np.random.default_rng(t)
     img = rng.integers(0, 50, (H, W, 3), dtype=np.uint8)
-    img[6:22, 4 + t:24 + t] = (230, 40, 40)
+    img[6:22, 4 + t : 24 + t] = (230, 40, 40)
     if t >= 5:
         img[28:44, 40:60] = (40, 220, 50)
     return img
@@ -66,7 +68,7 @@ def youtube(tmp_path_factory) -> Path:
     meta = {"videos": {}}
     for name in ("vid_a", "vid_b"):
         for t in range(15):
-            for sub in (["valid", "valid_all_frames"] if t % 5 == 0 else ["valid_all_frames"]):
+            for sub in ["valid", "valid_all_frames"] if t % 5 == 0 else ["valid_all_frames"]:
                 folder = root / sub / "JPEGImages" / name
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(youtube_frame(t)).save(folder / f"{t:05d}.jpg", quality=95)
@@ -74,8 +76,12 @@ def youtube(tmp_path_factory) -> Path:
         masks.mkdir(parents=True)
         write_png(masks / "00000.png", FIRST)
         write_png(masks / "00005.png", LATE)
-        meta["videos"][name] = {"objects": {"1": {"category": "box", "frames": ["00000", "00005", "00010"]},
-                                            "2": {"category": "box", "frames": ["00005", "00010"]}}}
+        meta["videos"][name] = {
+            "objects": {
+                "1": {"category": "box", "frames": ["00000", "00005", "00010"]},
+                "2": {"category": "box", "frames": ["00005", "00010"]},
+            }
+        }
     (root / "valid" / "meta.json").write_text(json.dumps(meta))
     return root
 
@@ -148,23 +154,45 @@ def test_youtube_late_objects_scored_frames_and_zip(youtube, tmp_path, capsys, a
     for name in ("vid_a", "vid_b"):
         folder = out / "Annotations" / name
         assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00005.png", "00010.png"]
-        assert not (read(folder / "00000.png") == 2).any()                         # before object 2 starts
-        assert np.array_equal(read(folder / "00005.png") == 2, LATE == 2)          # its annotation
+        assert not (read(folder / "00000.png") == 2).any()  # before object 2 starts
+        assert np.array_equal(read(folder / "00005.png") == 2, LATE == 2)  # its annotation
         assert set(np.unique(read(folder / "00010.png"))) <= {0, 1, 2}
         # Only object 2 starts at 00005: object 1's pixels there are its prediction, not the drawing in LATE.
         assert np.array_equal(read(folder / "00000.png"), FIRST)
     with zipfile.ZipFile(archive) as handle:
         assert handle.testzip() is None
-        assert sorted(handle.namelist()) == [f"Annotations/{v}/{t:05d}.png" for v in ("vid_a", "vid_b")
-                                             for t in (0, 5, 10)]
+        assert sorted(handle.namelist()) == [
+            f"Annotations/{v}/{t:05d}.png" for v in ("vid_a", "vid_b") for t in (0, 5, 10)
+        ]
 
 
 def test_torchrun_two_processes_write_each_video_once(davis, tmp_path):
     out, archive = tmp_path / "out", tmp_path / "sub.zip"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "cfbi_model.cli", "predict", "--data", str(davis), "--checkpoint", str(CHECKPOINT),
-               "--out", str(out), "--zip", str(archive), "--threads", "1", "--quiet", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cfbi_model.cli",
+        "predict",
+        "--data",
+        str(davis),
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--out",
+        str(out),
+        "--zip",
+        str(archive),
+        "--threads",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("synth_val_")]
@@ -186,9 +214,28 @@ def test_torchrun_a_failing_rank_stops_every_rank(davis, tmp_path):
     bad = data / "JPEGImages" / "480p" / "synth_val_0001" / "00002.jpg"
     bad.write_bytes(b"not a jpeg")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "cfbi_model.cli", "predict", "--data", str(data), "--checkpoint", str(CHECKPOINT),
-               "--out", str(tmp_path / "out"), "--zip", str(tmp_path / "sub.zip"), "--threads", "1", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cfbi_model.cli",
+        "predict",
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--out",
+        str(tmp_path / "out"),
+        "--zip",
+        str(tmp_path / "sub.zip"),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     assert "00002.jpg" in done.stderr and "cfbi predict: error: rank" in done.stderr
@@ -210,15 +257,27 @@ def test_predict_errors(davis, youtube, tmp_path, capsys):
     fails("--data", davis, "--out", out, "--zip", tmp_path, code=2, expect=["is a folder"])
     fails("--data", davis, "--out", out, "--split", "nope", code=1, expect=["nope.txt"])
     fails("--data", davis, "--layout", "youtube", "--out", out, code=1, expect=["meta.json"])
-    fails("--data", youtube, "--layout", "youtube", "--split", "valid", "--all-frames", "--out", out,
-          "--scales", "inf", code=2, expect=["scales"])
+    fails(
+        "--data",
+        youtube,
+        "--layout",
+        "youtube",
+        "--split",
+        "valid",
+        "--all-frames",
+        "--out",
+        out,
+        "--scales",
+        "inf",
+        code=2,
+        expect=["scales"],
+    )
     fails("--data", davis, "--out", out, code=1, expect=["does not exist"], checkpoint=tmp_path / "none.pth")
     if not torch.cuda.is_available():
         fails("--data", davis, "--out", out, "--device", "cuda", code=2, expect=["CUDA is not available"])
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
-    fails("--data", davis, "--out", out, code=1, expect=["corrupt.pth", "cannot read checkpoint"],
-          checkpoint=corrupt)
+    fails("--data", davis, "--out", out, code=1, expect=["corrupt.pth", "cannot read checkpoint"], checkpoint=corrupt)
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _Payload()}, evil)
     fails("--data", davis, "--out", out, code=1, expect=["evil.pth", "was not loaded"], checkpoint=evil)

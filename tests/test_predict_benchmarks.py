@@ -1,5 +1,6 @@
 """The predict benchmarks run end to end on tiny inputs: memory of a streamed video, frames per second of
 `cfbi predict` with 1 and 2 processes."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,8 +24,9 @@ def run_script(*args: str) -> str:
 
 @pytest.mark.skipif(not HAS_FFMPEG, reason="needs imageio and imageio-ffmpeg")
 def test_stream_memory_samples_rss_along_the_video():
-    out = run_script("benchmarks/stream_memory.py", "--frames", "40", "--every", "20", "--height", "32",
-                     "--width", "48")
+    out = run_script(
+        "benchmarks/stream_memory.py", "--frames", "40", "--every", "20", "--height", "32", "--width", "48"
+    )
     assert "40 frames, 2 object(s)" in out and "40 masks written" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [row.split("|")[1].strip() for row in rows] == ["1", "20", "40"]
@@ -32,8 +34,21 @@ def test_stream_memory_samples_rss_along_the_video():
 
 
 def test_predict_speed_with_one_and_two_processes():
-    out = run_script("benchmarks/predict_speed.py", "--videos", "2", "--frames", "3", "3", "--height", "32",
-                     "--width", "48", "--processes", "1", "2")
+    out = run_script(
+        "benchmarks/predict_speed.py",
+        "--videos",
+        "2",
+        "--frames",
+        "3",
+        "3",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--processes",
+        "1",
+        "2",
+    )
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert [r[1].strip() for r in rows] == ["1", "2"] and all(float(r[3]) > 0 for r in rows)
     assert "6 frames of 48x32" in out

@@ -1,5 +1,6 @@
 """Annotations on any frame: objects that start late, background before the first annotation, corrections,
 arbitrary object ids mapped to compact labels, the one-call API (propagate, segment_video) and its errors."""
+
 from __future__ import annotations
 
 import struct
@@ -34,7 +35,7 @@ def frames(count: int = 7) -> list[np.ndarray]:
     out = []
     for t in range(count):
         img = rng.integers(0, 50, (H, W, 3), dtype=np.uint8)
-        img[6 + t:22 + t, 4 + t:24 + t] = (230, 40, 40)
+        img[6 + t : 22 + t, 4 + t : 24 + t] = (230, 40, 40)
         if t >= 3:
             img[28:44, 40:60] = (40, 220, 50)
         out.append(img)
@@ -47,9 +48,9 @@ def box(value: int, rows: slice, cols: slice) -> np.ndarray:
     return labels
 
 
-FIRST = box(7, slice(6, 22), slice(4, 24))            # object 7 from frame 0
-LATE = box(200, slice(28, 44), slice(40, 60))         # object 200 from frame 3
-CORRECTION = box(7, slice(10, 20), slice(30, 50))     # object 7 re-annotated (moved) at frame 5
+FIRST = box(7, slice(6, 22), slice(4, 24))  # object 7 from frame 0
+LATE = box(200, slice(28, 44), slice(40, 60))  # object 200 from frame 3
+CORRECTION = box(7, slice(10, 20), slice(30, 50))  # object 7 re-annotated (moved) at frame 5
 
 
 def write_png(path: Path, labels: np.ndarray, palette=PALETTE) -> None:
@@ -201,12 +202,14 @@ def test_segment_video_annotation_names(model, tmp_path):
 # ------------------------------------------------------------------------------------------------ command line
 def bomb_png(path: Path, side: int = 30000) -> None:
     """A PNG header announcing side x side pixels (a decompression bomb) with no image data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -228,8 +231,23 @@ def segment(*args) -> int:
 
 
 def test_cli_masks_folder_late_object_and_correction(clip_dir, capsys):
-    args = ["--frames", clip_dir["frames"], "--masks", clip_dir["masks"], "--out", clip_dir["out"], "--config",
-            "small", "--allow-random", "--quiet", "--threads", "1", "--device", "cpu", "--per-object"]
+    args = [
+        "--frames",
+        clip_dir["frames"],
+        "--masks",
+        clip_dir["masks"],
+        "--out",
+        clip_dir["out"],
+        "--config",
+        "small",
+        "--allow-random",
+        "--quiet",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--per-object",
+    ]
     assert segment(*args) == 0
     err = capsys.readouterr().err
     assert "6 frames, 2 object(s)" in err and "frames/s" in err
@@ -246,8 +264,7 @@ def test_cli_masks_folder_late_object_and_correction(clip_dir, capsys):
 
 
 def test_cli_annotation_errors_come_before_any_output(clip_dir, capsys):
-    base = ["--frames", clip_dir["frames"], "--out", clip_dir["out"], "--config", "small", "--allow-random",
-            "--quiet"]
+    base = ["--frames", clip_dir["frames"], "--out", clip_dir["out"], "--config", "small", "--allow-random", "--quiet"]
 
     def fails(*extra, expect):
         code = segment(*base, *extra)
@@ -281,9 +298,19 @@ def test_cli_annotation_errors_come_before_any_output(clip_dir, capsys):
 def test_cli_truncated_frame_leaves_a_recognisable_partial_folder(clip_dir, capsys):
     path = clip_dir["frames"] / "00004.jpg"
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) * 2 // 3])  # the header is intact, the image data is not
-    code = segment("--frames", clip_dir["frames"], "--masks", clip_dir["masks"], "--out", clip_dir["out"],
-                   "--config", "small", "--allow-random", "--quiet")
+    path.write_bytes(data[: len(data) * 2 // 3])  # the header is intact, the image data is not
+    code = segment(
+        "--frames",
+        clip_dir["frames"],
+        "--masks",
+        clip_dir["masks"],
+        "--out",
+        clip_dir["out"],
+        "--config",
+        "small",
+        "--allow-random",
+        "--quiet",
+    )
     err = capsys.readouterr().err
     assert code == 2 and "00004.jpg" in err
     assert sorted(p.name for p in clip_dir["out"].iterdir()) == ["walk.partial"]

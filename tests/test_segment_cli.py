@@ -1,4 +1,5 @@
 """`cfbi segment` on generated frame folders and video files (small configuration, random or saved weights)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,7 +25,7 @@ def clip(count: int = 4) -> list[np.ndarray]:
     frames = []
     for t in range(count):
         img = rng.integers(0, 50, (H, W, 3), dtype=np.uint8)
-        img[10 + t:30 + t, 8 + 2 * t:36 + 2 * t] = (230, 40, 40)
+        img[10 + t : 30 + t, 8 + 2 * t : 36 + 2 * t] = (230, 40, 40)
         img[40:58, 44:70] = (40, 220, 50)
         frames.append(img)
     return frames
@@ -53,8 +54,13 @@ def data(tmp_path: Path) -> dict[str, Path]:
     (frames / "notes.txt").write_text("not a frame")
     mask = tmp_path / "first.png"
     write_palette_png(mask, first_labels())
-    return {"root": tmp_path, "frames": frames, "mask": mask, "out": tmp_path / "out",
-            "written": tmp_path / "out" / "frames"}
+    return {
+        "root": tmp_path,
+        "frames": frames,
+        "mask": mask,
+        "out": tmp_path / "out",
+        "written": tmp_path / "out" / "frames",
+    }
 
 
 def segment(*args: str | Path) -> int:
@@ -62,8 +68,7 @@ def segment(*args: str | Path) -> int:
 
 
 def small_args(data) -> list:
-    return ["--frames", data["frames"], "--mask", data["mask"], "--out", data["out"], "--config", "small",
-            "--quiet"]
+    return ["--frames", data["frames"], "--mask", data["mask"], "--out", data["out"], "--config", "small", "--quiet"]
 
 
 def test_frame_folder_with_random_weights_and_gif_overlay(data, capsys):
@@ -90,8 +95,21 @@ def test_saved_checkpoint_and_options(data, tmp_path, capsys):
     model = CFBIPlus("small")
     ckpt = tmp_path / "small.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, ckpt)
-    code = segment(*small_args(data), "--checkpoint", ckpt, "--flip", "--scales", "1.0", "0.75",
-                   "--min-matching-pixels", "100", "--global-atrous", "1", "--device", "cpu")
+    code = segment(
+        *small_args(data),
+        "--checkpoint",
+        ckpt,
+        "--flip",
+        "--scales",
+        "1.0",
+        "0.75",
+        "--min-matching-pixels",
+        "100",
+        "--global-atrous",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert code == 0
     assert "RANDOM" not in capsys.readouterr().err
     assert len(list(data["written"].glob("*.png"))) == 4
@@ -193,8 +211,14 @@ def test_video_errors(data, tmp_path, capsys):
 
 
 def test_overlay_extension_and_usage(data, capsys):
-    _fails(capsys, *small_args(data), "--allow-random", "--overlay", data["root"] / "x.avi",
-           expect=["x.avi", ".mp4 or .gif"])
+    _fails(
+        capsys,
+        *small_args(data),
+        "--allow-random",
+        "--overlay",
+        data["root"] / "x.avi",
+        expect=["x.avi", ".mp4 or .gif"],
+    )
     with pytest.raises(SystemExit) as info:  # --frames and --video are exclusive
         segment("--frames", data["frames"], "--video", "v.mp4", "--mask", data["mask"], "--out", data["out"])
     assert info.value.code != 0
@@ -211,6 +235,13 @@ def test_checkpoint_brings_its_own_config(data, capsys):
     args = ["--frames", data["frames"], "--mask", data["mask"], "--out", data["out"], "--quiet"]
     assert segment(*args, "--checkpoint", default_weights()) == 0
     assert len(list(data["written"].glob("*.png"))) == 4
-    _fails(capsys, *args, "--checkpoint", default_weights(), "--config", "resnet101",
-           expect=["small_synthetic.pth", "'small'", "disagrees", "'resnet101'"])
+    _fails(
+        capsys,
+        *args,
+        "--checkpoint",
+        default_weights(),
+        "--config",
+        "resnet101",
+        expect=["small_synthetic.pth", "'small'", "disagrees", "'resnet101'"],
+    )
     assert segment(*args, "--checkpoint", default_weights(), "--config", "small") == 0  # agreeing is fine

@@ -1,4 +1,5 @@
 """Training: loss, schedule, a few steps lower the loss, exact resume, DDP (2 gloo processes), CLI."""
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,20 @@ def data_root(tmp_path_factory):
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    base = dict(model="small", steps=4, batch_size=1, lr=0.02, warmup_steps=1, sequential_start=2,
-                hard_mining_steps=2, clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
-                num_workers=0, checkpoint_every=0, log_every=1, amp=False)
+    base = dict(
+        model="small",
+        steps=4,
+        batch_size=1,
+        lr=0.02,
+        warmup_steps=1,
+        sequential_start=2,
+        hard_mining_steps=2,
+        clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
+        num_workers=0,
+        checkpoint_every=0,
+        log_every=1,
+        amp=False,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -40,8 +52,9 @@ def test_bootstrapped_cross_entropy():
     assert torch.allclose(full, F.cross_entropy(logits[None], target[None], ignore_index=255))
     per_pixel = F.cross_entropy(logits[None], target[None], ignore_index=255, reduction="none")[0][target != 255]
     k = int(0.3 * per_pixel.numel())
-    assert torch.allclose(bootstrapped_cross_entropy(logits, target, 0.3),
-                          per_pixel.sort(descending=True).values[:k].mean())
+    assert torch.allclose(
+        bootstrapped_cross_entropy(logits, target, 0.3), per_pixel.sort(descending=True).values[:k].mean()
+    )
     assert top_k_fraction(0, 0.15, 100) == 1.0 and top_k_fraction(50, 0.15, 100) == pytest.approx(0.575)
     assert top_k_fraction(500, 0.15, 100) == pytest.approx(0.15)
     assert learning_rate_factor(0, 100, 10, 0.9, 0.1, 1e-5) == pytest.approx(0.1)
@@ -52,16 +65,18 @@ def test_bootstrapped_cross_entropy():
 def test_steps_lower_the_loss_on_a_fixed_batch(data_root, tmp_path):
     torch.set_num_threads(1)
     videos = davis_videos(data_root, "train")
-    config = tiny_config(steps=100, batch_size=2, lr=0.02, warmup_steps=1, sequential_start=1000,
-                         top_k_percent=1.0)
+    config = tiny_config(steps=100, batch_size=2, lr=0.02, warmup_steps=1, sequential_start=1000, top_k_percent=1.0)
     trainer = Trainer(config, videos, str(tmp_path), progress=False, tensorboard=False)
     batch = collate_clips([trainer.dataset[0], trainer.dataset[1]])
     losses = [trainer.train_step(batch)["loss"] for _ in range(10)]
     assert all(np.isfinite(losses))
     assert min(losses[-3:]) < 0.7 * losses[0], losses
     # the backbone BN stays frozen (no trainable BN parameters, running statistics untouched)
-    assert not any("bn" in name for name, p in trainer.model.named_parameters() if p.requires_grad
-                   and "feature_extracter.backbone" in name)
+    assert not any(
+        "bn" in name
+        for name, p in trainer.model.named_parameters()
+        if p.requires_grad and "feature_extracter.backbone" in name
+    )
 
 
 def _params(model) -> dict:
@@ -90,6 +105,7 @@ def test_resume_is_exact(data_root, tmp_path):
         assert torch.equal(sa[key]["momentum_buffer"], sb[key]["momentum_buffer"])
     # the checkpoint also loads as a plain model checkpoint
     from cfbi_model.build import load_model
+
     model = load_model(resumed.checkpoint_path)
     assert model.config.name == "small"
 
@@ -101,10 +117,12 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
+
     videos = davis_videos(root, "train")
     trainer = Trainer(tiny_config(steps=2), videos, out, progress=False, tensorboard=False)
     assert trainer.world_size == world
@@ -115,11 +133,15 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 def test_ddp_two_gloo_processes_keep_replicas_identical(data_root, tmp_path):
     import torch.multiprocessing as mp
+
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(data_root), str(tmp_path)), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    initial = _params(Trainer(tiny_config(), davis_videos(data_root, "train"), str(tmp_path / "x"),
-                              progress=False, tensorboard=False).model)
+    initial = _params(
+        Trainer(
+            tiny_config(), davis_videos(data_root, "train"), str(tmp_path / "x"), progress=False, tensorboard=False
+        ).model
+    )
     changed = 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -130,16 +152,54 @@ def test_ddp_two_gloo_processes_keep_replicas_identical(data_root, tmp_path):
 
 def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
     from cfbi_model.cli import main
+
     out = tmp_path / "run"
-    common = ["train", "--config", "small", "--data", str(data_root), "--crop", "65", "--short-edge", "0",
-              "--batch-size", "1", "--num-current", "2", "--workers", "0", "--warmup", "1", "--threads", "1",
-              "--out", str(out)]
+    common = [
+        "train",
+        "--config",
+        "small",
+        "--data",
+        str(data_root),
+        "--crop",
+        "65",
+        "--short-edge",
+        "0",
+        "--batch-size",
+        "1",
+        "--num-current",
+        "2",
+        "--workers",
+        "0",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(common + ["--steps", "2"]) == 0
-    assert main(common + ["--steps", "3", "--resume", "--val-every", "3", "--val-max-frames", "4"]) == 0
+    # a longer schedule is a changed setting: --allow-changes
+    assert (
+        main(common + ["--steps", "3", "--resume", "--allow-changes", "--val-every", "3", "--val-max-frames", "4"]) == 0
+    )
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     assert state["step"] == 3 and state["model_config"]["name"] == "small"
-    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pth"), "--data", str(data_root),
-                 "--split", "val", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "checkpoint.pth"),
+                "--data",
+                str(data_root),
+                "--split",
+                "val",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "J&F-Mean" in capsys.readouterr().out
     assert main(["train", "--config", "small", "--data", str(tmp_path / "missing"), "--steps", "1"]) == 1
 
@@ -147,8 +207,13 @@ def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
 def test_tensorboard_logs_the_history(data_root, tmp_path):
     """The TensorBoard event file holds the logged scalars (equal to the returned history) and the overlay."""
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    trainer = Trainer(tiny_config(steps=10, log_every=1), davis_videos(data_root, "train"), str(tmp_path),
-                      progress=False, tensorboard=True)
+    trainer = Trainer(
+        tiny_config(steps=10, log_every=1),
+        davis_videos(data_root, "train"),
+        str(tmp_path),
+        progress=False,
+        tensorboard=True,
+    )
     history = trainer.train()
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
@@ -165,11 +230,43 @@ def test_torchrun_two_processes(data_root, tmp_path):
     """`torchrun --nproc_per_node=2 -m cfbi_model.cli train`: both ranks join one gloo group and train."""
     import subprocess
     import sys
+
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-               str(_free_port()), "-m", "cfbi_model.cli", "train", "--config", "small", "--data", str(data_root),
-               "--crop", "65", "--short-edge", "0", "--batch-size", "1", "--num-current", "2", "--workers", "0",
-               "--warmup", "1", "--threads", "1", "--steps", "2", "--log-every", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "cfbi_model.cli",
+        "train",
+        "--config",
+        "small",
+        "--data",
+        str(data_root),
+        "--crop",
+        "65",
+        "--short-edge",
+        "0",
+        "--batch-size",
+        "1",
+        "--num-current",
+        "2",
+        "--workers",
+        "0",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]

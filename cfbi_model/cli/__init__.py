@@ -1,4 +1,5 @@
 """The `cfbi` command line: one thin module per sub-command (parse the arguments, call the library)."""
+
 from __future__ import annotations
 
 import argparse

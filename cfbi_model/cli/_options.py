@@ -1,4 +1,5 @@
 """Arguments shared by several sub-commands, with their defaults taken from the configuration dataclasses."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,15 @@ import typing
 
 from ..config import InferenceConfig, config_names
 
-__all__ = ["HelpFormatter", "positive_int", "add_inference_arguments", "inference_config", "add_config_argument",
-           "add_runtime_arguments", "apply_runtime"]
+__all__ = [
+    "HelpFormatter",
+    "positive_int",
+    "add_inference_arguments",
+    "inference_config",
+    "add_config_argument",
+    "add_runtime_arguments",
+    "apply_runtime",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -23,8 +31,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, prefix: str = "",
-                            title: str = "inference") -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser, prefix: str = "", title: str = "inference") -> None:
     """One option per InferenceConfig field (--global-atrous, --min-matching-pixels, --scales, --flip, --amp,
     --max-long-edge, each after `prefix`, e.g. "val-"), its default and help taken from the field."""
     group = parser.add_argument_group(f"{title} (defaults: cfbi_model.config.InferenceConfig)")
@@ -33,11 +40,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser, prefix: str = "",
         kind, help_text = hints[f.name], f.metadata["help"]
         name = "--" + (prefix + f.name).replace("_", "-")
         if kind is bool:
-            group.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=help_text)
+            group.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(name, type=typing.get_args(kind)[0], nargs="+", default=list(f.default),
-                               metavar="S", help=help_text)
+            group.add_argument(
+                name, type=typing.get_args(kind)[0], nargs="+", default=list(f.default), metavar="S", help=help_text
+            )
         else:
             scalar = next(a for a in typing.get_args(kind) if a is not type(None)) if typing.get_args(kind) else kind
             group.add_argument(name, type=scalar, default=f.default, help=help_text)
@@ -51,14 +58,23 @@ def inference_config(args: argparse.Namespace, prefix: str = "") -> InferenceCon
 
 
 def add_config_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--config", default=None, choices=config_names(),
-                        help=f"model configuration {what}; a checkpoint that names its own must agree with it")
+    parser.add_argument(
+        "--config",
+        default=None,
+        choices=config_names(),
+        help=f"model configuration {what}; a checkpoint that names its own must agree with it",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--threads and --device, shared by every command that computes."""
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help="torch CPU threads (None: torch's choice; 1 is often fastest on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (None: torch's choice; 1 is often fastest on a busy machine)",
+    )
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="None: cuda when available")
 
 

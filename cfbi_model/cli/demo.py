@@ -3,6 +3,7 @@
 Writes the frames (JPEG), the ground truth and the predicted masks (palette PNGs) and an overlay GIF, and
 prints the DAVIS J&F of the prediction (and of copying the first mask) against the clip's ground truth.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,18 @@ __all__ = ["add_parser", "run", "default_weights"]
 
 def default_weights() -> str:
     """The shipped small checkpoint, trained on synthetic videos (it holds its configuration)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
-                        "small_synthetic.pth")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "small_synthetic.pth")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "demo", help="segment a synthetic clip with the shipped small model",
+        "demo",
+        help="segment a synthetic clip with the shipped small model",
         description="Generate a synthetic video (textured objects that move, deform, occlude and leave the frame, "
-                    "plus look-alike distractors), segment it from its first-frame mask with the small CFBI+ "
-                    "checkpoint trained on synthetic videos, write masks and an overlay GIF, print J&F.",
-        formatter_class=HelpFormatter)
+        "plus look-alike distractors), segment it from its first-frame mask with the small CFBI+ "
+        "checkpoint trained on synthetic videos, write masks and an overlay GIF, print J&F.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--out", default="cfbi_demo", metavar="DIR", help="output folder")
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic clip")
     parser.add_argument("--frames", type=int, default=24, help="frames in the clip")
@@ -80,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
         Image.fromarray(frames[t]).save(os.path.join(folders["frames"], f"{t:05d}.jpg"), quality=95)
         write_mask(os.path.join(folders["ground_truth"], f"{t:05d}.png"), gt[t], palette)
         write_mask(os.path.join(folders["masks"], f"{t:05d}.png"), pred[t], palette)
-        overlays.append(Image.fromarray(np.concatenate([overlay(frames[t], gt[t], palette),
-                                                        overlay(frames[t], pred[t], palette)], axis=1)))
+        overlays.append(
+            Image.fromarray(
+                np.concatenate([overlay(frames[t], gt[t], palette), overlay(frames[t], pred[t], palette)], axis=1)
+            )
+        )
     gif = os.path.join(args.out, "overlay.gif")
     overlays[0].save(gif, save_all=True, append_images=overlays[1:], duration=120, loop=0)
     ids = metrics.davis_object_ids(gt[0])
@@ -89,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     baseline = metrics.evaluate_sequence(gt, np.repeat(gt[:1], len(gt), 0), ids, name="copy")
     jf, jf_base = result.measures()["J&F-Mean"], baseline.measures()["J&F-Mean"]
     print(f"synthetic clip (seed {args.seed}): {len(frames)} frames, {len(ids)} object(s)")
-    print(f"J&F {jf:.3f}  (J {result.measures()['J-Mean']:.3f}, F {result.measures()['F-Mean']:.3f}); "
-          f"copying the first mask: J&F {jf_base:.3f}")
+    print(
+        f"J&F {jf:.3f}  (J {result.measures()['J-Mean']:.3f}, F {result.measures()['F-Mean']:.3f}); "
+        f"copying the first mask: J&F {jf_base:.3f}"
+    )
     print(f"wrote {folders['masks']}/*.png and {gif} (left: ground truth, right: prediction)")
     return 0

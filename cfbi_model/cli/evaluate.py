@@ -2,6 +2,7 @@
 cfbi_model.evaluation.folders); with --checkpoint/--data/--split it first segments a DAVIS split with the
 checkpoint's model (cfbi_model.evaluation.run.segment_split) and then evaluates that output; with --data/--split
 and --pred (no checkpoint) it scores existing predictions on the sequences of that split."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,27 +30,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "evaluate",
         help="DAVIS-2017 J&F of predicted masks against ground truth",
         description="Compute the DAVIS-2017 semi-supervised measures (J: region IoU, F: boundary F-measure; "
-                    "mean, recall and decay) of predicted palette PNGs against ground-truth palette PNGs, both in "
-                    "the DAVIS layout (one folder per sequence, frames 00000.png, ...). The first and last frames "
-                    "are not scored; the objects are ids 1..max of the first ground-truth frame.",
-        formatter_class=HelpFormatter)
+        "mean, recall and decay) of predicted palette PNGs against ground-truth palette PNGs, both in "
+        "the DAVIS layout (one folder per sequence, frames 00000.png, ...). The first and last frames "
+        "are not scored; the objects are ids 1..max of the first ground-truth frame.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--gt", type=Path, metavar="DIR", help="ground-truth folder (e.g. DAVIS/Annotations/480p)")
-    parser.add_argument("--pred", type=Path, metavar="DIR",
-                        help="folder of predicted masks, same layout and file names")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write global, per-sequence, per-object and per-frame results")
+    parser.add_argument(
+        "--pred", type=Path, metavar="DIR", help="folder of predicted masks, same layout and file names"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write global, per-sequence, per-object and per-frame results"
+    )
     parser.add_argument("--csv", type=Path, metavar="FILE", help="write per-object, per-sequence and global measures")
-    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="sequences evaluated in parallel processes (None: number of CPUs)")
-    parser.add_argument("--bound-th", type=float, default=metrics.DEFAULT_BOUND_TH,
-                        help="boundary tolerance of F as a fraction of the image diagonal")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="sequences evaluated in parallel processes (None: number of CPUs)",
+    )
+    parser.add_argument(
+        "--bound-th",
+        type=float,
+        default=metrics.DEFAULT_BOUND_TH,
+        help="boundary tolerance of F as a fraction of the image diagonal",
+    )
     model = parser.add_argument_group(
-        "a DAVIS split: score --pred on its sequences, or segment it first with a trained model")
-    model.add_argument("--checkpoint", type=Path, metavar="PATH",
-                       help="trained model to run over the split before evaluating")
-    model.add_argument("--data", type=Path, metavar="DIR",
-                       help="DAVIS root (JPEGImages/, Annotations/, ImageSets/); --gt defaults to its "
-                            "Annotations/480p")
+        "a DAVIS split: score --pred on its sequences, or segment it first with a trained model"
+    )
+    model.add_argument(
+        "--checkpoint", type=Path, metavar="PATH", help="trained model to run over the split before evaluating"
+    )
+    model.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="DAVIS root (JPEGImages/, Annotations/, ImageSets/); --gt defaults to its Annotations/480p",
+    )
     model.add_argument("--split", default="val", help="DAVIS-2017 split (ImageSets/2017/<split>.txt) to score")
     add_config_argument(model, "(only for checkpoints without one; default: theirs, or resnet101)")
     add_runtime_arguments(model)
@@ -88,16 +106,21 @@ def run(args: argparse.Namespace) -> int:
             if args.checkpoint is not None:
                 pred_root = pred_root or Path(scratch)
                 _segment_split(args, pred_root, sequences, inference)
-            result = evaluate_folders(gt_root, pred_root, workers=args.workers, bound_th=args.bound_th,
-                                      sequences=sequences)
+            result = evaluate_folders(
+                gt_root, pred_root, workers=args.workers, bound_th=args.bound_th, sequences=sequences
+            )
     except MediaError as exc:  # EvaluationError, DataError and unreadable files
         return _error(str(exc), 1)
     if not result.objects:
         return _error(f"no objects to evaluate: the first ground-truth frames under {gt_root} are all background", 1)
     print(format_report(result))
-    settings = {"gt": str(gt_root), "pred": str(pred_root), "bound_th": args.bound_th,
-                "protocol": "DAVIS-2017 semi-supervised: objects 1..max id of the first ground-truth frame, "
-                            "first and last frames not scored, global measures averaged over objects"}
+    settings = {
+        "gt": str(gt_root),
+        "pred": str(pred_root),
+        "bound_th": args.bound_th,
+        "protocol": "DAVIS-2017 semi-supervised: objects 1..max id of the first ground-truth frame, "
+        "first and last frames not scored, global measures averaged over objects",
+    }
     try:
         if args.json is not None:
             write_json(result, args.json, settings)
@@ -128,7 +151,15 @@ def _segment_split(args: argparse.Namespace, pred_root: Path, sequences: list[st
     except ValueError as error:
         raise MediaError(str(error)) from None
     try:
-        evaluation_run.segment_split(args.checkpoint, args.data, args.split, pred_root, sequences,
-                                     inference=inference, config=args.config, device=device)
+        evaluation_run.segment_split(
+            args.checkpoint,
+            args.data,
+            args.split,
+            pred_root,
+            sequences,
+            inference=inference,
+            config=args.config,
+            device=device,
+        )
     except CheckpointError as error:
         raise MediaError(str(error)) from None

@@ -9,6 +9,7 @@ folder through <video>.partial renamed when complete; --resume skips finished vi
 the evaluation servers accept (Annotations/<video>/<frame>.png), on rank 0 once every rank is done.
 Layouts: cfbi_model.data.splits (MOSE uses the YouTube-VOS layout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,28 @@ _DEFAULT_SPLIT = {"davis": "val", "youtube": "valid"}
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "predict", help="segment a whole DAVIS / YouTube-VOS / MOSE split (resumable, multi-process)",
+        "predict",
+        help="segment a whole DAVIS / YouTube-VOS / MOSE split (resumable, multi-process)",
         description="Segment every video of a benchmark split from its annotations and write the masks its "
-                    "evaluation scores to DIR/Annotations/<video>/<frame>.png (optionally zipped for the "
-                    "evaluation server). Under torchrun the videos are shared among the processes.",
-        formatter_class=HelpFormatter)
+        "evaluation scores to DIR/Annotations/<video>/<frame>.png (optionally zipped for the "
+        "evaluation server). Under torchrun the videos are shared among the processes.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--data", required=True, metavar="ROOT", help="data set root")
-    parser.add_argument("--layout", choices=sorted(_DEFAULT_SPLIT), default="davis",
-                        help="davis: DAVIS-2017; youtube: YouTube-VOS 2018 / 2019 or MOSE")
-    parser.add_argument("--split", default=None,
-                        help="split name (None: val for davis, valid for youtube)")
+    parser.add_argument(
+        "--layout",
+        choices=sorted(_DEFAULT_SPLIT),
+        default="davis",
+        help="davis: DAVIS-2017; youtube: YouTube-VOS 2018 / 2019 or MOSE",
+    )
+    parser.add_argument("--split", default=None, help="split name (None: val for davis, valid for youtube)")
     parser.add_argument("--resolution", default="480p", help="DAVIS resolution folder")
-    parser.add_argument("--all-frames", action="store_true",
-                        help="youtube: propagate through every frame of ROOT/<split>_all_frames (the scored "
-                             "frames are still those of ROOT/<split>/JPEGImages)")
+    parser.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="youtube: propagate through every frame of ROOT/<split>_all_frames (the scored "
+        "frames are still those of ROOT/<split>/JPEGImages)",
+    )
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="CFBI+ checkpoint (.pth)")
     add_config_argument(parser, "(only for checkpoints without one)")
     parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/Annotations/<video>/<frame>.png")
@@ -95,11 +104,15 @@ def run(args: argparse.Namespace) -> int:
     annotations_dir = os.path.join(args.out, "Annotations")
     finished = finished_videos(annotations_dir) & {v.name for v in videos}
     if finished and not args.resume:
-        return _error(f"{annotations_dir} holds {len(finished)} finished video(s) of an earlier run; pass --resume "
-                      "to skip them, or choose another --out", 2)
+        return _error(
+            f"{annotations_dir} holds {len(finished)} finished video(s) of an earlier run; pass --resume "
+            "to skip them, or choose another --out",
+            2,
+        )
 
-    world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in
-                               (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+    world, rank, local_rank = (
+        int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"))
+    )
     distributed = world > 1
     if distributed:
         import torch.distributed as dist  # noqa: PLC0415
@@ -112,8 +125,16 @@ def run(args: argparse.Namespace) -> int:
     timings, failure = [], None
     try:
         model = load_model(args.checkpoint, config=args.config, device=device)
-        timings = predict_split(model, videos, args.out, inference, rank=rank, world=world, resume=args.resume,
-                                progress=not args.quiet and rank == 0)
+        timings = predict_split(
+            model,
+            videos,
+            args.out,
+            inference,
+            rank=rank,
+            world=world,
+            resume=args.resume,
+            progress=not args.quiet and rank == 0,
+        )
     except CheckpointError as error:
         failure = str(error)
     except MediaError as error:
@@ -141,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
     done = [t for t in timings if not t.skipped]
     frames = sum(t.frames for t in done)
     print(format_timings(timings))
-    print(f"{_PROG}: {len(videos)} video(s) ({len(timings) - len(done)} skipped), {frames} frames, "
-          f"{seconds:.1f} s, {frames / seconds if seconds > 0 else 0.0:.2f} frames/s on {world} process(es); "
-          f"wrote {annotations_dir}" + (f" and {args.zip}" if args.zip else ""), file=sys.stderr)
+    print(
+        f"{_PROG}: {len(videos)} video(s) ({len(timings) - len(done)} skipped), {frames} frames, "
+        f"{seconds:.1f} s, {frames / seconds if seconds > 0 else 0.0:.2f} frames/s on {world} process(es); "
+        f"wrote {annotations_dir}" + (f" and {args.zip}" if args.zip else ""),
+        file=sys.stderr,
+    )
     return 0

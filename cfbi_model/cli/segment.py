@@ -10,6 +10,7 @@ annotation of a known object is a correction. Writes DIR/<name>/<frame>.png (nam
 video's; the palette of the first mask), through DIR/<name>.partial/ renamed at the end, which is the layout
 `cfbi evaluate --pred DIR` reads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,31 +36,45 @@ class _UsageError(Exception):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "segment", help="segment annotated objects through a video",
+        "segment",
+        help="segment annotated objects through a video",
         description="Propagate the objects of annotated frames (a first-frame mask, or masks on any frames) "
-                    "through a video with CFBI+.",
-        formatter_class=HelpFormatter)
+        "through a video with CFBI+.",
+        formatter_class=HelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", metavar="DIR", help="folder of frames (sorted by file name)")
     source.add_argument("--video", metavar="FILE", help="video file (needs imageio and imageio-ffmpeg)")
     annotation = parser.add_mutually_exclusive_group(required=True)
-    annotation.add_argument("--mask", metavar="FIRST.png",
-                            help="label mask of the first frame (palette PNG: 0 background, ids 1..254, "
-                                 "255 ignored)")
-    annotation.add_argument("--masks", metavar="DIR",
-                            help="folder of label masks named after frames (same stem, .png); objects start at "
-                                 "their first annotation, later ones are corrections")
+    annotation.add_argument(
+        "--mask",
+        metavar="FIRST.png",
+        help="label mask of the first frame (palette PNG: 0 background, ids 1..254, 255 ignored)",
+    )
+    annotation.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="folder of label masks named after frames (same stem, .png); objects start at "
+        "their first annotation, later ones are corrections",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<name>/<frame>.png")
-    parser.add_argument("--name", default=None,
-                        help="output sub-folder (None: the frame folder's name or the video file's stem)")
-    parser.add_argument("--per-object", action="store_true",
-                        help="also write DIR/<name>/objects/<id>/<frame>.png (one 0/255 mask per object)")
+    parser.add_argument(
+        "--name", default=None, help="output sub-folder (None: the frame folder's name or the video file's stem)"
+    )
+    parser.add_argument(
+        "--per-object",
+        action="store_true",
+        help="also write DIR/<name>/objects/<id>/<frame>.png (one 0/255 mask per object)",
+    )
     parser.add_argument("--checkpoint", metavar="PATH", help="CFBI+ checkpoint (.pth)")
     add_config_argument(parser, "(default: the checkpoint's; resnet101 without a checkpoint)")
     parser.add_argument("--overlay", metavar="FILE", help="also write an overlay video (.mp4) or animation (.gif)")
     add_runtime_arguments(parser)
-    parser.add_argument("--allow-random", action="store_true",
-                        help="run with random weights when no checkpoint is given (for testing only)")
+    parser.add_argument(
+        "--allow-random",
+        action="store_true",
+        help="run with random weights when no checkpoint is given (for testing only)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
     parser.set_defaults(func=run)
@@ -88,8 +103,10 @@ def _run(args: argparse.Namespace) -> int:
 
     # Check everything that can be checked before the (slow) model is built and the first frame is written.
     if args.checkpoint is None and not args.allow_random:
-        raise _UsageError("no --checkpoint given; refusing to segment with random weights "
-                          "(pass --allow-random to do so anyway, e.g. for testing)")
+        raise _UsageError(
+            "no --checkpoint given; refusing to segment with random weights "
+            "(pass --allow-random to do so anyway, e.g. for testing)"
+        )
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise _UsageError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.overlay and os.path.splitext(args.overlay)[1].lower() not in (".mp4", ".gif"):
@@ -117,15 +134,28 @@ def _run(args: argparse.Namespace) -> int:
         except CheckpointError as error:
             raise _UsageError(str(error)) from error
     else:
-        print(f"{_PROG}: warning: running with RANDOM weights (--allow-random); the masks are meaningless",
-              file=sys.stderr)
+        print(
+            f"{_PROG}: warning: running with RANDOM weights (--allow-random); the masks are meaningless",
+            file=sys.stderr,
+        )
         model = build_model(args.config or "resnet101").to(device)
 
     total = len(source.names) if source.names is not None else None
     with tqdm(total=total, unit="frame", desc="segment", disable=args.quiet, file=sys.stderr) as progress:
-        result = segment_video(source, annotations, model=model, config=inference, out=args.out, name=name,
-                               per_object=args.per_object, overlay=args.overlay, palette=palette,
-                               on_frame=lambda _: progress.update(1))
-    print(f"{_PROG}: {result.summary()}; wrote {result.folder}" + (f" and {args.overlay}" if args.overlay else ""),
-          file=sys.stderr)
+        result = segment_video(
+            source,
+            annotations,
+            model=model,
+            config=inference,
+            out=args.out,
+            name=name,
+            per_object=args.per_object,
+            overlay=args.overlay,
+            palette=palette,
+            on_frame=lambda _: progress.update(1),
+        )
+    print(
+        f"{_PROG}: {result.summary()}; wrote {result.folder}" + (f" and {args.overlay}" if args.overlay else ""),
+        file=sys.stderr,
+    )
     return 0

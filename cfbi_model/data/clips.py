@@ -10,6 +10,7 @@ normalised like the network's inference input (BGR, ImageNet mean/std: `cfbi_mod
 Sampling is a pure function of (seed, sample index): a run that resumes at step s draws exactly the clips the
 uninterrupted run would have drawn, whatever the number of loader workers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarr
     return np.asarray(Image.fromarray(array).resize((width, height), Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def sample_frame_indices(length: int, num_current: int, max_gap: int, rng: np.random.Generator,
-                         reverse: bool) -> tuple[int, int, list[int]]:
+def sample_frame_indices(
+    length: int, num_current: int, max_gap: int, rng: np.random.Generator, reverse: bool
+) -> tuple[int, int, list[int]]:
     """(reference, previous, currents) frame indices of a video of `length` frames: previous and currents follow
     each other with gaps in [1, max_gap] (shrunk when the video is short), in play order (reversed when asked);
     the reference is any frame (the authors' choice: any annotated frame)."""
@@ -51,8 +53,9 @@ def sample_frame_indices(length: int, num_current: int, max_gap: int, rng: np.ra
     return order[reference], order[positions[0]], [order[p] for p in positions[1:]]
 
 
-def balanced_crop(ref_label: np.ndarray, crop: tuple[int, int], min_pixels: int, retries: int,
-                  rng: np.random.Generator) -> tuple[int, int]:
+def balanced_crop(
+    ref_label: np.ndarray, crop: tuple[int, int], min_pixels: int, retries: int, rng: np.random.Generator
+) -> tuple[int, int]:
     """Top-left (y, x) of a crop of `crop` size in a label map (already padded to at least that size): the
     first random crop whose largest object has more than min_pixels pixels, else the best of `retries`."""
     height, width = ref_label.shape
@@ -61,7 +64,7 @@ def balanced_crop(ref_label: np.ndarray, crop: tuple[int, int], min_pixels: int,
     for _ in range(max(1, retries)):
         y = int(rng.integers(0, height - ch + 1))
         x = int(rng.integers(0, width - cw + 1))
-        window = ref_label[y:y + ch, x:x + cw]
+        window = ref_label[y : y + ch, x : x + cw]
         counts = np.bincount(window.ravel(), minlength=256)
         counts[0] = counts[IGNORE_LABEL] = 0
         area = int(counts.max())
@@ -72,8 +75,9 @@ def balanced_crop(ref_label: np.ndarray, crop: tuple[int, int], min_pixels: int,
     return best
 
 
-def relabel(ref_label: np.ndarray, labels: Sequence[np.ndarray], max_objects: int,
-            rng: np.random.Generator) -> tuple[list[np.ndarray], int]:
+def relabel(
+    ref_label: np.ndarray, labels: Sequence[np.ndarray], max_objects: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], int]:
     """Keep at most max_objects of the objects present in the reference (a random choice when more), relabelled
     1..K in increasing order of their ids; every other object id becomes background (255 stays ignored)."""
     ids = [int(i) for i in np.unique(ref_label) if i not in (0, IGNORE_LABEL)]
@@ -94,8 +98,13 @@ class ClipDataset(torch.utils.data.Dataset):
     "ref_label", "prev_label" [h, w], "cur_labels" [N, h, w] (int64; 255 = ignore, in padding), "num_labels"
     (K + 1) and "video" (its name)."""
 
-    def __init__(self, videos: Sequence[VideoEntry] | MixedVideos, config: ClipConfig = ClipConfig(),
-                 seed: int = 0, length: int = 10 ** 9) -> None:
+    def __init__(
+        self,
+        videos: Sequence[VideoEntry] | MixedVideos,
+        config: ClipConfig = ClipConfig(),
+        seed: int = 0,
+        length: int = 10**9,
+    ) -> None:
         self.videos = videos if isinstance(videos, MixedVideos) else MixedVideos([videos])
         self.config = config
         self.seed = int(seed)
@@ -121,8 +130,10 @@ class ClipDataset(torch.utils.data.Dataset):
         labels = [load_mask(video.masks[i]) for i in indices]
         for i, (image, label) in zip(indices, zip(images, labels)):
             if image.shape[:2] != label.shape:
-                raise DataError(f"mask {video.masks[i]} is {label.shape[1]}x{label.shape[0]} but its frame "
-                                f"{video.frames[i]} is {image.shape[1]}x{image.shape[0]}")
+                raise DataError(
+                    f"mask {video.masks[i]} is {label.shape[1]}x{label.shape[0]} but its frame "
+                    f"{video.frames[i]} is {image.shape[1]}x{image.shape[0]}"
+                )
         # Random scale (one factor per clip), after the optional short-edge normalisation.
         height, width = images[0].shape[:2]
         base = 1.0 if cfg.short_edge is None else cfg.short_edge / min(height, width)
@@ -137,23 +148,32 @@ class ClipDataset(torch.utils.data.Dataset):
             images = [np.pad(im, ((0, pad_h), (0, pad_w), (0, 0))) for im in images]
             labels = [np.pad(lab, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_LABEL) for lab in labels]
         y, x = balanced_crop(labels[0], (ch, cw), cfg.min_object_pixels, cfg.crop_retries, rng)
-        images = [im[y:y + ch, x:x + cw] for im in images]
-        labels = [lab[y:y + ch, x:x + cw] for lab in labels]
+        images = [im[y : y + ch, x : x + cw] for im in images]
+        labels = [lab[y : y + ch, x : x + cw] for lab in labels]
         labels, num_objects = relabel(labels[0], labels, cfg.max_objects, rng)
         if rng.random() < cfg.flip_probability:
             images = [im[:, ::-1] for im in images]
             labels = [lab[:, ::-1] for lab in labels]
         tensors = [preprocess(np.ascontiguousarray(im)) for im in images]
         label_tensors = [torch.from_numpy(np.ascontiguousarray(lab)).long() for lab in labels]
-        return {"ref_image": tensors[0], "ref_label": label_tensors[0], "prev_image": tensors[1],
-                "prev_label": label_tensors[1], "cur_images": torch.stack(tensors[2:]),
-                "cur_labels": torch.stack(label_tensors[2:]), "num_labels": num_objects + 1, "video": video.name,
-                "frame_indices": indices}
+        return {
+            "ref_image": tensors[0],
+            "ref_label": label_tensors[0],
+            "prev_image": tensors[1],
+            "prev_label": label_tensors[1],
+            "cur_images": torch.stack(tensors[2:]),
+            "cur_labels": torch.stack(label_tensors[2:]),
+            "num_labels": num_objects + 1,
+            "video": video.name,
+            "frame_indices": indices,
+        }
 
 
 def collate_clips(items: list[dict]) -> dict:
-    out = {key: torch.stack([item[key] for item in items]) for key in
-           ("ref_image", "ref_label", "prev_image", "prev_label", "cur_images", "cur_labels")}
+    out = {
+        key: torch.stack([item[key] for item in items])
+        for key in ("ref_image", "ref_label", "prev_image", "prev_label", "cur_images", "cur_labels")
+    }
     out["num_labels"] = [int(item["num_labels"]) for item in items]
     out["video"] = [item["video"] for item in items]
     return out

@@ -1,4 +1,5 @@
 """Video data sets: DAVIS-2017 and YouTube-VOS layouts, and drawing videos from several of them."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,7 @@ import numpy as np
 from ..io.frames import MediaError, read_frame
 from ..io.masks import read_mask
 
-__all__ = ["DataError", "VideoEntry", "davis_videos", "youtube_vos_videos", "MixedVideos", "load_frame",
-           "load_mask"]
+__all__ = ["DataError", "VideoEntry", "davis_videos", "youtube_vos_videos", "MixedVideos", "load_frame", "load_mask"]
 
 
 class DataError(MediaError):
@@ -49,8 +49,11 @@ def load_mask(path: str) -> np.ndarray:
 
 
 def _stems(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
-    return {os.path.splitext(n)[0]: os.path.join(folder, n) for n in sorted(os.listdir(folder))
-            if n.lower().endswith(extensions)}
+    return {
+        os.path.splitext(n)[0]: os.path.join(folder, n)
+        for n in sorted(os.listdir(folder))
+        if n.lower().endswith(extensions)
+    }
 
 
 def _pair_frames(name: str, image_dir: str, mask_dir: str, require_all_masks: bool) -> VideoEntry:
@@ -63,20 +66,24 @@ def _pair_frames(name: str, image_dir: str, mask_dir: str, require_all_masks: bo
     if require_all_masks:
         missing = sorted(set(images) - set(masks))
         if missing:
-            raise DataError(f"missing mask: {os.path.join(mask_dir, missing[0] + '.png')} (frame "
-                            f"{images[missing[0]]}; {len(missing)} frame(s) of {name!r} lack a mask)")
+            raise DataError(
+                f"missing mask: {os.path.join(mask_dir, missing[0] + '.png')} (frame "
+                f"{images[missing[0]]}; {len(missing)} frame(s) of {name!r} lack a mask)"
+            )
         orphans = sorted(set(masks) - set(images))
         if orphans:
-            raise DataError(f"missing frame: {os.path.join(image_dir, orphans[0] + '.jpg')} (mask "
-                            f"{masks[orphans[0]]} has no image)")
+            raise DataError(
+                f"missing frame: {os.path.join(image_dir, orphans[0] + '.jpg')} (mask {masks[orphans[0]]} has no image)"
+            )
     stems = [s for s in images if s in masks]
     if len(stems) < 2:
         raise DataError(f"video {name!r} has {len(stems)} annotated frame(s) in {mask_dir}; training needs at least 2")
     return VideoEntry(name, tuple(images[s] for s in stems), tuple(masks[s] for s in stems))
 
 
-def davis_videos(root: str | os.PathLike, split: str = "train", resolution: str = "480p",
-                 sequences: Sequence[str] | None = None) -> list[VideoEntry]:
+def davis_videos(
+    root: str | os.PathLike, split: str = "train", resolution: str = "480p", sequences: Sequence[str] | None = None
+) -> list[VideoEntry]:
     """Videos of a DAVIS-2017 split (root/ImageSets/2017/<split>.txt), or of the given sequence names. Every
     frame must have its mask."""
     root = os.fspath(root)
@@ -88,8 +95,15 @@ def davis_videos(root: str | os.PathLike, split: str = "train", resolution: str 
             sequences = [line.strip() for line in handle if line.strip()]
         if not sequences:
             raise DataError(f"DAVIS split file {listing} lists no sequences")
-    return [_pair_frames(name, os.path.join(root, "JPEGImages", resolution, name),
-                         os.path.join(root, "Annotations", resolution, name), True) for name in sequences]
+    return [
+        _pair_frames(
+            name,
+            os.path.join(root, "JPEGImages", resolution, name),
+            os.path.join(root, "Annotations", resolution, name),
+            True,
+        )
+        for name in sequences
+    ]
 
 
 def youtube_vos_videos(root: str | os.PathLike, split: str = "train") -> list[VideoEntry]:
@@ -107,8 +121,9 @@ def youtube_vos_videos(root: str | os.PathLike, split: str = "train") -> list[Vi
         raise DataError(f"corrupt YouTube-VOS meta file {meta_path}: {error!r}") from None
     videos = []
     for name in names:
-        videos.append(_pair_frames(name, os.path.join(base, "JPEGImages", name),
-                                   os.path.join(base, "Annotations", name), False))
+        videos.append(
+            _pair_frames(name, os.path.join(base, "JPEGImages", name), os.path.join(base, "Annotations", name), False)
+        )
     if not videos:
         raise DataError(f"YouTube-VOS meta file {meta_path} lists no videos")
     return videos
@@ -122,7 +137,7 @@ class MixedVideos:
         sources = [list(s) for s in sources if len(s)]
         if not sources:
             raise DataError("no training videos")
-        weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights][:len(sources)]
+        weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights][: len(sources)]
         if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"need one non-negative weight per source, got {weights}")
         self.sources = sources

@@ -11,6 +11,7 @@ YouTube-VOS layout.
 A PredictVideo lists the frames to run through, the annotations by frame index, and which frames' masks the
 benchmark scores (the ones to write).
 """
+
 from __future__ import annotations
 
 import json
@@ -124,13 +125,15 @@ def youtube_split(root: str | os.PathLike, split: str = "valid", all_frames: boo
         if not annotations:
             raise DataError(f"video {name!r} has no annotation in {mask_dir}")
         new_objects = _first_appearances(meta[name], index, name, meta_path)
-        videos.append(PredictVideo(name, tuple(frames), annotations,
-                                   tuple(sorted(index[_stem(p)] for p in scored)), new_objects))
+        videos.append(
+            PredictVideo(name, tuple(frames), annotations, tuple(sorted(index[_stem(p)] for p in scored)), new_objects)
+        )
     return videos
 
 
-def _first_appearances(entry: object, index: dict[str, int], name: str, meta_path: str
-                       ) -> dict[int, tuple[int, ...]] | None:
+def _first_appearances(
+    entry: object, index: dict[str, int], name: str, meta_path: str
+) -> dict[int, tuple[int, ...]] | None:
     """{frame index: ids of the objects whose first listed frame it is}, or None when meta.json lists no
     objects with frames for this video."""
     objects = entry.get("objects") if isinstance(entry, dict) else None
@@ -143,8 +146,10 @@ def _first_appearances(entry: object, index: dict[str, int], name: str, meta_pat
             if not frames:
                 continue
             if frames[0] not in index:
-                raise DataError(f"{meta_path}: object {object_id} of video {name!r} starts at frame {frames[0]!r}, "
-                                "which is not among its frames")
+                raise DataError(
+                    f"{meta_path}: object {object_id} of video {name!r} starts at frame {frames[0]!r}, "
+                    "which is not among its frames"
+                )
             firsts.setdefault(index[frames[0]], []).append(int(object_id))
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"corrupt YouTube-VOS meta file {meta_path} (video {name!r}): {error!r}") from None

@@ -11,6 +11,7 @@ Generation is deterministic from the seed (numpy's Generator, Pillow's JPEG enco
 
     write_synthetic_davis("data/synth", num_train=40, num_val=8, seed=0)
 """
+
 from __future__ import annotations
 
 import os
@@ -84,8 +85,9 @@ class _Sprite:
     walls: tuple[float, float, float, float]  # y_min, y_max, x_min, x_max of the centre
 
 
-def _make_sprite(rng: np.random.Generator, cfg: SyntheticConfig, size_scale: float, may_exit: bool,
-                 like: _Sprite | None = None) -> _Sprite:
+def _make_sprite(
+    rng: np.random.Generator, cfg: SyntheticConfig, size_scale: float, may_exit: bool, like: _Sprite | None = None
+) -> _Sprite:
     h, w = cfg.height, cfg.width
     short = min(h, w)
     if like is None:
@@ -103,13 +105,26 @@ def _make_sprite(rng: np.random.Generator, cfg: SyntheticConfig, size_scale: flo
         radii = base * rng.uniform(0.6, 1.3, size=int(rng.integers(5, 9)))
     margin = -1.6 * base if may_exit else 0.5 * base  # negative margin: the centre can go beyond the border
     walls = (margin, h - margin, margin, w - margin)
-    position = np.array([rng.uniform(max(0.0, margin), h - max(0.0, margin)),
-                         rng.uniform(max(0.0, margin), w - max(0.0, margin))])
+    position = np.array(
+        [rng.uniform(max(0.0, margin), h - max(0.0, margin)), rng.uniform(max(0.0, margin), w - max(0.0, margin))]
+    )
     speed = short * rng.uniform(0.015, 0.05)
     direction = rng.uniform(0, 2 * np.pi)
-    return _Sprite(colour_a, colour_b, freq, tangle, kind, radii, position,
-                   speed * np.array([np.sin(direction), np.cos(direction)]), rng.uniform(0, 2 * np.pi),
-                   rng.uniform(-0.12, 0.12), rng.uniform(0.15, 0.45), rng.uniform(0.05, 0.25), walls)
+    return _Sprite(
+        colour_a,
+        colour_b,
+        freq,
+        tangle,
+        kind,
+        radii,
+        position,
+        speed * np.array([np.sin(direction), np.cos(direction)]),
+        rng.uniform(0, 2 * np.pi),
+        rng.uniform(-0.12, 0.12),
+        rng.uniform(0.15, 0.45),
+        rng.uniform(0.05, 0.25),
+        walls,
+    )
 
 
 def _sprite_mask(sprite: _Sprite, t: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -169,8 +184,10 @@ def _render(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarray,
     bg_velocity = rng.normal(0, 0.4, size=2)  # slow camera pan
     num_objects = int(rng.integers(1, cfg.max_objects + 1))
     objects = [_make_sprite(rng, cfg, 1.0, rng.random() < cfg.exit_probability) for _ in range(num_objects)]
-    distractors = [_make_sprite(rng, cfg, 0.8, False, like=objects[int(rng.integers(num_objects))])
-                   for _ in range(int(rng.integers(0, cfg.max_distractors + 1)))]
+    distractors = [
+        _make_sprite(rng, cfg, 0.8, False, like=objects[int(rng.integers(num_objects))])
+        for _ in range(int(rng.integers(0, cfg.max_distractors + 1)))
+    ]
     # Depth: distractors behind all objects; objects in a random order (later = in front).
     order = rng.permutation(num_objects)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -196,18 +213,27 @@ def _render(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarray,
     return frames, labels
 
 
-def write_synthetic_davis(root: str | os.PathLike, num_train: int = 40, num_val: int = 8, seed: int = 0,
-                          config: SyntheticConfig = SyntheticConfig(), prefix: str = "synth") -> dict[str, list[str]]:
+def write_synthetic_davis(
+    root: str | os.PathLike,
+    num_train: int = 40,
+    num_val: int = 8,
+    seed: int = 0,
+    config: SyntheticConfig = SyntheticConfig(),
+    prefix: str = "synth",
+) -> dict[str, list[str]]:
     """Write num_train + num_val videos in the DAVIS-2017 layout under root; returns {"train": [...],
     "val": [...]} sequence names. Video i uses seed (seed, i), so the same arguments give the same files."""
     root = os.fspath(root)
-    names = {"train": [f"{prefix}_train_{i:04d}" for i in range(num_train)],
-             "val": [f"{prefix}_val_{i:04d}" for i in range(num_val)]}
+    names = {
+        "train": [f"{prefix}_train_{i:04d}" for i in range(num_train)],
+        "val": [f"{prefix}_val_{i:04d}" for i in range(num_val)],
+    }
     os.makedirs(os.path.join(root, "ImageSets", "2017"), exist_ok=True)
     for split_index, split in enumerate(("train", "val")):
         for i, name in enumerate(names[split]):
-            frames, labels = render_video(int(np.random.SeedSequence([seed, split_index, i]).generate_state(1)[0]),
-                                          config)
+            frames, labels = render_video(
+                int(np.random.SeedSequence([seed, split_index, i]).generate_state(1)[0]), config
+            )
             image_dir = os.path.join(root, "JPEGImages", "480p", name)
             mask_dir = os.path.join(root, "Annotations", "480p", name)
             os.makedirs(image_dir, exist_ok=True)

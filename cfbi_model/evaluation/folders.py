@@ -14,6 +14,7 @@ davis2017-evaluation tool:
 
 See ``cfbi_model.evaluation.metrics`` for the measures.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,15 @@ from ..io.masks import PARTIAL_SUFFIX, read_mask
 from . import metrics
 from .metrics import GLOBAL_MEASURES, DatasetResult, SequenceResult
 
-__all__ = ["EvaluationError", "evaluate_folders", "list_sequences", "split_sequences", "format_report",
-           "write_json", "write_csv"]
+__all__ = [
+    "EvaluationError",
+    "evaluate_folders",
+    "list_sequences",
+    "split_sequences",
+    "format_report",
+    "write_json",
+    "write_csv",
+]
 
 
 class EvaluationError(MediaError):
@@ -72,8 +80,10 @@ def _evaluate_job(job: _Job) -> SequenceResult:
     worker process)."""
     frames = _png_frames(job.gt_dir)
     if len(frames) < 3:
-        raise EvaluationError(f"{job.gt_dir}: {len(frames)} ground-truth frame(s); the first and last frames are "
-                              "not scored, so a sequence needs at least 3")
+        raise EvaluationError(
+            f"{job.gt_dir}: {len(frames)} ground-truth frame(s); the first and last frames are "
+            "not scored, so a sequence needs at least 3"
+        )
     first_path = job.gt_dir / f"{frames[0]}.png"
     first = _read_labels(first_path)
     gt = np.zeros((len(frames), *first.shape), dtype=first.dtype)
@@ -82,8 +92,9 @@ def _evaluate_job(job: _Job) -> SequenceResult:
         path = job.gt_dir / f"{frame}.png"
         labels = _read_labels(path)
         if labels.shape != first.shape:
-            raise EvaluationError(f"{path}: size {_size(labels)} differs from the sequence's first frame "
-                                  f"{first_path} ({_size(first)})")
+            raise EvaluationError(
+                f"{path}: size {_size(labels)} differs from the sequence's first frame {first_path} ({_size(first)})"
+            )
         if labels.dtype != gt.dtype:
             gt = gt.astype(np.result_type(gt.dtype, labels.dtype))
         gt[i] = labels
@@ -101,22 +112,27 @@ def _evaluate_job(job: _Job) -> SequenceResult:
             raise EvaluationError(f"missing predicted frame: {path} (ground truth {job.gt_dir / (frames[i] + '.png')})")
         labels = _read_labels(path)
         if labels.shape != gt.shape[1:]:
-            raise EvaluationError(f"{path}: size {_size(labels)} does not match the ground truth "
-                                  f"{job.gt_dir / (frames[i] + '.png')} ({_size(gt[i])})")
+            raise EvaluationError(
+                f"{path}: size {_size(labels)} does not match the ground truth "
+                f"{job.gt_dir / (frames[i] + '.png')} ({_size(gt[i])})"
+            )
         present = np.unique(labels)
         unknown = present[~np.isin(present, allowed)]
         if unknown.size:
             objects = ", ".join(map(str, object_ids)) or "none"
-            hint = (f" ({IGNORE_LABEL} marks void pixels in ground truths; it is not a valid prediction)"
-                    if IGNORE_LABEL in unknown else "")
+            hint = (
+                f" ({IGNORE_LABEL} marks void pixels in ground truths; it is not a valid prediction)"
+                if IGNORE_LABEL in unknown
+                else ""
+            )
             raise EvaluationError(
                 f"{path}: predicted object id(s) {', '.join(str(int(u)) for u in unknown)} are not in the ground "
-                f"truth of sequence {job.name!r} (objects: {objects}, from {first_path}){hint}")
+                f"truth of sequence {job.name!r} (objects: {objects}, from {first_path}){hint}"
+            )
         if labels.dtype != pred.dtype:
             pred = pred.astype(np.result_type(pred.dtype, labels.dtype))
         pred[i] = labels
-    return metrics.evaluate_sequence(gt, pred, object_ids, name=job.name, frame_names=frames,
-                                     bound_th=job.bound_th)
+    return metrics.evaluate_sequence(gt, pred, object_ids, name=job.name, frame_names=frames, bound_th=job.bound_th)
 
 
 def evaluate_folders(
@@ -182,18 +198,21 @@ def _table(headers: list[str], rows: list[list[str]], label_column: bool = True)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 and label_column else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 and label_column else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
 
     return "\n".join([line(headers), *(line(row) for row in rows)])
 
 
 def format_report(result: DatasetResult) -> str:
     """The text printed by ``cfbi evaluate``: per-sequence, per-object and global tables."""
-    seq_rows = [[s.name, str(len(s.objects)), *(_fmt(s.measures()[m]) for m in GLOBAL_MEASURES)]
-                for s in result.sequences]
-    obj_rows = [[f"{name}_{o.object_id}", _fmt(o.jf_mean), _fmt(o.J.mean), _fmt(o.F.mean)]
-                for name, o in result.objects]
+    seq_rows = [
+        [s.name, str(len(s.objects)), *(_fmt(s.measures()[m]) for m in GLOBAL_MEASURES)] for s in result.sequences
+    ]
+    obj_rows = [
+        [f"{name}_{o.object_id}", _fmt(o.jf_mean), _fmt(o.J.mean), _fmt(o.F.mean)] for name, o in result.objects
+    ]
     glob = result.global_measures()
     n_obj = len(result.objects)
     parts = [
@@ -232,5 +251,3 @@ def write_csv(result: DatasetResult, path: Path) -> None:
                 writer.writerow(["object", s.name, o.object_id, *cells(o.measures())])
             writer.writerow(["sequence", s.name, "", *cells(s.measures())])
         writer.writerow(["global", "", "", *cells(result.global_measures())])
-
-

@@ -29,6 +29,7 @@ Known deliberate difference: the official ``db_statistics`` casts the bin indice
 sequences with 256 or more scored frames (its decay then comes out wrong or NaN); here plain integers are used
 (identical for every shorter sequence, which includes all of DAVIS 2017).
 """
+
 from __future__ import annotations
 
 import math
@@ -385,8 +386,7 @@ class DatasetResult:
                     entry["J"] = [num(x) for x in o.j]
                     entry["F"] = [num(x) for x in o.f]
                 objects.append(entry)
-            sequences.append({"name": s.name, "frames": list(s.frame_names), **block(s.measures()),
-                              "objects": objects})
+            sequences.append({"name": s.name, "frames": list(s.frame_names), **block(s.measures()), "objects": objects})
         return {
             "global": block(self.global_measures()),
             "num_sequences": len(self.sequences),
@@ -446,8 +446,10 @@ def evaluate_sequence(
         raise ValueError(f"{len(frame_names)} frame names for {t} frames")
     if skip_first_last:
         if t < 3:
-            raise ValueError(f"sequence {name!r} has {t} frame(s): the first and last frames are not scored, "
-                             "so at least 3 are needed")
+            raise ValueError(
+                f"sequence {name!r} has {t} frame(s): the first and last frames are not scored, "
+                "so at least 3 are needed"
+            )
         scored = range(1, t - 1)
     else:
         scored = range(t)
@@ -462,7 +464,8 @@ def evaluate_sequence(
         if unknown.size:
             raise UnknownObjectError(
                 f"sequence {name!r}, frame {frame_names[i]}: predicted id(s) "
-                f"{', '.join(str(int(u)) for u in unknown)} not among the objects {ids}")
+                f"{', '.join(str(int(u)) for u in unknown)} not among the objects {ids}"
+            )
 
     j = np.zeros((len(ids), len(scored)))
     f = np.zeros((len(ids), len(scored)))
@@ -486,10 +489,12 @@ def evaluate_dataset(
     """Evaluate several sequences: ``{name: (gt_masks, pred_masks)}`` or ``(name, gt_masks, pred_masks)``
     triples, each pair as in ``evaluate_sequence`` (objects from the first ground-truth frame). The global
     measures are in ``result.global_measures()``."""
-    items = ([(k, g, p) for k, (g, p) in sequences.items()] if isinstance(sequences, Mapping)
-             else list(sequences))
-    return DatasetResult([
-        evaluate_sequence(g, p, name=name, bound_th=bound_th, skip_first_last=skip_first_last,
-                          void_label=void_label)
-        for name, g, p in items
-    ])
+    items = [(k, g, p) for k, (g, p) in sequences.items()] if isinstance(sequences, Mapping) else list(sequences)
+    return DatasetResult(
+        [
+            evaluate_sequence(
+                g, p, name=name, bound_th=bound_th, skip_first_last=skip_first_last, void_label=void_label
+            )
+            for name, g, p in items
+        ]
+    )

@@ -5,6 +5,7 @@ archive the evaluation servers accept.
 Each video folder is written as <video>.partial and renamed when complete (cfbi_model.inference.video), so a
 folder named after a video is finished: a resumed run skips it, an interrupted one redoes the partial ones.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,7 @@ from ..inference.video import MaskFolderWriter
 from ..io.frames import MediaError, image_size, read_frame
 from ..io.masks import read_mask
 
-__all__ = ["VideoTiming", "shard", "predict_video", "predict_split", "finished_videos", "write_zip",
-           "format_timings"]
+__all__ = ["VideoTiming", "shard", "predict_video", "predict_split", "finished_videos", "write_zip", "format_timings"]
 
 
 @dataclass
@@ -71,13 +71,17 @@ def _check_video(video: PredictVideo) -> tuple[int, int]:
     for path in video.frames[1:]:
         found = image_size(path, "frame")
         if found != size:
-            raise DataError(f"frame {path} is {found[0]}x{found[1]}, the first frame of video {video.name!r} "
-                            f"({video.frames[0]}) is {size[0]}x{size[1]} (WxH)")
+            raise DataError(
+                f"frame {path} is {found[0]}x{found[1]}, the first frame of video {video.name!r} "
+                f"({video.frames[0]}) is {size[0]}x{size[1]} (WxH)"
+            )
     for path in video.annotations.values():
         found = image_size(path, "mask")
         if found != size:
-            raise DataError(f"annotation {path} is {found[0]}x{found[1]} but the frames of video {video.name!r} "
-                            f"are {size[0]}x{size[1]} (WxH)")
+            raise DataError(
+                f"annotation {path} is {found[0]}x{found[1]} but the frames of video {video.name!r} "
+                f"are {size[0]}x{size[1]} (WxH)"
+            )
     return size
 
 
@@ -95,9 +99,14 @@ def _annotations(video: PredictVideo) -> tuple[dict[int, np.ndarray], list[int] 
     return out, palette
 
 
-def predict_video(model, video: PredictVideo, annotations_dir: str | os.PathLike,
-                  inference: InferenceConfig | None = None, rank: int = 0,
-                  on_frame: Callable[[FramePrediction], None] | None = None) -> VideoTiming:
+def predict_video(
+    model,
+    video: PredictVideo,
+    annotations_dir: str | os.PathLike,
+    inference: InferenceConfig | None = None,
+    rank: int = 0,
+    on_frame: Callable[[FramePrediction], None] | None = None,
+) -> VideoTiming:
     """Propagate one video's annotations and write its scored frames to annotations_dir/<video>/."""
     _check_video(video)
     annotations, palette = _annotations(video)
@@ -117,9 +126,17 @@ def predict_video(model, video: PredictVideo, annotations_dir: str | os.PathLike
     return VideoTiming(video.name, len(video), writer.count, len(ids) - 1, time.perf_counter() - start, rank)
 
 
-def predict_split(model, videos: Sequence[PredictVideo], out_dir: str | os.PathLike,
-                  inference: InferenceConfig | None = None, *, rank: int = 0, world: int = 1,
-                  resume: bool = False, progress: bool = False) -> list[VideoTiming]:
+def predict_split(
+    model,
+    videos: Sequence[PredictVideo],
+    out_dir: str | os.PathLike,
+    inference: InferenceConfig | None = None,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    resume: bool = False,
+    progress: bool = False,
+) -> list[VideoTiming]:
     """Predict this rank's share of `videos` into out_dir/Annotations/; with resume, finished videos are
     skipped. Returns this rank's timings (skipped videos included). progress: tqdm bars (overall, per video)."""
     annotations_dir = Path(out_dir) / "Annotations"
@@ -133,12 +150,19 @@ def predict_split(model, videos: Sequence[PredictVideo], out_dir: str | os.PathL
     todo = [v for v in mine if v.name not in done]
     from tqdm import tqdm  # noqa: PLC0415
 
-    overall = tqdm(total=sum(len(v) for v in todo), unit="frame", desc=f"rank {rank}" if world > 1 else "split",
-                   disable=not progress, position=0)
+    overall = tqdm(
+        total=sum(len(v) for v in todo),
+        unit="frame",
+        desc=f"rank {rank}" if world > 1 else "split",
+        disable=not progress,
+        position=0,
+    )
     try:
         for video in todo:
-            with tqdm(total=len(video), unit="frame", desc=video.name, disable=not progress, position=1,
-                      leave=False) as bar:
+            with tqdm(
+                total=len(video), unit="frame", desc=video.name, disable=not progress, position=1, leave=False
+            ) as bar:
+
                 def tick(_: FramePrediction, bar=bar) -> None:
                     bar.update(1)
                     overall.update(1)
@@ -157,8 +181,9 @@ def write_zip(out_dir: str | os.PathLike, zip_path: str | os.PathLike, names: Se
     zip_path = Path(zip_path)
     missing = [n for n in names if not (annotations_dir / n).is_dir()]
     if missing:
-        raise DataError(f"cannot zip: video {missing[0]!r} is not finished ({len(missing)} missing) in "
-                        f"{annotations_dir}")
+        raise DataError(
+            f"cannot zip: video {missing[0]!r} is not finished ({len(missing)} missing) in {annotations_dir}"
+        )
     partial = zip_path.with_name(zip_path.name + ".partial")
     try:
         zip_path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,9 +205,7 @@ def format_timings(timings: Sequence[VideoTiming]) -> str:
             rows.append((t.name, str(t.frames), str(t.written), "-", "skipped (finished earlier)", "", str(t.rank)))
         else:
             rate = f"{t.frames / t.seconds:.2f}" if t.seconds > 0 else "-"
-            rows.append((t.name, str(t.frames), str(t.written), str(t.objects), f"{t.seconds:.1f}", rate,
-                         str(t.rank)))
+            rows.append((t.name, str(t.frames), str(t.written), str(t.objects), f"{t.seconds:.1f}", rate, str(t.rank)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Running a model over DAVIS-layout videos: `segment_split` (what `cfbi evaluate --checkpoint` runs),
 `segment_frames` and `evaluate_videos` (the validation of `cfbi train`)."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ from . import metrics
 __all__ = ["segment_split", "segment_frames", "evaluate_videos"]
 
 
-def segment_frames(model: CFBIPlus, frames: Sequence[np.ndarray], first_labels: np.ndarray,
-                   inference: InferenceConfig | None = None) -> np.ndarray:
+def segment_frames(
+    model: CFBIPlus, frames: Sequence[np.ndarray], first_labels: np.ndarray, inference: InferenceConfig | None = None
+) -> np.ndarray:
     """Predicted labels [T, H, W] uint8 of RGB frames [H, W, 3] from the first frame's labels [H, W] (frame 0 =
     the given one), segmented with `inference` (default InferenceConfig())."""
     segmenter = VideoSegmenter(model, inference)
@@ -33,8 +35,12 @@ def segment_frames(model: CFBIPlus, frames: Sequence[np.ndarray], first_labels: 
     return out
 
 
-def evaluate_videos(model: CFBIPlus, videos: Sequence[VideoEntry], inference: InferenceConfig | None = None,
-                    max_frames: int | None = None) -> metrics.DatasetResult:
+def evaluate_videos(
+    model: CFBIPlus,
+    videos: Sequence[VideoEntry],
+    inference: InferenceConfig | None = None,
+    max_frames: int | None = None,
+) -> metrics.DatasetResult:
     """DAVIS J&F of the model over DAVIS-layout videos (first frame's mask given; objects 1..max id of it)."""
     was_training = model.training
     results = []
@@ -50,10 +56,17 @@ def evaluate_videos(model: CFBIPlus, videos: Sequence[VideoEntry], inference: In
     return metrics.DatasetResult(results)
 
 
-def segment_split(checkpoint: str | os.PathLike, data_root: str | os.PathLike, split: str,
-                  output_dir: str | os.PathLike, sequences: Sequence[str] | None = None, *,
-                  inference: InferenceConfig | None = None, config: ModelConfig | str | None = None,
-                  device: str | None = None) -> Path:
+def segment_split(
+    checkpoint: str | os.PathLike,
+    data_root: str | os.PathLike,
+    split: str,
+    output_dir: str | os.PathLike,
+    sequences: Sequence[str] | None = None,
+    *,
+    inference: InferenceConfig | None = None,
+    config: ModelConfig | str | None = None,
+    device: str | None = None,
+) -> Path:
     """Segment the sequences of a DAVIS split (or the given ones) from their first-frame masks and write
     palette PNGs output_dir/<sequence>/<frame>.png under the ground truth's file names (and its palette).
 

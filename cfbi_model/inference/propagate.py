@@ -13,6 +13,7 @@ Rules (docs/design.md, "Inference"):
   the network sees only the objects that exist and never predicts an id absent from every annotation;
   255 marks ignored pixels.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,9 @@ class LabelMap:
         """Register the object ids of an annotation [H, W]; returns the ids that were new."""
         present = [int(v) for v in np.unique(mask) if v not in (0, IGNORE_LABEL)]
         if present and present[-1] > MAX_OBJECT_ID:
-            raise AnnotationError(f"object id {present[-1]} is above {MAX_OBJECT_ID} "
-                                  f"({IGNORE_LABEL} marks ignored pixels)")
+            raise AnnotationError(
+                f"object id {present[-1]} is above {MAX_OBJECT_ID} ({IGNORE_LABEL} marks ignored pixels)"
+            )
         new = [v for v in present if self._to_label[v] < 0]
         for value in new:
             self._to_label[value] = len(self.ids)
@@ -75,7 +77,7 @@ class LabelMap:
         if isinstance(labels, Tensor):
             labels = labels.cpu().numpy()
         lookup = np.zeros(256, np.uint8)  # ignored pixels (255) of an annotated frame are written as background
-        lookup[:len(self.ids)] = self.ids
+        lookup[: len(self.ids)] = self.ids
         return lookup[np.asarray(labels, dtype=np.int64)]
 
 
@@ -108,16 +110,20 @@ def _load_annotation(value: AnnotationValue, index: int) -> np.ndarray:
         value = value.cpu().numpy()
     array = np.asarray(value)
     if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-        raise AnnotationError(f"annotation of frame {index} must be an integer array [H, W], got "
-                              f"{array.dtype} {array.shape}")
+        raise AnnotationError(
+            f"annotation of frame {index} must be an integer array [H, W], got {array.dtype} {array.shape}"
+        )
     if array.size and (array.min() < 0 or array.max() > IGNORE_LABEL):
-        raise AnnotationError(f"annotation of frame {index} holds ids outside 0..{MAX_OBJECT_ID} "
-                              f"(and {IGNORE_LABEL} for ignored pixels): {int(array.min())}..{int(array.max())}")
+        raise AnnotationError(
+            f"annotation of frame {index} holds ids outside 0..{MAX_OBJECT_ID} "
+            f"(and {IGNORE_LABEL} for ignored pixels): {int(array.min())}..{int(array.max())}"
+        )
     return array.astype(np.uint8)
 
 
-def propagate(segmenter: Any, frames: Iterable[np.ndarray | Tensor],
-              annotations: Mapping[int, AnnotationValue]) -> Iterator[FramePrediction]:
+def propagate(
+    segmenter: Any, frames: Iterable[np.ndarray | Tensor], annotations: Mapping[int, AnnotationValue]
+) -> Iterator[FramePrediction]:
     """Segment `frames` (any iterable, consumed lazily) with `segmenter` (a VideoSegmenter) from annotations
     {frame index: label map [H, W] or a mask file path}; yields one FramePrediction per frame, in order.
 
@@ -136,15 +142,17 @@ def propagate(segmenter: Any, frames: Iterable[np.ndarray | Tensor],
     count = 0
     for index, frame in enumerate(frames):
         count = index + 1
-        height, width = (frame.shape[-2:] if segmenter.normalized else frame.shape[:2])
+        height, width = frame.shape[-2:] if segmenter.normalized else frame.shape[:2]
         value = annotations.pop(index, None)
         mask = None
         if value is not None:
             mask = _load_annotation(value, index)
             if mask.shape != (height, width):
                 where = f" ({os.fspath(value)})" if isinstance(value, (str, os.PathLike)) else ""
-                raise AnnotationError(f"annotation of frame {index}{where} is {mask.shape[1]}x{mask.shape[0]} "
-                                      f"(WxH) but the frame is {width}x{height}")
+                raise AnnotationError(
+                    f"annotation of frame {index}{where} is {mask.shape[1]}x{mask.shape[0]} "
+                    f"(WxH) but the frame is {width}x{height}"
+                )
             label_map.add(mask)
             mask = label_map.to_labels(mask)
         if not started and mask is None:  # before the first annotation: background
@@ -156,8 +164,9 @@ def propagate(segmenter: Any, frames: Iterable[np.ndarray | Tensor],
             started = True
         else:
             result = segmenter.step(frame, mask)
-        yield FramePrediction(index, label_map.to_ids(result.labels), result.probs, tuple(label_map.ids),
-                              mask is not None)
+        yield FramePrediction(
+            index, label_map.to_ids(result.labels), result.probs, tuple(label_map.ids), mask is not None
+        )
     if annotations:
         first = min(annotations)
         raise AnnotationError(f"annotation of frame {first} but the video has {count} frame(s)")

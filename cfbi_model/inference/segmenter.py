@@ -17,6 +17,7 @@ the frames that brought new objects) and the previous frame's, nothing else.
     for rgb in frames:
         result = seg.step(rgb)          # StepResult(probs [L, H, W], labels [H, W])
 """
+
 from __future__ import annotations
 
 import warnings
@@ -50,8 +51,9 @@ class StepResult:
     labels: Tensor
 
 
-def inference_size(height: int, width: int, scale: float = 1.0, max_long_edge: float | None = _SINGLE_SCALE_MAX_EDGE
-                   ) -> tuple[int, int]:
+def inference_size(
+    height: int, width: int, scale: float = 1.0, max_long_edge: float | None = _SINGLE_SCALE_MAX_EDGE
+) -> tuple[int, int]:
     """The network input size for a frame [official MultiRestrictSize]: cap the long edge at max_long_edge,
     multiply by scale (truncating), round each side to the nearest 16k + 1 (halves to even)."""
     factor = None
@@ -90,8 +92,9 @@ class VideoSegmenter:
         **overrides: InferenceConfig fields replacing those of `config` (e.g. min_matching_pixels=100).
     """
 
-    def __init__(self, model: CFBIPlus, config: InferenceConfig | None = None, *, normalized: bool = False,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, model: CFBIPlus, config: InferenceConfig | None = None, *, normalized: bool = False, **overrides: Any
+    ) -> None:
         config = config if config is not None else InferenceConfig()
         if overrides:
             config = replace(config, **overrides)
@@ -139,7 +142,7 @@ class VideoSegmenter:
         self._frame_size = (height, width)
         self.num_labels = _count_labels(labels)
         for scale in self.scales:
-            for flipped in ((False, True) if self.flip else (False,)):
+            for flipped in (False, True) if self.flip else (False,):
                 size = inference_size(height, width, scale, self.max_long_edge)
                 aug = _Augmentation(scale, flipped, size)
                 features = self._features(frame, aug)
@@ -173,12 +176,18 @@ class VideoSegmenter:
             all_features.append(features)
             with self._autocast():
                 logits = self.model.segment(
-                    features, [r.unsqueeze(0) for r in aug.references],
-                    [r.unsqueeze(0) for r in aug.reference_labels], [p.unsqueeze(0) for p in aug.previous],
-                    [p.unsqueeze(0) for p in aug.previous_labels], self.num_labels,
-                    global_atrous=self.global_atrous, min_matching_pixels=self.min_matching_pixels)[0]
-            logits = F.interpolate(logits.unsqueeze(0).float(), size=self._frame_size, mode="bilinear",
-                                   align_corners=True)
+                    features,
+                    [r.unsqueeze(0) for r in aug.references],
+                    [r.unsqueeze(0) for r in aug.reference_labels],
+                    [p.unsqueeze(0) for p in aug.previous],
+                    [p.unsqueeze(0) for p in aug.previous_labels],
+                    self.num_labels,
+                    global_atrous=self.global_atrous,
+                    min_matching_pixels=self.min_matching_pixels,
+                )[0]
+            logits = F.interpolate(
+                logits.unsqueeze(0).float(), size=self._frame_size, mode="bilinear", align_corners=True
+            )
             probs = torch.softmax(logits, dim=1)[0]
             if aug.flip:
                 probs = probs.flip(-1)
@@ -208,13 +217,15 @@ class VideoSegmenter:
             if annotation is not None:
                 new_refs = self.model.matching_embeddings(features)
                 aug.references = [torch.cat([old, new[:1].to(old.dtype)]) for old, new in zip(aug.references, new_refs)]
-                aug.reference_labels = [torch.cat([old, new.unsqueeze(0)])
-                                        for old, new in zip(aug.reference_labels, scaled)]
+                aug.reference_labels = [
+                    torch.cat([old, new.unsqueeze(0)]) for old, new in zip(aug.reference_labels, scaled)
+                ]
         self.frame_index += 1
         return StepResult(probs, prediction)
 
-    def propagate(self, frames: Iterable[np.ndarray | Tensor], annotations: Mapping[int, Any]
-                  ) -> Iterator[FramePrediction]:
+    def propagate(
+        self, frames: Iterable[np.ndarray | Tensor], annotations: Mapping[int, Any]
+    ) -> Iterator[FramePrediction]:
         """Segment a whole video lazily: yields (index, labels, probs) per frame of `frames` (any iterable:
         a list, a folder reader, a video reader), from annotations {frame index: label map [H, W] of object
         ids, or a mask file}. Objects start at their first annotation, frames before the first annotation are
@@ -228,10 +239,16 @@ class VideoSegmenter:
 
     def _frame(self, image: np.ndarray | Tensor) -> Tensor:
         if self.normalized:
-            if not isinstance(image, Tensor) or not image.dtype.is_floating_point or image.dim() != 3 \
-                    or image.shape[0] != 3:
-                raise ValueError("with normalized=True a frame must be a float tensor [3, H, W], got "
-                                 f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
+            if (
+                not isinstance(image, Tensor)
+                or not image.dtype.is_floating_point
+                or image.dim() != 3
+                or image.shape[0] != 3
+            ):
+                raise ValueError(
+                    "with normalized=True a frame must be a float tensor [3, H, W], got "
+                    f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
+                )
             return image.to(self.device, torch.float32)
         return preprocess(image, self.device)
 

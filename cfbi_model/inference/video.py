@@ -8,6 +8,7 @@ masks named after frames, a dict), output folders that are complete or recognisa
 An output folder DIR/<name>/ is written as DIR/<name>.partial/ and renamed when the last frame is written, so
 a folder named after a video is always complete (`cfbi evaluate` and `cfbi predict --resume` rely on it).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,8 +30,15 @@ from ..io.overlay import overlay as draw_overlay
 from ..io.video import OverlayWriter, iter_video, video_fps
 from .propagate import AnnotationError, FramePrediction
 
-__all__ = ["FrameSource", "open_source", "load_annotations", "MaskFolderWriter", "PARTIAL_SUFFIX", "VideoResult",
-           "segment_video"]
+__all__ = [
+    "FrameSource",
+    "open_source",
+    "load_annotations",
+    "MaskFolderWriter",
+    "PARTIAL_SUFFIX",
+    "VideoResult",
+    "segment_video",
+]
 
 
 @dataclass
@@ -71,16 +79,20 @@ def open_source(source: str | os.PathLike | Iterable[np.ndarray | Tensor], *, ch
             stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
             if len(set(stems)) != len(stems):
                 duplicate = next(s for s in stems if stems.count(s) > 1)
-                raise MediaError(f"frame folder {path!r} holds several frames named {duplicate!r}.*; their masks "
-                                 "would overwrite each other")
+                raise MediaError(
+                    f"frame folder {path!r} holds several frames named {duplicate!r}.*; their masks "
+                    "would overwrite each other"
+                )
             size = None
             if check:
                 first = image_size(paths[0], "frame")
                 for other in paths[1:]:
                     found = image_size(other, "frame")
                     if found != first:
-                        raise MediaError(f"frame {other!r} is {found[0]}x{found[1]}, the first frame {paths[0]!r} is "
-                                         f"{first[0]}x{first[1]} (WxH)")
+                        raise MediaError(
+                            f"frame {other!r} is {found[0]}x{found[1]}, the first frame {paths[0]!r} is "
+                            f"{first[0]}x{first[1]} (WxH)"
+                        )
                 size = (first[1], first[0])
             return FrameSource(_folder_frames(paths), stems, paths, name, 24.0, size)
         if not os.path.isfile(path):
@@ -99,7 +111,7 @@ def open_source(source: str | os.PathLike | Iterable[np.ndarray | Tensor], *, ch
     return FrameSource(iter(source), names)
 
 
-Annotations = (str | os.PathLike | np.ndarray | Tensor | Mapping[int | str, Any])
+Annotations = str | os.PathLike | np.ndarray | Tensor | Mapping[int | str, Any]
 
 
 def load_annotations(annotations: Annotations, source: FrameSource) -> tuple[dict[int, Any], list[int] | None]:
@@ -128,8 +140,10 @@ def load_annotations(annotations: Annotations, source: FrameSource) -> tuple[dic
         if isinstance(key, str):
             index = _stem_index(key, source)
             if index is None:
-                raise AnnotationError(f"annotation {value if isinstance(value, (str, os.PathLike)) else key!r} "
-                                      f"matches no frame (masks are named after the frames: same stem, .png)")
+                raise AnnotationError(
+                    f"annotation {value if isinstance(value, (str, os.PathLike)) else key!r} "
+                    f"matches no frame (masks are named after the frames: same stem, .png)"
+                )
         else:
             index = int(key)
         by_index[index] = value
@@ -139,8 +153,10 @@ def load_annotations(annotations: Annotations, source: FrameSource) -> tuple[dic
         palette = palette or found
         height, width = labels.shape
         if source.size is not None and (height, width) != source.size:
-            raise AnnotationError(f"mask {os.fspath(path)!r} is {width}x{height} (WxH) but the frames are "
-                                  f"{source.size[1]}x{source.size[0]}")
+            raise AnnotationError(
+                f"mask {os.fspath(path)!r} is {width}x{height} (WxH) but the frames are "
+                f"{source.size[1]}x{source.size[0]}"
+            )
     return by_index, palette
 
 
@@ -157,8 +173,9 @@ class MaskFolderWriter:
     """Writes out_root/<name>/<stem>.png (palette PNGs of object ids) through out_root/<name>.partial/, renamed
     by finish(); with per_object also <name>/objects/<id>/<stem>.png (0 / 255 greyscale)."""
 
-    def __init__(self, out_root: str | os.PathLike, name: str, palette: list[int] | None = None,
-                 per_object: bool = False) -> None:
+    def __init__(
+        self, out_root: str | os.PathLike, name: str, palette: list[int] | None = None, per_object: bool = False
+    ) -> None:
         self.folder = Path(out_root) / name
         self.partial = Path(out_root) / (name + PARTIAL_SUFFIX)
         self.palette = palette
@@ -214,16 +231,24 @@ class VideoResult:
 
     def summary(self) -> str:
         """One line: frames, objects, seconds, frames per second."""
-        return (f"{self.frames} frames, {len(self.objects)} object(s), {self.seconds:.1f} s, "
-                f"{self.fps:.2f} frames/s")
+        return f"{self.frames} frames, {len(self.objects)} object(s), {self.seconds:.1f} s, {self.fps:.2f} frames/s"
 
 
-def segment_video(source: str | os.PathLike | Iterable[np.ndarray | Tensor] | FrameSource, annotations: Annotations, *,
-                  checkpoint: str | os.PathLike | None = None, model: Any = None,
-                  config: InferenceConfig | None = None, device: str | None = None,
-                  out: str | os.PathLike | None = None, name: str | None = None, per_object: bool = False,
-                  overlay: str | os.PathLike | None = None, palette: list[int] | None = None,
-                  on_frame: Callable[[FramePrediction], None] | None = None) -> VideoResult:
+def segment_video(
+    source: str | os.PathLike | Iterable[np.ndarray | Tensor] | FrameSource,
+    annotations: Annotations,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    model: Any = None,
+    config: InferenceConfig | None = None,
+    device: str | None = None,
+    out: str | os.PathLike | None = None,
+    name: str | None = None,
+    per_object: bool = False,
+    overlay: str | os.PathLike | None = None,
+    palette: list[int] | None = None,
+    on_frame: Callable[[FramePrediction], None] | None = None,
+) -> VideoResult:
     """Segment a whole video with a checkpoint (or a loaded model) in one call.
 
     source: a frame folder, a video file, or any iterable of RGB frames [H, W, 3] uint8.
@@ -276,8 +301,14 @@ def segment_video(source: str | os.PathLike | Iterable[np.ndarray | Tensor] | Fr
     if not per_frame:
         raise MediaError(f"{frames.name!r} holds no frames")
     folder = writer.finish() if writer is not None else None
-    return VideoResult(None if writer is not None else np.stack(masks), folder, len(per_frame),
-                       tuple(i for i in ids if i != 0), seconds, per_frame)
+    return VideoResult(
+        None if writer is not None else np.stack(masks),
+        folder,
+        len(per_frame),
+        tuple(i for i in ids if i != 0),
+        seconds,
+        per_frame,
+    )
 
 
 class _Tee:

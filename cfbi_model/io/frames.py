@@ -1,4 +1,5 @@
 """Frames as image files: listing a frame folder and reading one frame as RGB (Pillow)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Label masks: palette (or greyscale) PNGs whose pixel values are object ids, and the DAVIS palette."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Drawing label maps over frames."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Video files: reading frames (imageio with the imageio-ffmpeg plugin, optional:
 `pip install imageio imageio-ffmpeg`) and writing overlay videos (.mp4) or animations (.gif, Pillow)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,9 @@ def _imageio():
     try:
         import imageio.v3 as iio  # noqa: PLC0415
     except ImportError as error:
-        raise MediaError("reading or writing video files needs imageio and imageio-ffmpeg "
-                         "(pip install imageio imageio-ffmpeg)") from error
+        raise MediaError(
+            "reading or writing video files needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg)"
+        ) from error
     return iio
 
 
@@ -74,8 +76,7 @@ class OverlayWriter:
             import imageio  # noqa: PLC0415
 
             try:
-                self._writer = imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1,
-                                                  quality=7)
+                self._writer = imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=7)
             except Exception as error:  # noqa: BLE001
                 raise MediaError(f"cannot write video {path!r}: {error}") from error
 
@@ -92,7 +93,12 @@ class OverlayWriter:
             if self._writer is not None:
                 self._writer.close()
             elif self._frames:
-                self._frames[0].save(self.path, save_all=True, append_images=self._frames[1:],
-                                     duration=max(int(round(1000 / self.fps)), 20), loop=0)
+                self._frames[0].save(
+                    self.path,
+                    save_all=True,
+                    append_images=self._frames[1:],
+                    duration=max(int(round(1000 / self.fps)), 20),
+                    loop=0,
+                )
         except Exception as error:  # noqa: BLE001
             raise MediaError(f"cannot write overlay {self.path!r}: {error}") from error

@@ -4,6 +4,7 @@ For every label l the attention vector (length 4 E) is the mean embedding of the
 label, over its complement, and the same two for the previous frame; each mean divides by the pixel count
 plus epsilon [official]. The ensembler turns it into per-channel gates 1 + tanh(Linear(vector)).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,13 @@ def pooled_sums(embeddings: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tens
     return pos_sum, total - pos_sum, pos_count, neg_count
 
 
-def attention_vectors(reference_embeddings: Tensor, reference_masks: Tensor, previous_embedding: Tensor,
-                      previous_mask: Tensor, epsilon: float = 1e-5) -> Tensor:
+def attention_vectors(
+    reference_embeddings: Tensor,
+    reference_masks: Tensor,
+    previous_embedding: Tensor,
+    previous_mask: Tensor,
+    epsilon: float = 1e-5,
+) -> Tensor:
     """Instance-level attention vectors [L, 4 C].
 
     Args:
@@ -56,10 +62,18 @@ def attention_vectors(reference_embeddings: Tensor, reference_masks: Tensor, pre
     # Sums over whole frames: always float32, also under autocast (float16 would overflow).
     with torch.autocast(device_type=reference_embeddings.device.type, enabled=False):
         ref_pos, ref_neg, ref_pos_n, ref_neg_n = pooled_sums(reference_embeddings.float(), reference_masks.float())
-        prev_pos, prev_neg, prev_pos_n, prev_neg_n = pooled_sums(previous_embedding.float().unsqueeze(0),
-                                                                 previous_mask.float().unsqueeze(0))
-    return torch.cat([ref_pos / (ref_pos_n + epsilon), ref_neg / (ref_neg_n + epsilon),
-                      prev_pos / (prev_pos_n + epsilon), prev_neg / (prev_neg_n + epsilon)], dim=1)
+        prev_pos, prev_neg, prev_pos_n, prev_neg_n = pooled_sums(
+            previous_embedding.float().unsqueeze(0), previous_mask.float().unsqueeze(0)
+        )
+    return torch.cat(
+        [
+            ref_pos / (ref_pos_n + epsilon),
+            ref_neg / (ref_neg_n + epsilon),
+            prev_pos / (prev_pos_n + epsilon),
+            prev_neg / (prev_neg_n + epsilon),
+        ],
+        dim=1,
+    )
 
 
 def atrous_subsampled(masks: Tensor, atrous: int, min_pixels: int = 0) -> Tensor:
@@ -77,5 +91,5 @@ def atrous_subsampled(masks: Tensor, atrous: int, min_pixels: int = 0) -> Tensor
     ys = torch.arange(height, device=masks.device) % atrous == 0
     xs = torch.arange(width, device=masks.device) % atrous == 0
     grid = (ys[:, None] & xs[None, :]).to(masks.dtype)
-    big = masks.sum(dim=(2, 3), keepdim=True) > min_pixels * atrous ** 2  # [T, L, 1, 1]
+    big = masks.sum(dim=(2, 3), keepdim=True) > min_pixels * atrous**2  # [T, L, 1, 1]
     return torch.where(big, masks * grid, masks)

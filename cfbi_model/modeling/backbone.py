@@ -3,6 +3,7 @@
 State-dict names follow the authors' `feature_extracter.{backbone,aspp,decoder}.*`. Every batch norm is
 frozen (`FrozenBatchNorm2d`) [official: MODEL_FREEZE_BN].
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = FrozenBatchNorm2d(planes)
@@ -53,8 +55,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = FrozenBatchNorm2d(planes)
@@ -93,8 +96,9 @@ class ResNet(nn.Module):
         out = planes * block.expansion
         downsample = None
         if stride != 1 or self._inplanes != out:
-            downsample = nn.Sequential(nn.Conv2d(self._inplanes, out, 1, stride=stride, bias=False),
-                                       FrozenBatchNorm2d(out))
+            downsample = nn.Sequential(
+                nn.Conv2d(self._inplanes, out, 1, stride=stride, bias=False), FrozenBatchNorm2d(out)
+            )
         blocks = [block(self._inplanes, planes, stride, dilations[0], downsample)]
         self._inplanes = out
         blocks += [block(out, planes, 1, d) for d in dilations[1:]]
@@ -129,8 +133,9 @@ class ASPP(nn.Module):
         self.aspp2 = _ASPPBranch(inplanes, planes, 3, dilations[0])
         self.aspp3 = _ASPPBranch(inplanes, planes, 3, dilations[1])
         self.aspp4 = _ASPPBranch(inplanes, planes, 3, dilations[2])
-        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(inplanes, planes, 1, bias=False),
-                                             FrozenBatchNorm2d(planes), nn.ReLU())
+        self.global_avg_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(inplanes, planes, 1, bias=False), FrozenBatchNorm2d(planes), nn.ReLU()
+        )
         self.conv1 = nn.Conv2d(5 * planes, planes, 1, bias=False)
         self.bn1 = FrozenBatchNorm2d(planes)
         self.dropout = nn.Dropout(0.1)
@@ -153,10 +158,15 @@ class Decoder(nn.Module):
         self.bn1 = FrozenBatchNorm2d(low_dim)
         # Indices 0..7 as in the authors' Sequential (3 and 7 were empty placeholders there).
         self.last_conv = nn.Sequential(
-            nn.Conv2d(aspp_dim + low_dim, out_dim, 3, padding=1, bias=False), FrozenBatchNorm2d(out_dim), nn.ReLU(),
+            nn.Conv2d(aspp_dim + low_dim, out_dim, 3, padding=1, bias=False),
+            FrozenBatchNorm2d(out_dim),
+            nn.ReLU(),
             nn.Identity(),
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False), FrozenBatchNorm2d(out_dim), nn.ReLU(),
-            nn.Identity())
+            nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False),
+            FrozenBatchNorm2d(out_dim),
+            nn.ReLU(),
+            nn.Identity(),
+        )
         _conv_init(self)
 
     def forward(self, x: Tensor, low_level: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ concatenates the 8x input; stage 3 downsamples to 16x and concatenates the 16x i
 back to 4x (bicubic, align_corners=True) with a skip from cat(backbone layer1, stage-1 output), and per-label
 dynamic 1x1 convolutions for the foreground and background logits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,9 @@ class GCTBottleneck(nn.Module):
         self.bn3 = nn.GroupNorm(groups, out_dim)
         self.downsample = None
         if stride != 1 or in_dim != out_dim:
-            self.downsample = nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, stride=stride, bias=False),
-                                            nn.GroupNorm(groups, out_dim))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_dim, out_dim, 1, stride=stride, bias=False), nn.GroupNorm(groups, out_dim)
+            )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -68,15 +70,17 @@ class EnsemblerASPP(nn.Module):
     """ASPP of the ensembler: GCT-gated branches with GroupNorm (image pooling: conv + ReLU, no norm),
     then GCT + 1x1 fuse + GroupNorm + ReLU."""
 
-    def __init__(self, in_dim: int, planes: int, out_dim: int, dilations: tuple[int, int, int] = (6, 12, 18),
-                 groups: int = 32) -> None:
+    def __init__(
+        self, in_dim: int, planes: int, out_dim: int, dilations: tuple[int, int, int] = (6, 12, 18), groups: int = 32
+    ) -> None:
         super().__init__()
         self.aspp1 = _GCTASPPBranch(in_dim, planes, 1, 1)
         self.aspp2 = _GCTASPPBranch(in_dim, planes, 3, dilations[0])
         self.aspp3 = _GCTASPPBranch(in_dim, planes, 3, dilations[1])
         self.aspp4 = _GCTASPPBranch(in_dim, planes, 3, dilations[2])
-        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_dim, planes, 1, bias=False),
-                                             nn.ReLU())
+        self.global_avg_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_dim, planes, 1, bias=False), nn.ReLU()
+        )
         self.GCT = GCT(5 * planes)
         self.conv1 = nn.Conv2d(5 * planes, out_dim, 1, bias=False)
         self.bn1 = nn.GroupNorm(groups, out_dim)
@@ -98,8 +102,15 @@ class CollaborativeEnsembler(nn.Module):
     current frame [1, C1, h, w]; returns logits [L, h, w] (label 0 augmented with the objects' bg logits).
     """
 
-    def __init__(self, in_dim_4x: int, in_dim_8x: int, in_dim_16x: int, attention_dim: int, low_level_dim: int,
-                 config: HeadConfig) -> None:
+    def __init__(
+        self,
+        in_dim_4x: int,
+        in_dim_8x: int,
+        in_dim_16x: int,
+        attention_dim: int,
+        low_level_dim: int,
+        config: HeadConfig,
+    ) -> None:
         super().__init__()
         d, g, a = config.embed_dim, config.gn_groups, attention_dim
         # Stage 1 (4x).

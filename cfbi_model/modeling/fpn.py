@@ -4,6 +4,7 @@ Inputs: the DeepLab decoder output (4x), backbone layer2 (8x) and the ASPP outpu
 GroupNorm to `out_dim`, top-down bilinear (align_corners=True) upsample-and-add, a 3x3 conv + GroupNorm
 "smooth" on 8x and 4x, and ReLU on all three outputs.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -13,8 +14,9 @@ __all__ = ["FPN"]
 
 
 def _conv_gn(in_dim: int, out_dim: int, kernel_size: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, bias=False),
-                         nn.GroupNorm(groups, out_dim))
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, bias=False), nn.GroupNorm(groups, out_dim)
+    )
 
 
 class FPN(nn.Module):

@@ -1,4 +1,5 @@
 """Small building blocks shared by the network's parts: frozen batch norm and the GCT gate."""
+
 from __future__ import annotations
 
 import torch
@@ -35,9 +36,9 @@ class FrozenBatchNorm2d(nn.Module):
 class GCT(nn.Module):
     """Gated channel transformation, l2 mode (Yang et al., CVPR 2020), as the authors use it.
 
-        s_c  = alpha_c * sqrt(sum_{h,w} x_c^2 + eps)
-        n_c  = gamma_c * s_c / sqrt(mean_c(s_c^2) + eps)
-        out  = x * (1 + tanh(n_c + beta_c))
+    s_c  = alpha_c * sqrt(sum_{h,w} x_c^2 + eps)
+    n_c  = gamma_c * s_c / sqrt(mean_c(s_c^2) + eps)
+    out  = x * (1 + tanh(n_c + beta_c))
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:

@@ -9,6 +9,7 @@ the channels in the authors' order:
 with the K local channels ordered [largest window, then the others in list order] (e.g. 24, 4, 8, 12, 16,
 20). Only the first `matching_dim` embedding channels take part in the matching.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,31 +39,76 @@ def one_hot_labels(labels: Tensor, num_labels: int, dtype: torch.dtype = torch.f
     return (labels.unsqueeze(-3) == ids).to(dtype)
 
 
-def global_matching(query: Tensor, references: Tensor, reference_labels: Tensor, num_labels: int,
-                    fg_bias: Tensor, bg_bias: Tensor, *, atrous: int = 1, min_pixels: int = 0
-                    ) -> tuple[Tensor, Tensor]:
+def global_matching(
+    query: Tensor,
+    references: Tensor,
+    reference_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    atrous: int = 1,
+    min_pixels: int = 0,
+) -> tuple[Tensor, Tensor]:
     """Global fg/bg maps of one sample: query [C, h, w], references [T, C, h, w], reference_labels [T, h, w]
     -> (fg, bg), each [L, h, w]. The T reference frames form one candidate set."""
     references = references.to(query.dtype)
-    fg, bg = cfbi_ops.global_match(query.unsqueeze(0), references.unsqueeze(0), reference_labels.unsqueeze(0),
-                                   num_labels, fg_bias, bg_bias, atrous=atrous, atrous_min_pixels=min_pixels)
+    fg, bg = cfbi_ops.global_match(
+        query.unsqueeze(0),
+        references.unsqueeze(0),
+        reference_labels.unsqueeze(0),
+        num_labels,
+        fg_bias,
+        bg_bias,
+        atrous=atrous,
+        atrous_min_pixels=min_pixels,
+    )
     return fg[0], bg[0]
 
 
-def local_matching(query: Tensor, previous: Tensor, previous_labels: Tensor, num_labels: int, fg_bias: Tensor,
-                   bg_bias: Tensor, *, windows: Sequence[int], atrous: int = 1) -> tuple[Tensor, Tensor]:
+def local_matching(
+    query: Tensor,
+    previous: Tensor,
+    previous_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    windows: Sequence[int],
+    atrous: int = 1,
+) -> tuple[Tensor, Tensor]:
     """Local fg/bg maps of one sample: query, previous [C, h, w], previous_labels [h, w] -> (fg, bg), each
     [L, K, h, w] with the windows in the order given."""
     previous = previous.to(query.dtype)
-    fg, bg = cfbi_ops.local_match(query.unsqueeze(0), previous.unsqueeze(0), previous_labels.unsqueeze(0),
-                                  num_labels, fg_bias, bg_bias, windows=tuple(windows), atrous=atrous)
+    fg, bg = cfbi_ops.local_match(
+        query.unsqueeze(0),
+        previous.unsqueeze(0),
+        previous_labels.unsqueeze(0),
+        num_labels,
+        fg_bias,
+        bg_bias,
+        windows=tuple(windows),
+        atrous=atrous,
+    )
     return fg[0], bg[0]
 
 
-def ensembler_input(current: Tensor, references: Tensor, reference_labels: Tensor, previous: Tensor,
-                    previous_labels: Tensor, num_labels: int, fg_bias: Tensor, bg_bias: Tensor, *,
-                    matching_dim: int, windows: Sequence[int], local_atrous: int, global_atrous: int,
-                    min_pixels: int = 0) -> Tensor:
+def ensembler_input(
+    current: Tensor,
+    references: Tensor,
+    reference_labels: Tensor,
+    previous: Tensor,
+    previous_labels: Tensor,
+    num_labels: int,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    *,
+    matching_dim: int,
+    windows: Sequence[int],
+    local_atrous: int,
+    global_atrous: int,
+    min_pixels: int = 0,
+) -> Tensor:
     """Matching maps and embeddings of one sample at one scale, in the ensembler's channel order.
 
     Args:
@@ -78,20 +124,39 @@ def ensembler_input(current: Tensor, references: Tensor, reference_labels: Tenso
         [L, 3 + 2 K + 3 E, h, w].
     """
     query = current[:matching_dim]
-    global_fg, global_bg = global_matching(query, references[:, :matching_dim], reference_labels, num_labels,
-                                           fg_bias, bg_bias, atrous=global_atrous, min_pixels=min_pixels)
-    local_fg, local_bg = local_matching(query, previous[:matching_dim], previous_labels, num_labels, fg_bias,
-                                        bg_bias, windows=windows, atrous=local_atrous)
+    global_fg, global_bg = global_matching(
+        query,
+        references[:, :matching_dim],
+        reference_labels,
+        num_labels,
+        fg_bias,
+        bg_bias,
+        atrous=global_atrous,
+        min_pixels=min_pixels,
+    )
+    local_fg, local_bg = local_matching(
+        query,
+        previous[:matching_dim],
+        previous_labels,
+        num_labels,
+        fg_bias,
+        bg_bias,
+        windows=windows,
+        atrous=local_atrous,
+    )
     prev_mask = one_hot_labels(previous_labels, num_labels, current.dtype).unsqueeze(1)  # [L, 1, h, w]
     dtype = current.dtype
     size = (num_labels,) + tuple(current.shape)
-    return torch.cat([
-        global_fg.unsqueeze(1).to(dtype),
-        local_fg.to(dtype),
-        prev_mask,
-        local_bg.to(dtype),
-        global_bg.unsqueeze(1).to(dtype),
-        current.unsqueeze(0).expand(size),
-        previous.unsqueeze(0) * prev_mask,
-        previous.unsqueeze(0) * (1.0 - prev_mask),
-    ], dim=1)
+    return torch.cat(
+        [
+            global_fg.unsqueeze(1).to(dtype),
+            local_fg.to(dtype),
+            prev_mask,
+            local_bg.to(dtype),
+            global_bg.unsqueeze(1).to(dtype),
+            current.unsqueeze(0).expand(size),
+            previous.unsqueeze(0) * prev_mask,
+            previous.unsqueeze(0) * (1.0 - prev_mask),
+        ],
+        dim=1,
+    )

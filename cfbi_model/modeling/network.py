@@ -7,6 +7,7 @@ instance-level attention and the collaborative ensembler.
 
 `forward` runs the whole thing from images (reference, previous, current) for training.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -47,11 +48,13 @@ class CFBIPlus(nn.Module):
         self.fg_bias = nn.Parameter(torch.zeros(3, 1, 1, 1))
         backbone = config.backbone
         self.feature_extracter = FeatureExtractor(backbone)
-        self.fpn = FPN(backbone.decoder_dim, backbone.mid_level_dim, backbone.aspp_dim, config.embedding_dim,
-                       config.fpn_gn_groups)
+        self.fpn = FPN(
+            backbone.decoder_dim, backbone.mid_level_dim, backbone.aspp_dim, config.embedding_dim, config.fpn_gn_groups
+        )
         in_4x, in_8x, in_16x = config.ensembler_in_dims()
-        self.dynamic_seghead = CollaborativeEnsembler(in_4x, in_8x, in_16x, config.attention_dim,
-                                                      backbone.low_level_dim, config.head)
+        self.dynamic_seghead = CollaborativeEnsembler(
+            in_4x, in_8x, in_16x, config.attention_dim, backbone.low_level_dim, config.head
+        )
 
     # ------------------------------------------------------------------ features
     def extract_features(self, images: Tensor) -> FrameFeatures:
@@ -72,13 +75,22 @@ class CFBIPlus(nn.Module):
         channels of the 8x and 16x ones."""
         e4, e8, e16 = features.embeddings
         dims = self.config.matching_dims
-        return [e4, e8[:, :dims[1]], e16[:, :dims[2]]]
+        return [e4, e8[:, : dims[1]], e16[:, : dims[2]]]
 
     # ------------------------------------------------------------------ head
-    def segment(self, current: FrameFeatures, references: Sequence[Tensor], reference_labels: Sequence[Tensor],
-                previous: Sequence[Tensor], previous_labels: Sequence[Tensor], num_labels: int | Sequence[int], *,
-                global_atrous: int | None = None, min_matching_pixels: int = 0,
-                atrous_attention: bool | None = None) -> list[Tensor]:
+    def segment(
+        self,
+        current: FrameFeatures,
+        references: Sequence[Tensor],
+        reference_labels: Sequence[Tensor],
+        previous: Sequence[Tensor],
+        previous_labels: Sequence[Tensor],
+        num_labels: int | Sequence[int],
+        *,
+        global_atrous: int | None = None,
+        min_matching_pixels: int = 0,
+        atrous_attention: bool | None = None,
+    ) -> list[Tensor]:
         """Logits at 4x for the current frame, one tensor [L_b, h, w] per sample.
 
         Args:
@@ -103,20 +115,32 @@ class CFBIPlus(nn.Module):
             raise ValueError(f"num_labels has {len(labels_per_sample)} entries for a batch of {batch}")
         if any(not isinstance(n, int) or n < 1 for n in labels_per_sample):
             raise ValueError(f"num_labels must be positive ints, got {num_labels}")
-        for name, seq in (("references", references), ("reference_labels", reference_labels),
-                          ("previous", previous), ("previous_labels", previous_labels)):
+        for name, seq in (
+            ("references", references),
+            ("reference_labels", reference_labels),
+            ("previous", previous),
+            ("previous_labels", previous_labels),
+        ):
             if len(seq) != 3:
                 raise ValueError(f"{name} must hold one tensor per scale (4x, 8x, 16x), got {len(seq)}")
         if references[0].shape[2] != cfg.embedding_dim:
-            raise ValueError(f"the 4x reference embeddings need all {cfg.embedding_dim} channels (attention), "
-                             f"got {references[0].shape[2]}")
+            raise ValueError(
+                f"the 4x reference embeddings need all {cfg.embedding_dim} channels (attention), "
+                f"got {references[0].shape[2]}"
+            )
         for s in range(3):
             h, w = current.embeddings[s].shape[-2:]
-            for name, tensor in (("references", references[s]), ("reference_labels", reference_labels[s]),
-                                 ("previous", previous[s]), ("previous_labels", previous_labels[s])):
+            for name, tensor in (
+                ("references", references[s]),
+                ("reference_labels", reference_labels[s]),
+                ("previous", previous[s]),
+                ("previous_labels", previous_labels[s]),
+            ):
                 if tuple(tensor.shape[-2:]) != (h, w):
-                    raise ValueError(f"{name}[{s}] has spatial size {tuple(tensor.shape[-2:])}, the current "
-                                     f"frame's scale-{s} grid is {(h, w)}")
+                    raise ValueError(
+                        f"{name}[{s}] has spatial size {tuple(tensor.shape[-2:])}, the current "
+                        f"frame's scale-{s} grid is {(h, w)}"
+                    )
         atrous0 = cfg.global_atrous[0] if global_atrous is None else int(global_atrous)
         if atrous_attention is None:
             atrous_attention = cfg.atrous_attention_quirk and (self.training or min_matching_pixels > 0)
@@ -125,25 +149,45 @@ class CFBIPlus(nn.Module):
         for n, count in enumerate(labels_per_sample):
             inputs = []
             for s in range(3):
-                inputs.append(ensembler_input(
-                    current.embeddings[s][n], references[s][n], reference_labels[s][n], previous[s][n],
-                    previous_labels[s][n], count, self.fg_bias[s], self.bg_bias[s],
-                    matching_dim=cfg.matching_dims[s], windows=cfg.local_window_order(s),
-                    local_atrous=cfg.local_atrous[s], global_atrous=atrous0 if s == 0 else cfg.global_atrous[s],
-                    min_pixels=min_matching_pixels))
+                inputs.append(
+                    ensembler_input(
+                        current.embeddings[s][n],
+                        references[s][n],
+                        reference_labels[s][n],
+                        previous[s][n],
+                        previous_labels[s][n],
+                        count,
+                        self.fg_bias[s],
+                        self.bg_bias[s],
+                        matching_dim=cfg.matching_dims[s],
+                        windows=cfg.local_window_order(s),
+                        local_atrous=cfg.local_atrous[s],
+                        global_atrous=atrous0 if s == 0 else cfg.global_atrous[s],
+                        min_pixels=min_matching_pixels,
+                    )
+                )
             ref_embeddings = references[0][n]
             ref_masks = one_hot_labels(reference_labels[0][n], count, ref_embeddings.dtype)
             if atrous_attention:
                 ref_masks = atrous_subsampled(ref_masks, atrous0, min_matching_pixels)
             prev_masks = one_hot_labels(previous_labels[0][n], count, ref_embeddings.dtype)
             head = attention_vectors(ref_embeddings, ref_masks, previous[0][n], prev_masks, cfg.epsilon)
-            outputs.append(self.dynamic_seghead(inputs, head, current.low_level[n:n + 1]))
+            outputs.append(self.dynamic_seghead(inputs, head, current.low_level[n : n + 1]))
         return outputs
 
     # ------------------------------------------------------------------ training entry point
-    def forward(self, reference_images: Tensor, reference_labels: Tensor, previous_images: Tensor,
-                previous_labels: Tensor, current_images: Tensor, num_labels: int | Sequence[int], *,
-                output_size: Sequence[int] | None = None, min_matching_pixels: int = 0) -> list[Tensor]:
+    def forward(
+        self,
+        reference_images: Tensor,
+        reference_labels: Tensor,
+        previous_images: Tensor,
+        previous_labels: Tensor,
+        current_images: Tensor,
+        num_labels: int | Sequence[int],
+        *,
+        output_size: Sequence[int] | None = None,
+        min_matching_pixels: int = 0,
+    ) -> list[Tensor]:
         """Logits of the current frames from images.
 
         Args:
@@ -168,10 +212,10 @@ class CFBIPlus(nn.Module):
         cur = FrameFeatures(tuple(e[prev_end:] for e in features.embeddings), features.low_level[prev_end:])
         ref_labels = self.scale_labels(reference_labels, cur)
         prev_labels = self.scale_labels(previous_labels, cur)
-        logits = self.segment(cur, references, ref_labels, prev_emb, prev_labels, num_labels,
-                              min_matching_pixels=min_matching_pixels)
+        logits = self.segment(
+            cur, references, ref_labels, prev_emb, prev_labels, num_labels, min_matching_pixels=min_matching_pixels
+        )
         if output_size is not None:
             size = (int(output_size[0]), int(output_size[1]))
-            logits = [F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0]
-                      for x in logits]
+            logits = [F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0] for x in logits]
         return logits

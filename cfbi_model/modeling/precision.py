@@ -1,4 +1,5 @@
 """Mixed precision: the one autocast helper of inference and training (CUDA only)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """The network's input format: RGB uint8 frames to normalised BGR tensors, and back for pictures."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,9 +1,24 @@
-"""Training CFBI+: the trainer, the bootstrapped loss, the learning-rate schedule and checkpoint state."""
+"""Training CFBI+: the trainer, the bootstrapped loss, the learning-rate schedule, checkpoint state
+(atomic, checksummed, verified on resume), pretrained initialisation and the paper's recipes."""
+
 from ..config import ClipConfig, TrainConfig
+from .init import initialise_from
 from .loss import bootstrapped_cross_entropy, top_k_fraction
 from .schedule import learning_rate_factor
-from .state import save_atomic
-from .trainer import SequentialTrainer, Trainer, overlay_grid
+from .state import read_training_checkpoint, save_atomic
+from .trainer import SequentialTrainer, Trainer, TrainingInterrupted, overlay_grid
 
-__all__ = ["ClipConfig", "TrainConfig", "bootstrapped_cross_entropy", "top_k_fraction", "learning_rate_factor",
-           "save_atomic", "SequentialTrainer", "Trainer", "overlay_grid"]
+__all__ = [
+    "ClipConfig",
+    "TrainConfig",
+    "bootstrapped_cross_entropy",
+    "top_k_fraction",
+    "learning_rate_factor",
+    "save_atomic",
+    "read_training_checkpoint",
+    "initialise_from",
+    "SequentialTrainer",
+    "Trainer",
+    "TrainingInterrupted",
+    "overlay_grid",
+]

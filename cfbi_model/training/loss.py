@@ -1,4 +1,5 @@
 """The training loss: bootstrapped (hard-pixel-mining) cross-entropy and its schedule."""
+
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from ..config import IGNORE_LABEL
 
 __all__ = ["bootstrapped_cross_entropy", "top_k_fraction"]
 
+
 def top_k_fraction(step: int, final: float, mining_steps: int) -> float:
     """Fraction of pixels the bootstrapped loss keeps at `step`: 1 falling linearly to `final`."""
     if mining_steps <= 0:
@@ -17,8 +19,9 @@ def top_k_fraction(step: int, final: float, mining_steps: int) -> float:
     return ratio * final + (1.0 - ratio)
 
 
-def bootstrapped_cross_entropy(logits: Tensor, target: Tensor, fraction: float,
-                               ignore_index: int = IGNORE_LABEL) -> Tensor:
+def bootstrapped_cross_entropy(
+    logits: Tensor, target: Tensor, fraction: float, ignore_index: int = IGNORE_LABEL
+) -> Tensor:
     """Mean cross-entropy of the hardest `fraction` of the non-ignored pixels.
 
     logits [L, H, W] (or [B, L, H, W]), target [H, W] (or [B, H, W]) int64."""

@@ -1,4 +1,5 @@
 """The learning-rate schedule: linear warm-up, then poly decay."""
+
 from __future__ import annotations
 
 __all__ = ["learning_rate_factor"]

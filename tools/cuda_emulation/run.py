@@ -11,6 +11,7 @@ cfbi:: CPU kernels: forward values and argmin, both backward paths (atomic, dete
 and opcheck / torch.compile through the CUDA registration code. A development aid for machines without a
 GPU; the tests in tests/test_cuda.py on a real device remain the reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ def generate() -> Path:
     for path in sorted((ROOT / "csrc" / "cuda").iterdir()):
         text = path.read_text()
         if path.suffix == ".cu":
-            text = re.sub(r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\(",
-                          lambda m: f"::emu::launch({m.group(1)}, {m.group(2)})(", text, flags=re.S)
+            text = re.sub(
+                r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\(",
+                lambda m: f"::emu::launch({m.group(1)}, {m.group(2)})(",
+                text,
+                flags=re.S,
+            )
             text = re.sub(r"extern __shared__ (\w+) (\w+)\[\];", r"\1* \2 = ::emu::dynamic_shared<\1>();", text)
             (src / "cuda" / (path.stem + "_cu.cpp")).write_text(text)
         elif path.suffix == ".cpp":
@@ -69,15 +74,23 @@ def build(asan: bool) -> str:
     out = BUILD / name
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MAX_JOBS", "2")
-    load(name=name, sources=sorted(glob.glob(str(src / "cuda" / "*.cpp"))),
-         extra_include_paths=[str(HERE / "include"), str(src)], extra_cflags=flags, extra_ldflags=ldflags,
-         is_python_module=False, build_directory=str(out), verbose=False)
+    load(
+        name=name,
+        sources=sorted(glob.glob(str(src / "cuda" / "*.cpp"))),
+        extra_include_paths=[str(HERE / "include"), str(src)],
+        extra_cflags=flags,
+        extra_ldflags=ldflags,
+        is_python_module=False,
+        build_directory=str(out),
+        verbose=False,
+    )
     return str(out / f"{name}.so")
 
 
 # --------------------------------------------------------------------------------------------------
 # Comparisons
 # --------------------------------------------------------------------------------------------------
+
 
 class Checker:
     def __init__(self):
@@ -95,8 +108,9 @@ class Checker:
             if not torch.equal(got < 0, expected < 0) or (got != expected).double().mean() > 1e-2:
                 self.fail(name, "argmin differs")
             return
-        ok = torch.equal(got, expected) if exact else torch.allclose(got.double(), expected.double(), rtol=tol,
-                                                                         atol=tol)
+        ok = (
+            torch.equal(got, expected) if exact else torch.allclose(got.double(), expected.double(), rtol=tol, atol=tol)
+        )
         if not ok:
             diff = (got.double() - expected.double()).abs()
             self.fail(name, f"max diff {diff.max().item():.3g} at {int((diff > 0).sum())} / {diff.numel()}")
@@ -134,8 +148,9 @@ def compare(lib: str) -> int:
             tol = 1e-5 if dtype in (torch.float32, torch.float64) else 3e-2
             for name, a, b in zip(("query", "candidates", "fg_bias", "bg_bias"), got, expected):
                 check.close(f"{tag} {fn} det={deterministic} {name}", a, b, exact=False, tol=tol)
-                check.close(f"{tag} {fn} det={deterministic} {name} strides", torch.tensor(a.stride()),
-                            torch.tensor(b.stride()))
+                check.close(
+                    f"{tag} {fn} det={deterministic} {name} strides", torch.tensor(a.stride()), torch.tensor(b.stride())
+                )
 
     def global_case(B, T, C, H, W, Hr, Wr, L, atrous, min_pixels, dtype, seed, ints=False):
         g = torch.Generator().manual_seed(seed)
@@ -168,8 +183,10 @@ def compare(lib: str) -> int:
         labels = torch.randint(0, L + 1, (B, H, W), generator=g)
         labels[labels == L] = -1
         fb, bb = torch.tensor([0.1], dtype=dtype), torch.tensor([-0.2], dtype=dtype)
-        tag = f"local B{B} C{C} {H}x{W} L{L} windows {windows[:8]}{'...' if len(windows) > 8 else ''} " \
-              f"atrous {atrous} {dtype}"
+        tag = (
+            f"local B{B} C{C} {H}x{W} L{L} windows {windows[:8]}{'...' if len(windows) > 8 else ''} "
+            f"atrous {atrous} {dtype}"
+        )
         args = (q, p, labels, L, fb, bb, list(windows), atrous)
         expected, got = ops_cpu.local_match(*args), ops_emu.local_match(*args)
         exact = dtype != torch.float32
@@ -213,11 +230,31 @@ def compare(lib: str) -> int:
     global_case(1, 1, 33, 3, 50, 8, 8, 2, 1, 0, torch.bfloat16, 16, ints=True)
     for i in range(10):
         dtype = rng.choice(dtypes)
-        global_case(rng.randint(1, 2), rng.randint(1, 2), rng.randint(1, 40), rng.randint(1, 12), rng.randint(1, 12),
-                    rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 6), rng.randint(1, 3), rng.randint(0, 2),
-                    dtype, 100 + i)
-        local_case(rng.randint(1, 2), rng.randint(1, 70), rng.randint(1, 12), rng.randint(1, 40), rng.randint(1, 6),
-                   tuple(rng.randint(0, 8) for _ in range(rng.randint(1, 5))), rng.randint(1, 3), dtype, 200 + i)
+        global_case(
+            rng.randint(1, 2),
+            rng.randint(1, 2),
+            rng.randint(1, 40),
+            rng.randint(1, 12),
+            rng.randint(1, 12),
+            rng.randint(1, 9),
+            rng.randint(1, 9),
+            rng.randint(1, 6),
+            rng.randint(1, 3),
+            rng.randint(0, 2),
+            dtype,
+            100 + i,
+        )
+        local_case(
+            rng.randint(1, 2),
+            rng.randint(1, 70),
+            rng.randint(1, 12),
+            rng.randint(1, 40),
+            rng.randint(1, 6),
+            tuple(rng.randint(0, 8) for _ in range(rng.randint(1, 5))),
+            rng.randint(1, 3),
+            dtype,
+            200 + i,
+        )
 
     # An offset shared by queries and candidates leaves ||q - r|| unchanged and must not move the float32
     # selection (it is centred): fg within 1e-5 of the float64 CPU result on the same values (C = 64, sigma 0.05).
@@ -235,8 +272,12 @@ def compare(lib: str) -> int:
 
     # Degenerate sizes: the emulated CUDA path alone (the CPU backward rejects some of them).
     fb, bb = torch.tensor([0.1]), torch.tensor([-0.2])
-    for q, r in [(torch.randn(0, 3, 4, 4), torch.randn(0, 1, 3, 2, 2)), (torch.randn(1, 3, 0, 4), torch.randn(1, 1, 3, 2, 2)),
-                 (torch.randn(1, 3, 4, 4), torch.randn(1, 1, 3, 0, 2)), (torch.randn(2, 0, 4, 4), torch.randn(2, 1, 0, 3, 2))]:
+    for q, r in [
+        (torch.randn(0, 3, 4, 4), torch.randn(0, 1, 3, 2, 2)),
+        (torch.randn(1, 3, 0, 4), torch.randn(1, 1, 3, 2, 2)),
+        (torch.randn(1, 3, 4, 4), torch.randn(1, 1, 3, 0, 2)),
+        (torch.randn(2, 0, 4, 4), torch.randn(2, 1, 0, 3, 2)),
+    ]:
         labels = torch.zeros(r.shape[0], r.shape[1], r.shape[3], r.shape[4], dtype=torch.long)
         fg, bg, argmin = ops_emu.global_match(q, r, labels, 3, fb, bb, 2, 1)
         expected = ops_cpu.global_match(q, r, labels, 3, fb, bb, 2, 1)
@@ -246,16 +287,27 @@ def compare(lib: str) -> int:
         sums = torch.tensor([float(x.abs().sum()) for x in grads])
         if q.shape[1] == 0:
             want = ops_cpu.global_match_backward(expected[0], expected[0], expected[0], expected[2], q, r, fb, bb)
-            check.close("global degenerate C=0 grads", sums, torch.tensor([float(x.abs().sum()) for x in want]),
-                        exact=False, tol=1e-5)
-            check.close("global degenerate C=0 bias grads are not zero", torch.tensor(float(sums[2:].sum() > 0)),
-                        torch.ones(()), exact=False)
+            check.close(
+                "global degenerate C=0 grads",
+                sums,
+                torch.tensor([float(x.abs().sum()) for x in want]),
+                exact=False,
+                tol=1e-5,
+            )
+            check.close(
+                "global degenerate C=0 bias grads are not zero",
+                torch.tensor(float(sums[2:].sum() > 0)),
+                torch.ones(()),
+                exact=False,
+            )
         else:
             check.close("global degenerate grads", sums, torch.zeros(4))
 
-    for q, labels in [(torch.randn(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long)),
-                      (torch.randn(1, 3, 0, 4), torch.zeros(1, 0, 4, dtype=torch.long)),
-                      (torch.randn(2, 0, 4, 5), torch.randint(0, 3, (2, 4, 5)))]:
+    for q, labels in [
+        (torch.randn(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long)),
+        (torch.randn(1, 3, 0, 4), torch.zeros(1, 0, 4, dtype=torch.long)),
+        (torch.randn(2, 0, 4, 5), torch.randint(0, 3, (2, 4, 5))),
+    ]:
         got = ops_emu.local_match(q, q, labels, 3, fb, bb, [1, 2], 1)
         expected = ops_cpu.local_match(q, q, labels, 3, fb, bb, [1, 2], 1)
         for name, a, b in zip(("fg", "bg", "argmin"), got, expected):
@@ -268,9 +320,11 @@ def compare(lib: str) -> int:
     end = ops_py.index('    torch.library.register_autograd("cfbi::local_match"')
     end = ops_py.index("\n", end) + 1
     block = "\n".join(line[4:] for line in ops_py[start:end].splitlines())
-    helpers = ops_py[ops_py.index("def _global_backward"):ops_py.index("if HAS_EXTENSION:")]
-    code = ("from __future__ import annotations\nimport torch\nfrom torch import Tensor\n"
-            "from cfbi_ops import _validate\nfrom cfbi_ops.ops import _grad_or_zeros\n" + helpers + block)
+    helpers = ops_py[ops_py.index("def _global_backward") : ops_py.index("if HAS_EXTENSION:")]
+    code = (
+        "from __future__ import annotations\nimport torch\nfrom torch import Tensor\n"
+        "from cfbi_ops import _validate\nfrom cfbi_ops.ops import _grad_or_zeros\n" + helpers + block
+    )
     exec(code.replace("cfbi::", "cfbi_emu::").replace("torch.ops.cfbi.", "torch.ops.cfbi_emu."), {})
     import test_ops_registration as reg
 
@@ -296,10 +350,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.asan and "CFBI_EMU_CHILD" not in os.environ:
         # The sanitizer runtimes must be loaded before Python loads the instrumented library.
-        runtimes = [subprocess.check_output(["gcc", f"-print-file-name={n}"], text=True).strip()
-                    for n in ("libasan.so", "libubsan.so")]
-        env = dict(os.environ, CFBI_EMU_CHILD="1", LD_PRELOAD=" ".join(runtimes),
-                   ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+        runtimes = [
+            subprocess.check_output(["gcc", f"-print-file-name={n}"], text=True).strip()
+            for n in ("libasan.so", "libubsan.so")
+        ]
+        env = dict(
+            os.environ,
+            CFBI_EMU_CHILD="1",
+            LD_PRELOAD=" ".join(runtimes),
+            ASAN_OPTIONS="detect_leaks=0",
+            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+        )
         return subprocess.call([sys.executable, __file__, "--asan"], env=env)
     return compare(build(args.asan))
 

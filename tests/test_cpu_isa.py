@@ -1,6 +1,7 @@
 """Choosing the SIMD build of the CPU kernels (AVX-512, AVX2 + FMA, portable): the widest one the CPU supports
 unless CFBI_CPU_ISA forces one, and an error for a name that is not a build. Each build's results are checked
 by the op harness (tests/test_ops_harness.py, the backends cpu-<isa>)."""
+
 from __future__ import annotations
 
 import os

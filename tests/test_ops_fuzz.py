@@ -8,6 +8,7 @@ the torch.ops.cfbi ops with mutated canonical arguments: each call returns or ra
 
 Run one target by hand: python tests/test_ops_fuzz.py global 1000
 """
+
 from __future__ import annotations
 
 import os
@@ -33,25 +34,38 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
 
     torch.set_num_threads(1)
     counter = {"cases": 0}
-    config = settings(max_examples=count, deadline=None, database=None, derandomize=False,
-                      suppress_health_check=list(HealthCheck))
+    config = settings(
+        max_examples=count, deadline=None, database=None, derandomize=False, suppress_health_check=list(HealthCheck)
+    )
     huge = st.sampled_from([2**31 - 1, 2**40, 2**62, 2**63 - 1])
 
     @st.composite
     def cases(draw, op: str) -> Case:
-        fields = dict(op=op, B=draw(st.integers(1, 2)), C=draw(st.integers(0, 6)), H=draw(st.integers(1, 7)),
-                      W=draw(st.integers(1, 7)), L=draw(st.integers(1, 5)),
-                      atrous=draw(st.one_of(st.integers(1, 4), st.just(2**31 - 1))),
-                      layout=draw(st.sampled_from(["contiguous", "channels_last", "sliced", "expanded"])),
-                      ignore=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
-                      skew=draw(st.sampled_from([None, 0.3])), label_dtype=draw(st.sampled_from(["int64", "uint8",
-                                                                                                    "int32"])),
-                      seed=draw(st.integers(0, 2**31)), fg_bias=draw(st.floats(-6, 3)), bg_bias=draw(st.floats(-6, 3)))
+        fields = dict(
+            op=op,
+            B=draw(st.integers(1, 2)),
+            C=draw(st.integers(0, 6)),
+            H=draw(st.integers(1, 7)),
+            W=draw(st.integers(1, 7)),
+            L=draw(st.integers(1, 5)),
+            atrous=draw(st.one_of(st.integers(1, 4), st.just(2**31 - 1))),
+            layout=draw(st.sampled_from(["contiguous", "channels_last", "sliced", "expanded"])),
+            ignore=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+            skew=draw(st.sampled_from([None, 0.3])),
+            label_dtype=draw(st.sampled_from(["int64", "uint8", "int32"])),
+            seed=draw(st.integers(0, 2**31)),
+            fg_bias=draw(st.floats(-6, 3)),
+            bg_bias=draw(st.floats(-6, 3)),
+        )
         if op == "global":
             t = draw(st.integers(1, 2))
-            fields.update(T=t, ref_5d=t > 1 or draw(st.booleans()), Hr=draw(st.integers(1, 7)),
-                          Wr=draw(st.integers(1, 7)),
-                          min_pixels=draw(st.one_of(st.sampled_from([0, 0, 1, 3]), huge)))
+            fields.update(
+                T=t,
+                ref_5d=t > 1 or draw(st.booleans()),
+                Hr=draw(st.integers(1, 7)),
+                Wr=draw(st.integers(1, 7)),
+                min_pixels=draw(st.one_of(st.sampled_from([0, 0, 1, 3]), huge)),
+            )
         else:
             fields.update(windows=tuple(draw(st.lists(st.one_of(st.integers(0, 10), huge), min_size=1, max_size=4))))
         return Case(**fields)
@@ -73,8 +87,10 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
                     leaves[k] = x[k].detach().clone().requires_grad_()
                 fg, bg = call(case, leaves, backend)
                 w = torch.linspace(-1, 1, fg.numel(), dtype=torch.float64).reshape(fg.shape)
-                grads = torch.autograd.grad((fg * w).sum() + (bg * w.flip(-1)).sum(),
-                                            [leaves[k] for k in ("query", "candidates", "fg_bias", "bg_bias")])
+                grads = torch.autograd.grad(
+                    (fg * w).sum() + (bg * w.flip(-1)).sum(),
+                    [leaves[k] for k in ("query", "candidates", "fg_bias", "bg_bias")],
+                )
                 results.append(grads)
             for a, b in zip(*results):
                 torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
@@ -86,10 +102,12 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
         yield "query", lambda a, k: a.update(query=a["query"][0])
         yield "query", lambda a, k: a.update(query=a["query"].long())
         yield cand, lambda a, k: a.update(candidates=a["candidates"].to(torch.float16))
+
         def one_more_channel(a, k):
             shape = list(a["candidates"].shape)
             shape[-3] += 1
             a.update(candidates=a["candidates"].new_zeros(shape))
+
         yield cand, one_more_channel
         yield labels, lambda a, k: a.update(labels=a["labels"].double())
         yield labels, lambda a, k: a.update(labels=a["labels"][..., :-1])
@@ -115,10 +133,18 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
         counter["cases"] += 1
         name, change = list(mutations(case.op))[which % len(list(mutations(case.op)))]
         x = inputs(case, torch.float32)
-        args = dict(query=x["query"], candidates=x["candidates"], labels=x["labels"], num_labels=case.L,
-                    fg_bias=x["fg_bias"], bg_bias=x["bg_bias"])
-        kwargs = dict(atrous=case.atrous, **({"atrous_min_pixels": case.min_pixels} if case.op == "global"
-                                              else {"windows": case.windows}))
+        args = dict(
+            query=x["query"],
+            candidates=x["candidates"],
+            labels=x["labels"],
+            num_labels=case.L,
+            fg_bias=x["fg_bias"],
+            bg_bias=x["bg_bias"],
+        )
+        kwargs = dict(
+            atrous=case.atrous,
+            **({"atrous_min_pixels": case.min_pixels} if case.op == "global" else {"windows": case.windows}),
+        )
         change(args, kwargs)
         fn = cfbi_ops.global_match if case.op == "global" else cfbi_ops.local_match
         try:
@@ -139,8 +165,16 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
             args = [x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels]
             op, backward = torch.ops.cfbi.global_match, torch.ops.cfbi.global_match_backward
         else:
-            args = [x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"], list(case.windows),
-                    case.atrous]
+            args = [
+                x["query"],
+                x["candidates"],
+                x["labels"],
+                case.L,
+                x["fg_bias"],
+                x["bg_bias"],
+                list(case.windows),
+                case.atrous,
+            ]
             op, backward = torch.ops.cfbi.local_match, torch.ops.cfbi.local_match_backward
         index = which % 9
         if index < 3:  # a tensor argument with one dimension dropped, added, or resized
@@ -173,6 +207,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
         assert bad.numel() == 0 or bad.max() < 10**6, "an out-of-range argmin was accepted"
 
     if target in ("global", "local"):
+
         @config
         @given(cases(target), st.sampled_from(CPU_DTYPES))
         def valid(case, dtype):
@@ -197,6 +232,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
             except Exception as error:  # hypothesis re-raises the shrunk failure
                 print(f"FAILED {test.__name__}: {str(error)[:2000]}", flush=True)
     else:
+
         @settings(config, max_examples=count)
         @given(cases("global"), st.integers(0, 100), st.integers(0, 2**31), st.booleans())
         def raw(case, which, seed, local):
@@ -218,17 +254,27 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
 @pytest.mark.parametrize("target", ["global", "local", "raw"])
 def test_fuzz(target: str, capsys) -> None:
     import cfbi_ops
+
     if not cfbi_ops.HAS_EXTENSION or cfbi_ops.resolve_backend() != "compiled":
         pytest.skip("fuzzes the compiled kernels")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "tests"), OMP_NUM_THREADS="1")
     count = VALID_CASES if target != "raw" else VALID_CASES // 2
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), target, str(count)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), target, str(count)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     summary = re.search(r"fuzz (\w+): (\d+) cases, (\d+) failures", proc.stdout)
     with capsys.disabled():  # the case count in the CI log, also under pytest -q
         print(f"\n{summary.group(0) if summary else 'fuzz ' + target + ': no summary'} ({proc.returncode=})")
-    assert proc.returncode == 0, f"child exit code {proc.returncode} (negative: killed by a signal)\n" \
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"child exit code {proc.returncode} (negative: killed by a signal)\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     assert summary is not None, proc.stdout[-3000:]
     assert int(summary.group(3)) == 0, proc.stdout[-3000:]
     assert int(summary.group(2)) >= count, f"only {summary.group(2)} cases ran"

@@ -17,6 +17,7 @@ CPU backends compute float16 / bfloat16 inputs in float32 (docs/design.md): for 
 also equal the float32 op on the same rounded values within one rounding, with the same argmin, and their
 backward must equal the float32 backward (`check_16bit`).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,22 +76,22 @@ class Case:
     W: int = 7
     L: int = 3
     atrous: int = 1
-    min_pixels: int = 0          # global only
-    T: int = 1                   # global only: reference frames; T > 1 or ref_5d gives [B, T, C, Hr, Wr]
+    min_pixels: int = 0  # global only
+    T: int = 1  # global only: reference frames; T > 1 or ref_5d gives [B, T, C, Hr, Wr]
     Hr: int | None = None
     Wr: int | None = None
     ref_5d: bool = False
-    windows: tuple = (4, 8)      # local only
-    layout: str = "contiguous"   # contiguous, channels_last, sliced, expanded
-    absent: tuple = ()           # labels that never occur
-    ignore: float = 0.1          # fraction of ignored pixels (255 and L + 1)
-    skew: float | None = None    # label l drawn with weight skew**l (objects of very different sizes)
+    windows: tuple = (4, 8)  # local only
+    layout: str = "contiguous"  # contiguous, channels_last, sliced, expanded
+    absent: tuple = ()  # labels that never occur
+    ignore: float = 0.1  # fraction of ignored pixels (255 and L + 1)
+    skew: float | None = None  # label l drawn with weight skew**l (objects of very different sizes)
     label_dtype: str = "int64"
     seed: int = 0
     fg_bias: float = -0.3
     bg_bias: float = 0.2
-    sigma: float = 0.1           # embeddings: sigma * randn + offset
-    offset: float = 0.0          # the same constant added to query and candidates (||q - r|| unchanged)
+    sigma: float = 0.1  # embeddings: sigma * randn + offset
+    offset: float = 0.0  # the same constant added to query and candidates (||q - r|| unchanged)
 
     @property
     def id(self) -> str:
@@ -118,8 +119,10 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     labels with ignored pixels; in the case's layout. With layout 'expanded' the batch entries are copies of entry 0."""
     g = torch.Generator().manual_seed(case.seed)
     Hr, Wr = case.Hr or case.H, case.Wr or case.W
+
     def rand(*shape):
         return (case.sigma * torch.randn(*shape, generator=g, dtype=torch.float64) + case.offset).to(dtype)
+
     query = rand(case.B, case.C, case.H, case.W)
     if case.op == "global":
         cand = rand(case.B, case.T, case.C, Hr, Wr)
@@ -130,7 +133,7 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     if case.skew is None:
         labels = torch.randint(0, case.L, label_shape, generator=g)
     else:
-        weights = torch.tensor([case.skew ** i for i in range(case.L)], dtype=torch.float64)
+        weights = torch.tensor([case.skew**i for i in range(case.L)], dtype=torch.float64)
         labels = torch.multinomial(weights, math.prod(label_shape), True, generator=g).reshape(label_shape)
     u = torch.rand(label_shape, generator=g)
     labels[u < case.ignore / 2] = IGNORED
@@ -144,18 +147,40 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
         cand, labels = cand[:, 0], labels[:, 0]
     labels = labels.clamp(max=255).to(getattr(torch, case.label_dtype))
     query, cand, labels = (_layout(x.to(device), case.layout) for x in (query, cand, labels))
-    return dict(query=query, candidates=cand, labels=labels,
-                fg_bias=torch.full((1,), case.fg_bias, dtype=dtype, device=device),
-                bg_bias=torch.full((1,), case.bg_bias, dtype=dtype, device=device))
+    return dict(
+        query=query,
+        candidates=cand,
+        labels=labels,
+        fg_bias=torch.full((1,), case.fg_bias, dtype=dtype, device=device),
+        bg_bias=torch.full((1,), case.bg_bias, dtype=dtype, device=device),
+    )
 
 
 def call(case: Case, x: dict, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The public function on a case's inputs (x from `inputs`)."""
     if case.op == "global":
-        return cfbi_ops.global_match(x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"],
-                                     atrous=case.atrous, atrous_min_pixels=case.min_pixels, backend=backend)
-    return cfbi_ops.local_match(x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"],
-                                windows=case.windows, atrous=case.atrous, backend=backend)
+        return cfbi_ops.global_match(
+            x["query"],
+            x["candidates"],
+            x["labels"],
+            case.L,
+            x["fg_bias"],
+            x["bg_bias"],
+            atrous=case.atrous,
+            atrous_min_pixels=case.min_pixels,
+            backend=backend,
+        )
+    return cfbi_ops.local_match(
+        x["query"],
+        x["candidates"],
+        x["labels"],
+        case.L,
+        x["fg_bias"],
+        x["bg_bias"],
+        windows=case.windows,
+        atrous=case.atrous,
+        backend=backend,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the oracle
@@ -192,7 +217,7 @@ def oracle(case: Case, x: dict) -> tuple[np.ndarray, np.ndarray]:
                         label = lab[b, t, y, xx]
                         if not 0 <= label < L:
                             continue
-                        small = case.min_pixels > 0 and counts[label] <= case.min_pixels * case.atrous ** 2
+                        small = case.min_pixels > 0 and counts[label] <= case.min_pixels * case.atrous**2
                         if (y % case.atrous == 0 and xx % case.atrous == 0) or small:
                             cands.append((r[b, t, :, y, xx], label))
             for y in range(H):
@@ -235,8 +260,22 @@ CASES = [
     Case("global", B=2, C=6, H=7, W=6, Hr=10, Wr=9, L=5, atrous=2, min_pixels=3, skew=0.5),
     Case("global", C=3, H=8, W=8, Hr=12, Wr=12, L=6, atrous=3, min_pixels=1, skew=0.5, layout="channels_last"),
     Case("global", B=2, C=7, H=5, W=9, T=2, Hr=8, Wr=9, L=4, atrous=2, label_dtype="int32"),
-    Case("global", B=2, C=3, H=7, W=5, T=2, Hr=10, Wr=7, L=4, atrous=3, min_pixels=1, absent=(1,), skew=0.4,
-         layout="sliced"),
+    Case(
+        "global",
+        B=2,
+        C=3,
+        H=7,
+        W=5,
+        T=2,
+        Hr=10,
+        Wr=7,
+        L=4,
+        atrous=3,
+        min_pixels=1,
+        absent=(1,),
+        skew=0.4,
+        layout="sliced",
+    ),
     Case("global", B=2, C=4, H=6, W=6, Hr=7, Wr=8, ref_5d=True, atrous=5, min_pixels=2**62),
     Case("local", C=3, H=7, W=7, L=1, windows=(4, 8, 12, 16, 20, 24)),
     Case("local", B=2, C=5, H=6, W=9, L=2, windows=(1, 2, 3), layout="channels_last"),
@@ -275,9 +314,9 @@ class Backend:
     name: str
     dtypes: list
     device: str = "cpu"
-    run: Callable | None = None          # run(case, x) -> (fg, bg), in this process
+    run: Callable | None = None  # run(case, x) -> (fg, bg), in this process
     child_env: dict = field(default_factory=dict)  # else: run in a child interpreter with this environment
-    expect_isa: str | None = None         # the child checks torch.ops.cfbi.cpu_isa() == expect_isa
+    expect_isa: str | None = None  # the child checks torch.ops.cfbi.cpu_isa() == expect_isa
     skip: str | None = None
     compiled: bool = True
     # The dtypes checked on cases with an offset: those whose global selection is centred (README, "Precision"; the
@@ -296,29 +335,61 @@ def _run_emulation(case: Case, x: dict):
     if case.op == "global":
         cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"][:, None]
         labels = x["labels"] if x["labels"].dim() == 4 else x["labels"][:, None]
-        out = torch.ops.cfbi_emu.global_match(x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"],
-                                              case.atrous, case.min_pixels)
+        out = torch.ops.cfbi_emu.global_match(
+            x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels
+        )
     else:
-        out = torch.ops.cfbi_emu.local_match(x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"],
-                                             x["bg_bias"], list(case.windows), case.atrous)
+        out = torch.ops.cfbi_emu.local_match(
+            x["query"],
+            x["candidates"],
+            x["labels"],
+            case.L,
+            x["fg_bias"],
+            x["bg_bias"],
+            list(case.windows),
+            case.atrous,
+        )
     return out[0], out[1]
 
 
 def _backends() -> list[Backend]:
     no_ext = None if cfbi_ops.HAS_EXTENSION else f"no compiled extension: {cfbi_ops.EXTENSION_ERROR}"
     found = [Backend("reference", CPU_DTYPES, run=lambda c, x: call(c, x, "reference"), compiled=False)]
-    found += [Backend(f"cpu-{isa}", CPU_DTYPES, child_env={"CFBI_CPU_ISA": isa}, expect_isa=isa,
-                      skip=no_ext or (None if ISA_FLAGS[isa] <= CPU_FLAGS else
-                                      f"CPU without {' / '.join(sorted(ISA_FLAGS[isa] - CPU_FLAGS))}"))
-              for isa in CPU_ISAS]
+    found += [
+        Backend(
+            f"cpu-{isa}",
+            CPU_DTYPES,
+            child_env={"CFBI_CPU_ISA": isa},
+            expect_isa=isa,
+            skip=no_ext
+            or (
+                None if ISA_FLAGS[isa] <= CPU_FLAGS else f"CPU without {' / '.join(sorted(ISA_FLAGS[isa] - CPU_FLAGS))}"
+            ),
+        )
+        for isa in CPU_ISAS
+    ]
     found.append(Backend("cpu", CPU_DTYPES, run=lambda c, x: call(c, x, "compiled"), skip=no_ext))
-    found.append(Backend("cuda", CUDA_DTYPES, device="cuda", run=lambda c, x: call(c, x, "compiled"),
-                         offset_dtypes=(torch.float32, torch.float64),
-                         skip=no_ext or (None if torch.cuda.is_available() else "no CUDA device")))
+    found.append(
+        Backend(
+            "cuda",
+            CUDA_DTYPES,
+            device="cuda",
+            run=lambda c, x: call(c, x, "compiled"),
+            offset_dtypes=(torch.float32, torch.float64),
+            skip=no_ext or (None if torch.cuda.is_available() else "no CUDA device"),
+        )
+    )
     # The emulation builds the CUDA sources, which take every dtype the CUDA backend takes.
-    found.append(Backend("cuda-emulation", CUDA_DTYPES, run=_run_emulation, compiled=False,
-                         offset_dtypes=(torch.float32, torch.float64),
-                         skip=None if _emulation_library() else "tools/cuda_emulation not built"))
+    found.append(
+        Backend(
+            "cuda-emulation",
+            CUDA_DTYPES,
+            run=_run_emulation,
+            compiled=False,
+            offset_dtypes=(torch.float32, torch.float64),
+            skip=None if _emulation_library() else "tools/cuda_emulation not built",
+        )
+    )
     return found
 
 
@@ -370,6 +441,7 @@ def oracles():
         if key not in cache:
             cache[key] = oracle(case, inputs(case, dtype))
         return cache[key]
+
     return get
 
 
@@ -392,8 +464,13 @@ def test_forward_equals_oracle(backend: Backend, case: Case, oracles, child_resu
         assert fg.dtype == dtype and fg.device.type == backend.device and tuple(fg.shape) == efg.shape
         atol = OFFSET_TOLERANCE if case.offset and dtype == torch.float32 else TOLERANCE[dtype]
         for name, got_, want in (("fg", fg, efg), ("bg", bg, ebg)):
-            torch.testing.assert_close(got_.detach().double().cpu(), torch.from_numpy(want), rtol=0, atol=atol,
-                                       msg=lambda m, d=dtype, n=name: f"{backend.name} {d} {n}: {m}")
+            torch.testing.assert_close(
+                got_.detach().double().cpu(),
+                torch.from_numpy(want),
+                rtol=0,
+                atol=atol,
+                msg=lambda m, d=dtype, n=name: f"{backend.name} {d} {n}: {m}",
+            )
 
 
 GRAD_CASES = [c for c in CASES if c.B * c.H * c.W <= 120][:8]
@@ -425,8 +502,10 @@ def test_gradients_determinism_and_gradcheck(backend: Backend, case: Case, singl
     for a, b in zip(results[0], results[2]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
     x = _leaves(case, torch.float64, backend.device)
+
     def fn(*t):
         return call(case, dict(x, **dict(zip(keys, t))), "compiled")
+
     assert torch.autograd.gradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-6, fast_mode=True)
 
 
@@ -435,11 +514,16 @@ def _raw_args(case: Case, x: dict) -> tuple:
     if case.op == "global":
         cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"].unsqueeze(1)
         labels = x["labels"] if x["labels"].dim() == 4 else x["labels"].unsqueeze(1)
-        return (torch.ops.cfbi.global_match, torch.ops.cfbi.global_match_backward,
-                (x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels))
-    return (torch.ops.cfbi.local_match, torch.ops.cfbi.local_match_backward,
-            (x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"], list(case.windows),
-             case.atrous))
+        return (
+            torch.ops.cfbi.global_match,
+            torch.ops.cfbi.global_match_backward,
+            (x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels),
+        )
+    return (
+        torch.ops.cfbi.local_match,
+        torch.ops.cfbi.local_match_backward,
+        (x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"], list(case.windows), case.atrous),
+    )
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.layout != "expanded"][::3], ids=lambda c: c.id)

@@ -1,18 +1,29 @@
 """Forward parity on hand-made cases (the harness in tests/test_ops_harness.py runs the generated case list on
 every backend): the oracle itself on a case computed by hand, atrous_min_pixels on labels around the threshold,
 the per-frame atrous grid, window 0 and windows that are not shifted inwards."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import (
+    DTYPES,
+    IGNORE,
+    TOL,
+    dtype_id,
+    embeddings,
+    generator,
+    make_bias,
+    make_global_case,
+    make_local_case,
+    run_local,
+)
+from test_ops_harness import Case, oracle
 
 import cfbi_ops
 from cfbi_ops import reference as ref_impl
-from conftest import (DTYPES, IGNORE, TOL, dtype_id, embeddings, generator, make_bias, make_global_case,
-                      make_local_case, run_local)
-from test_ops_harness import Case, oracle
 
 
 def _score(d: float, b: float) -> float:
@@ -22,8 +33,16 @@ def _score(d: float, b: float) -> float:
 def brute_global(query, reference, labels, num_labels, fg_bias, bg_bias, atrous=1, min_pixels=0):
     """The harness oracle on explicit tensors: (fg, bg) as float64 numpy arrays [B, L, H, W]."""
     case = Case("global", L=num_labels, atrous=atrous, min_pixels=min_pixels)
-    return oracle(case, dict(query=query, candidates=reference, labels=labels, fg_bias=torch.as_tensor(fg_bias),
-                             bg_bias=torch.as_tensor(bg_bias)))
+    return oracle(
+        case,
+        dict(
+            query=query,
+            candidates=reference,
+            labels=labels,
+            fg_bias=torch.as_tensor(fg_bias),
+            bg_bias=torch.as_tensor(bg_bias),
+        ),
+    )
 
 
 def _check(name, got: torch.Tensor, expected, dtype):
@@ -36,6 +55,7 @@ def _check(name, got: torch.Tensor, expected, dtype):
 # --------------------------------------------------------------------------------------------------
 # Sanity of the brute force itself on a hand-made case (so that it cannot silently agree with a bug)
 # --------------------------------------------------------------------------------------------------
+
 
 def test_brute_force_hand_case():
     # One query pixel, reference row of 3 pixels with labels [0, 1, 255], C = 1.
@@ -55,6 +75,7 @@ def test_brute_force_hand_case():
 # Global matching
 # --------------------------------------------------------------------------------------------------
 
+
 def test_global_match_without_any_candidate_is_one():
     case = make_global_case(B=2, C=4, H=5, W=6, L=3, requires_grad=False)
     labels = torch.full_like(case.labels, IGNORE)
@@ -72,23 +93,23 @@ def test_global_atrous_min_pixels_small_object_keeps_all_pixels(dtype):
     g = generator(5)
     C, Hr, Wr = 4, 9, 9
     labels = torch.zeros(1, 2, Hr, Wr, dtype=torch.int64)
-    labels[0, 0, 3:5, 3:5] = 1        # frame 0: label 1 has exactly 4 pixels -> keeps all
-    labels[0, 0, 6:8, 0:3] = 2        # frame 0: label 2 has 6 pixels -> subsampled
-    labels[0, 0, 0, 5] = 2            # (7 pixels)
-    labels[0, 0, 2, 2] = 3            # label 3: 5 pixels, one more than the threshold -> subsampled
+    labels[0, 0, 3:5, 3:5] = 1  # frame 0: label 1 has exactly 4 pixels -> keeps all
+    labels[0, 0, 6:8, 0:3] = 2  # frame 0: label 2 has 6 pixels -> subsampled
+    labels[0, 0, 0, 5] = 2  # (7 pixels)
+    labels[0, 0, 2, 2] = 3  # label 3: 5 pixels, one more than the threshold -> subsampled
     labels[0, 0, 1, 3] = 3
     labels[0, 0, 3, 7] = 3
     labels[0, 0, 5, 7] = 3
     labels[0, 0, 7, 7] = 3
-    labels[0, 1, 1:8, 1:8] = 1        # frame 1: label 1 has 49 pixels -> subsampled
+    labels[0, 1, 1:8, 1:8] = 1  # frame 1: label 1 has 49 pixels -> subsampled
     labels[0, 0, 8, 8] = IGNORE
     reference = embeddings((1, 2, C, Hr, Wr), dtype, g)
     query = embeddings((1, C, 3, 4), dtype, g)
     # Query pixels that copy an off-grid reference embedding.
-    query[0, :, 0, 0] = reference[0, 0, :, 3, 3]   # label 1 (small, frame 0): must be found at distance 0
-    query[0, :, 0, 1] = reference[0, 0, :, 7, 1]   # label 2 (big): (7, 1) is off the grid
-    query[0, :, 0, 2] = reference[0, 0, :, 1, 3]   # label 3 (5 px): (1, 3) is off the grid
-    query[0, :, 0, 3] = reference[0, 1, :, 3, 5]   # label 1 in frame 1 (big): off the grid
+    query[0, :, 0, 0] = reference[0, 0, :, 3, 3]  # label 1 (small, frame 0): must be found at distance 0
+    query[0, :, 0, 1] = reference[0, 0, :, 7, 1]  # label 2 (big): (7, 1) is off the grid
+    query[0, :, 0, 2] = reference[0, 0, :, 1, 3]  # label 3 (5 px): (1, 3) is off the grid
+    query[0, :, 0, 3] = reference[0, 1, :, 3, 5]  # label 1 in frame 1 (big): off the grid
     fg_bias, bg_bias = make_bias(-0.25, dtype, requires_grad=False), make_bias(0.1, dtype, requires_grad=False)
     kwargs = dict(atrous=2, atrous_min_pixels=1)
     fg, bg = cfbi_ops.global_match(query, reference, labels, 4, fg_bias, bg_bias, **kwargs)
@@ -101,8 +122,9 @@ def test_global_atrous_min_pixels_small_object_keeps_all_pixels(dtype):
     fg0, _ = cfbi_ops.global_match(query, reference, labels, 4, fg_bias, bg_bias, atrous=2)
     assert fg0[0, 1, 0, 0].item() > zero_score + 1e-4
     for kw, (got_fg, got_bg) in [(kwargs, (fg, bg)), (dict(atrous=2), (fg0, None))]:
-        bfg, bbg = brute_global(query, reference, labels, 4, fg_bias, bg_bias, kw["atrous"],
-                                kw.get("atrous_min_pixels", 0))
+        bfg, bbg = brute_global(
+            query, reference, labels, 4, fg_bias, bg_bias, kw["atrous"], kw.get("atrous_min_pixels", 0)
+        )
         _check("fg vs brute", got_fg, bfg, dtype)
         if got_bg is not None:
             _check("bg vs brute", got_bg, bbg, dtype)
@@ -131,6 +153,7 @@ def test_global_atrous_grid_is_per_frame_and_zero_based():
 # Local matching
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_local_window0_is_own_pixel(dtype):
     """Window 0 holds only the pixel itself: fg_l(p) = score(||q_p - prev_p||^2) where prev_labels(p) == l,
@@ -140,11 +163,11 @@ def test_local_window0_is_own_pixel(dtype):
     assert fg.shape == (2, 4, 1, 6, 7)
     d = ((case.query.double() - case.previous.double()) ** 2).sum(1)  # [B, H, W]
     labels = case.labels
-    for l in range(4):
-        b = float(case.bg_bias) if l == 0 else float(case.fg_bias)
-        expected = torch.where(labels == l, 1 - 2 / (1 + torch.exp(d + b)), torch.ones_like(d))
-        torch.testing.assert_close(fg[:, l, 0].double(), expected, **TOL[dtype])
-        assert torch.all(fg[:, l, 0][labels != l] == 1.0)
+    for label in range(4):
+        b = float(case.bg_bias) if label == 0 else float(case.fg_bias)
+        expected = torch.where(labels == label, 1 - 2 / (1 + torch.exp(d + b)), torch.ones_like(d))
+        torch.testing.assert_close(fg[:, label, 0].double(), expected, **TOL[dtype])
+        assert torch.all(fg[:, label, 0][labels != label] == 1.0)
 
 
 def test_local_windows_are_not_shifted_inwards():
@@ -158,6 +181,6 @@ def test_local_windows_are_not_shifted_inwards():
     labels[0, 2, 2] = 1
     previous[0, :, 2, 2] = query[0, :, 0, 0]
     fg, _ = cfbi_ops.local_match(query, previous, labels, 2, 0.0, 0.0, windows=(1, 2))
-    assert fg[0, 1, 0, 0, 0].item() == 1.0       # window 1 at (0, 0): no candidate of label 1
+    assert fg[0, 1, 0, 0, 0].item() == 1.0  # window 1 at (0, 0): no candidate of label 1
     assert fg[0, 1, 1, 0, 0].item() == pytest.approx(0.0, abs=1e-12)  # window 2 reaches (2, 2)
     assert torch.all(fg[:, 0] == 1.0)

@@ -1,5 +1,6 @@
 """The benchmark suite runs (tiny case, one repeat) and writes its table, and every peer it measures
 computes the same maps as cfbi_ops, so the recorded comparisons are like for like."""
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,16 @@ def test_compare_quick_writes_results(tmp_path: Path) -> None:
     data = json.loads(stem.with_suffix(".json").read_text())
     peers = {(r["op"], r["peer"], r["mode"]) for r in data["rows"]}
     assert ("global", "cfbi_ops", "fwd+bwd") in peers and ("local", "naive", "fwd") in peers
-    assert {(s["op"], s["mode"]) for s in data["compat_speedups"]} == {(op, mode) for op in ("global", "local")
-                                                                       for mode in ("fwd", "fwd+bwd")}
+    assert {(s["op"], s["mode"]) for s in data["compat_speedups"]} == {
+        (op, mode) for op in ("global", "local") for mode in ("fwd", "fwd+bwd")
+    }
     assert all(r["ms"] > 0 for r in data["rows"])
     assert "| tiny | global | 2 | fwd | cfbi_ops |" in stem.with_suffix(".md").read_text()
 
 
 def test_compare_cpu_rows_of_16_bit_inputs_and_offsets(tmp_path: Path) -> None:
     stem = tmp_path / "bench"
-    assert compare.main(["--cases", "tiny", "--labels", "4", "--peers", "cfbi_ops", "--quick", "--out",
-                         str(stem)]) == 0
+    assert compare.main(["--cases", "tiny", "--labels", "4", "--peers", "cfbi_ops", "--quick", "--out", str(stem)]) == 0
     data = json.loads(stem.with_suffix(".json").read_text())
     peers = {(r["op"], r["peer"], r["mode"]) for r in data["rows"]}
     for op in ("global", "local"):

@@ -15,6 +15,9 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# torch.compile's cache is shared by every checkout on a machine by default, and its keys do not include the op
+# schemas: a checkout whose cfbi:: schemas differ would replay graphs compiled for another. One cache per checkout.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(REPO_ROOT, "build", "torchinductor"))
 
 # CFBI_TEST_BLOCK_EXTENSION=1: the suite runs as on a machine where cfbi_ops._C cannot be loaded (CI runs the op
 # and model tests so once). The blocker must be in place before the first import of cfbi_ops.

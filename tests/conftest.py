@@ -325,3 +325,10 @@ def restore_deterministic():
     mode = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(mode)
+
+
+def tiny_train_args(data_root) -> list[str]:
+    """`cfbi train` arguments at the smallest useful size on generated data (the small model, one clip of 2
+    frames cropped to 65 pixels per step, no loader workers, one warm-up step); callers add their own options."""
+    options = "--crop 65 --short-edge 0 --batch-size 1 --num-current 2 --workers 0 --warmup 1".split()
+    return ["train", "--config", "small", "--data", str(data_root), *options]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_train_args
 
 from cfbi_model.data import ClipConfig, collate_clips, davis_videos
 from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
@@ -155,23 +156,7 @@ def test_cli_train_resume_and_evaluate_checkpoint(data_root, tmp_path, capsys):
 
     out = tmp_path / "run"
     common = [
-        "train",
-        "--config",
-        "small",
-        "--data",
-        str(data_root),
-        "--crop",
-        "65",
-        "--short-edge",
-        "0",
-        "--batch-size",
-        "1",
-        "--num-current",
-        "2",
-        "--workers",
-        "0",
-        "--warmup",
-        "1",
+        *tiny_train_args(data_root),
         "--threads",
         "1",
         "--out",
@@ -241,23 +226,7 @@ def test_torchrun_two_processes(data_root, tmp_path):
         str(_free_port()),
         "-m",
         "cfbi_model.cli",
-        "train",
-        "--config",
-        "small",
-        "--data",
-        str(data_root),
-        "--crop",
-        "65",
-        "--short-edge",
-        "0",
-        "--batch-size",
-        "1",
-        "--num-current",
-        "2",
-        "--workers",
-        "0",
-        "--warmup",
-        "1",
+        *tiny_train_args(data_root),
         "--threads",
         "1",
         "--steps",

@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import tiny_train_args
 
 from cfbi_model.build import CheckpointError, build_model, save_model
 from cfbi_model.config import BackboneConfig, get_config
@@ -338,23 +339,7 @@ def test_cli_init(tmp_path, capsys):
     )
     torch.save(torchvision_resnet(**SMALL_AS_TORCHVISION), tmp_path / "resnet.pth")
     common = [
-        "train",
-        "--config",
-        "small",
-        "--data",
-        str(root),
-        "--crop",
-        "65",
-        "--short-edge",
-        "0",
-        "--batch-size",
-        "1",
-        "--num-current",
-        "2",
-        "--workers",
-        "0",
-        "--warmup",
-        "1",
+        *tiny_train_args(root),
         "--steps",
         "1",
         "--threads",

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_train_args
 
 from cfbi_model.build import CheckpointError
 from cfbi_model.config import RECIPES, ClipConfig, recipe_train_config
@@ -54,23 +55,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 def _cli(data_root, out, *extra: str) -> list[str]:
     return [
-        "train",
-        "--config",
-        "small",
-        "--data",
-        str(data_root),
-        "--crop",
-        "65",
-        "--short-edge",
-        "0",
-        "--batch-size",
-        "1",
-        "--num-current",
-        "2",
-        "--workers",
-        "0",
-        "--warmup",
-        "1",
+        *tiny_train_args(data_root),
         "--threads",
         "1",
         "--log-every",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .precision import accumulation_dtype
+
 __all__ = ["IAGate", "attention_vectors", "pooled_sums", "atrous_subsampled"]
 
 
@@ -33,14 +35,18 @@ def pooled_sums(embeddings: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tens
         masks: [T, L, H, W] float one-hot label maps (1 where the pixel belongs to label l).
 
     Returns:
-        (pos_sum [L, C], neg_sum [L, C], pos_count [L, 1], neg_count [L, 1]); the complement sum is the total
-        minus the label's sum, and the complement count is the sum of (1 - mask), as the authors compute them.
+        (pos_sum [L, C], neg_sum [L, C], pos_count [L, 1], neg_count [L, 1]). The complement is summed over
+        (1 - mask) directly, by the same reduction as the label's sum: an empty complement (a label covering
+        every pixel) is exactly 0. `total - pos_sum` from two different reductions would leave their rounding
+        difference, which the mean then divides by a count of 0 + epsilon.
     """
-    pos_sum = torch.einsum("tchw,tlhw->lc", embeddings, masks.to(embeddings.dtype))
-    total = embeddings.sum(dim=(0, 2, 3)).unsqueeze(0)
+    masks = masks.to(embeddings.dtype)
+    complements = 1.0 - masks
+    pos_sum = torch.einsum("tchw,tlhw->lc", embeddings, masks)
+    neg_sum = torch.einsum("tchw,tlhw->lc", embeddings, complements)
     pos_count = masks.sum(dim=(0, 2, 3)).unsqueeze(1)
-    neg_count = (1.0 - masks).sum(dim=(0, 2, 3)).unsqueeze(1)
-    return pos_sum, total - pos_sum, pos_count, neg_count
+    neg_count = complements.sum(dim=(0, 2, 3)).unsqueeze(1)
+    return pos_sum, neg_sum, pos_count, neg_count
 
 
 def attention_vectors(
@@ -59,11 +65,13 @@ def attention_vectors(
         previous_embedding: [C, H, W] embedding of the previous frame.
         previous_mask: [L, H, W] float one-hot previous-frame label map.
     """
-    # Sums over whole frames: always float32, also under autocast (float16 would overflow).
+    # Sums over whole frames: 16-bit inputs are summed in float32, also under autocast (float16 would
+    # overflow); float32 and float64 as given.
+    dtype = accumulation_dtype(reference_embeddings.dtype)
     with torch.autocast(device_type=reference_embeddings.device.type, enabled=False):
-        ref_pos, ref_neg, ref_pos_n, ref_neg_n = pooled_sums(reference_embeddings.float(), reference_masks.float())
+        ref_pos, ref_neg, ref_pos_n, ref_neg_n = pooled_sums(reference_embeddings.to(dtype), reference_masks)
         prev_pos, prev_neg, prev_pos_n, prev_neg_n = pooled_sums(
-            previous_embedding.float().unsqueeze(0), previous_mask.float().unsqueeze(0)
+            previous_embedding.to(dtype).unsqueeze(0), previous_mask.unsqueeze(0)
         )
     return torch.cat(
         [

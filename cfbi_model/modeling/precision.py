@@ -1,4 +1,4 @@
-"""Mixed precision: the one autocast helper of inference and training (CUDA only)."""
+"""Precision: the dtype of sums over whole frames, and the one autocast helper of inference and training (CUDA)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from contextlib import AbstractContextManager
 
 import torch
 
-__all__ = ["amp_dtype", "autocast"]
+__all__ = ["accumulation_dtype", "amp_dtype", "autocast"]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sums over whole frames, the loss and the output probabilities: float32 for 16-bit (and
+    float32) values, float64 kept as it is (the model in float64 is the tests' oracle; never downcast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def amp_dtype(enabled: bool) -> torch.dtype:

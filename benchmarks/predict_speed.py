@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, REPO)
-    from cfbi_model.cli.demo import default_weights  # noqa: PLC0415
+    from cfbi_model.build import shipped_weights  # noqa: PLC0415
     from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis  # noqa: PLC0415
 
-    checkpoint = args.checkpoint or default_weights()
+    checkpoint = args.checkpoint or shipped_weights()
     rows = []
     with tempfile.TemporaryDirectory(prefix="cfbi-predict-speed-") as scratch:
         data = os.path.join(scratch, "davis")

@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: PLC0415
 
     import cfbi_model  # noqa: PLC0415
-    from cfbi_model.cli.demo import default_weights  # noqa: PLC0415
+    from cfbi_model.build import shipped_weights  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
-    model = cfbi_model.load_model(args.checkpoint or default_weights())
+    model = cfbi_model.load_model(args.checkpoint or shipped_weights())
     samples: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory(prefix="cfbi-stream-") as scratch:
         video = os.path.join(scratch, "long.mp4")

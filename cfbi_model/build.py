@@ -25,6 +25,7 @@ from .config import ModelConfig, config_differences, get_config
 from .modeling.network import CFBIPlus
 
 __all__ = [
+    "shipped_weights",
     "build_model",
     "load_model",
     "save_model",
@@ -60,6 +61,11 @@ class CheckpointError(RuntimeError):
         self.missing = missing or []
         self.unexpected = unexpected or []
         self.mismatched = mismatched or []
+
+
+def shipped_weights() -> str:
+    """The shipped small checkpoint, trained on synthetic videos (it holds its configuration)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "small_synthetic.pth")
 
 
 def extract_state_dict(checkpoint: Any) -> dict[str, Tensor]:

@@ -363,6 +363,9 @@ class ClipConfig:
     clip_retries: int = 5
 
 
+TRAIN_DTYPES = ("float32", "float64")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint).
@@ -390,6 +393,8 @@ class TrainConfig:
         youtube_ratio: fraction of the clips drawn from YouTube-VOS when it is given (DAVIS the rest).
         init: weights the run starts from (cfbi_model.training.init; None: random initialisation).
         recipe: name of the preset the run started from (cfbi_model.training.recipes; None: none).
+        dtype: "float32", or "float64" for a run that serves as an exact oracle (tests comparing differently
+            decomposed runs: batch against accumulation, processes, resume).
     """
 
     model: str = "resnet101"
@@ -418,8 +423,11 @@ class TrainConfig:
     youtube_ratio: float = 0.5
     init: str | None = None
     recipe: str | None = None
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
         if isinstance(self.clip, Mapping):
             self.clip = _from_dict(ClipConfig, self.clip)
         if self.steps < 1 or self.batch_size < 1:

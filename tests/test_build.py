@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from cfbi_model import CFBIPlus, CheckpointError, InferenceConfig, ModelConfig, get_config
-from cfbi_model.build import build_model, checkpoint_config, load_model, resolve_config, save_model
+from cfbi_model.build import build_model, checkpoint_config, load_model, resolve_config, save_model, shipped_weights
 from cfbi_model.cli import build_parser
 from cfbi_model.cli._options import inference_config
-from cfbi_model.cli.demo import default_weights
 from cfbi_model.config import ClipConfig, TrainConfig
 
 
@@ -70,9 +69,9 @@ def test_checkpoint_formats(tmp_path):
 
 
 def test_shipped_weights_hold_their_config():
-    contents = torch.load(default_weights(), weights_only=True)
+    contents = torch.load(shipped_weights(), weights_only=True)
     assert isinstance(contents["model_config"], dict)
-    assert load_model(default_weights()).config == get_config("small")
+    assert load_model(shipped_weights()).config == get_config("small")
 
 
 def _subparsers():

@@ -6,17 +6,17 @@ import os
 
 import pytest
 
-from cfbi_model.cli.demo import default_weights
+from cfbi_model.build import shipped_weights
 
 
-@pytest.mark.skipif(not os.path.isfile(default_weights()), reason="shipped weights not built")
+@pytest.mark.skipif(not os.path.isfile(shipped_weights()), reason="shipped weights not built")
 def test_demo_writes_masks_gif_and_prints_jf(tmp_path, capsys):
     import torch
 
     from cfbi_model.cli import main
 
     torch.set_num_threads(1)
-    assert os.path.getsize(default_weights()) <= 20 * 2**20
+    assert os.path.getsize(shipped_weights()) <= 20 * 2**20
     assert (
         main(["demo", "--out", str(tmp_path), "--frames", "8", "--seed", "7", "--threads", "1", "--device", "cpu"]) == 0
     )

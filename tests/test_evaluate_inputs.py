@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cfbi_model.build import shipped_weights
 from cfbi_model.cli import main
-from cfbi_model.cli.demo import default_weights
 from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
@@ -50,7 +50,7 @@ def test_checkpoint_run_with_threads_and_device(davis, tmp_path, capsys):
     json_path = tmp_path / "r.json"
     args = [
         "--checkpoint",
-        default_weights(),
+        shipped_weights(),
         "--data",
         davis,
         "--threads",

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cfbi_model.build import shipped_weights
 from cfbi_model.cli import main
-from cfbi_model.cli.demo import default_weights
 from cfbi_model.data.datasets import DataError
 from cfbi_model.data.splits import davis_split, youtube_split
 from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64
-CHECKPOINT = default_weights()
+CHECKPOINT = shipped_weights()
 
 
 def write_png(path: Path, labels: np.ndarray) -> None:

@@ -230,18 +230,18 @@ def test_overlay_extension_and_usage(data, capsys):
 
 def test_checkpoint_brings_its_own_config(data, capsys):
     """The shipped small checkpoint names its configuration: no --config needed; a disagreeing one is refused."""
-    from cfbi_model.cli.demo import default_weights
+    from cfbi_model.build import shipped_weights
 
     args = ["--frames", data["frames"], "--mask", data["mask"], "--out", data["out"], "--quiet"]
-    assert segment(*args, "--checkpoint", default_weights()) == 0
+    assert segment(*args, "--checkpoint", shipped_weights()) == 0
     assert len(list(data["written"].glob("*.png"))) == 4
     _fails(
         capsys,
         *args,
         "--checkpoint",
-        default_weights(),
+        shipped_weights(),
         "--config",
         "resnet101",
         expect=["small_synthetic.pth", "'small'", "disagrees", "'resnet101'"],
     )
-    assert segment(*args, "--checkpoint", default_weights(), "--config", "small") == 0  # agreeing is fine
+    assert segment(*args, "--checkpoint", shipped_weights(), "--config", "small") == 0  # agreeing is fine

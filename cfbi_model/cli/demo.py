@@ -12,12 +12,7 @@ import sys
 
 from ._options import HelpFormatter, add_inference_arguments, add_runtime_arguments, apply_runtime, inference_config
 
-__all__ = ["add_parser", "run", "default_weights"]
-
-
-def default_weights() -> str:
-    """The shipped small checkpoint, trained on synthetic videos (it holds its configuration)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "small_synthetic.pth")
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from ..build import CheckpointError, load_model
+    from ..build import CheckpointError, load_model, shipped_weights
     from ..data.synthetic import SyntheticConfig, render_video
     from ..evaluation import metrics
     from ..inference.segmenter import VideoSegmenter
@@ -62,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cfbi demo: error: {error}", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.checkpoint or default_weights(), device=device)
+        model = load_model(args.checkpoint or shipped_weights(), device=device)
     except CheckpointError as error:
         print(f"cfbi demo: error: {error}", file=sys.stderr)
         return 1

@@ -86,7 +86,8 @@ class FramePrediction:
     """One frame's result; unpacks as (index, labels, probs).
 
     index: frame index in the video. labels: [H, W] uint8 object ids (those of the annotations).
-    probs: [L, H, W] float32 label probabilities on the model's device, channel l for object ids[l]
+    probs: [L, H, W] label probabilities (float32; float64 for a float64 model) on the model's device,
+    channel l for object ids[l]
     (ids[0] = 0, background). annotated: the frame had an annotation.
     """
 
@@ -156,7 +157,7 @@ def propagate(
             label_map.add(mask)
             mask = label_map.to_labels(mask)
         if not started and mask is None:  # before the first annotation: background
-            probs = torch.ones((1, height, width), device=segmenter.device)
+            probs = torch.ones((1, height, width), device=segmenter.device, dtype=segmenter.output_dtype)
             yield FramePrediction(index, np.zeros((height, width), np.uint8), probs, (0,))
             continue
         if not started:

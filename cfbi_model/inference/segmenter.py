@@ -33,7 +33,7 @@ from torch import Tensor
 from ..config import IGNORE_LABEL, InferenceConfig
 from ..modeling.matching import one_hot_labels
 from ..modeling.network import CFBIPlus, FrameFeatures
-from ..modeling.precision import amp_dtype, autocast
+from ..modeling.precision import accumulation_dtype, amp_dtype, autocast
 from ..modeling.preprocess import preprocess
 from .propagate import FramePrediction, propagate
 
@@ -45,7 +45,8 @@ _MULTI_SCALE_MAX_EDGE = 800
 
 @dataclass
 class StepResult:
-    """probs: [L, H, W] float32 label probabilities; labels: [H, W] int64 prediction (on the model's device)."""
+    """probs: [L, H, W] label probabilities (float32; float64 for a float64 model); labels: [H, W] int64
+    prediction (on the model's device)."""
 
     probs: Tensor
     labels: Tensor
@@ -109,7 +110,9 @@ class VideoSegmenter:
         if max_long_edge is None:
             max_long_edge = _SINGLE_SCALE_MAX_EDGE if self.scales == (1.0,) else _MULTI_SCALE_MAX_EDGE
         self.max_long_edge = max_long_edge
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.output_dtype = accumulation_dtype(self.dtype)  # probabilities: float64 for a float64 model
         self.amp = config.amp and self.device.type == "cuda"
         if config.amp and not self.amp:
             warnings.warn("VideoSegmenter: amp=True only applies on CUDA; running in float32", stacklevel=2)
@@ -154,7 +157,7 @@ class VideoSegmenter:
                 aug.previous_labels = scaled
                 self._augs.append(aug)
         self.frame_index = 0
-        return StepResult(one_hot_labels(labels, self.num_labels), labels)
+        return StepResult(one_hot_labels(labels, self.num_labels, self.output_dtype), labels)
 
     @torch.inference_mode()
     def step(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> StepResult:
@@ -186,7 +189,7 @@ class VideoSegmenter:
                     min_matching_pixels=self.min_matching_pixels,
                 )[0]
             logits = F.interpolate(
-                logits.unsqueeze(0).float(), size=self._frame_size, mode="bilinear", align_corners=True
+                logits.unsqueeze(0).to(self.output_dtype), size=self._frame_size, mode="bilinear", align_corners=True
             )
             probs = torch.softmax(logits, dim=1)[0]
             if aug.flip:
@@ -205,7 +208,7 @@ class VideoSegmenter:
             new_count = max(self.num_labels, _count_labels(annotation))
             if new_count > self.num_labels:
                 probs = torch.cat([probs, probs.new_zeros((new_count - self.num_labels,) + probs.shape[1:])])
-            one_hot = one_hot_labels(prediction, new_count)
+            one_hot = one_hot_labels(prediction, new_count, probs.dtype)
             probs = torch.where((annotated | dropped).unsqueeze(0), one_hot, probs)
             self.num_labels = new_count
 
@@ -249,8 +252,8 @@ class VideoSegmenter:
                     "with normalized=True a frame must be a float tensor [3, H, W], got "
                     f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
                 )
-            return image.to(self.device, torch.float32)
-        return preprocess(image, self.device)
+            return image.to(self.device, self.dtype)
+        return preprocess(image, self.device).to(self.dtype)
 
     def _labels(self, labels: np.ndarray | Tensor, size: tuple[int, int]) -> Tensor:
         if isinstance(labels, np.ndarray):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import IGNORE_LABEL
+from ..modeling.precision import accumulation_dtype
 
 __all__ = ["bootstrapped_cross_entropy", "top_k_fraction"]
 
@@ -24,10 +25,12 @@ def bootstrapped_cross_entropy(
 ) -> Tensor:
     """Mean cross-entropy of the hardest `fraction` of the non-ignored pixels.
 
-    logits [L, H, W] (or [B, L, H, W]), target [H, W] (or [B, H, W]) int64."""
+    logits [L, H, W] (or [B, L, H, W]), target [H, W] (or [B, H, W]) int64. Computed in float32 for 16-bit
+    logits, in float64 for float64 ones."""
     if logits.dim() == 3:
         logits, target = logits.unsqueeze(0), target.unsqueeze(0)
-    losses = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    logits = logits.to(accumulation_dtype(logits.dtype))
+    losses = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
     valid = losses[target != ignore_index]
     if valid.numel() == 0:
         return logits.sum() * 0.0

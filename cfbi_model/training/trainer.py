@@ -183,7 +183,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.say = on_message if on_message is not None else (lambda text: print(text, file=sys.stderr))
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = build_model(config.model).to(self.device)
+        self.dtype = getattr(torch, config.dtype)
+        self.model = build_model(config.model).to(self.device, self.dtype)
         self.model.train()
         self.module = SequentialTrainer(self.model)
         if self.world_size > 1:
@@ -338,8 +339,9 @@ class Trainer:
         return autocast(self.amp, self.amp_dtype)
 
     def _micro_batch(self, batch: dict, sequential: bool, fraction: float, sync: bool):
+        # Images take the model's dtype (float64 for an oracle run); labels stay integers.
         tensors = {
-            k: batch[k].to(self.device, non_blocking=True)
+            k: batch[k].to(self.device, self.dtype if batch[k].is_floating_point() else None, non_blocking=True)
             for k in ("ref_image", "ref_label", "prev_image", "prev_label", "cur_images", "cur_labels")
         }
         # DDP reduces gradients in backward; the first K - 1 micro-batches of a step only accumulate locally.
@@ -385,7 +387,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step += 1
-        loss_value = torch.stack(losses).float().mean()
+        loss_value = torch.stack(losses).mean()  # float32 (also under autocast), float64 in a float64 run
         if self.world_size > 1:
             dist.all_reduce(loss_value)
             loss_value /= self.world_size

@@ -1,6 +1,6 @@
 """Backends: the reference is chosen per call (backend=) or per process (CFBI_OPS_BACKEND) and logged once; without
 the compiled extension (a child interpreter with the import blocked) the whole public API and the model run on the
-reference and give the compiled path's results (the ops in float64 to 1e-9, the float32 model to 1e-4)."""
+reference and give the compiled path's results (the ops and the model in float64, to 1e-9)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def run_public_api():
 def run_model():
     from cfbi_model import CFBIPlus
     torch.manual_seed(0)
-    model = CFBIPlus("small").eval()  # float32: the model has float32-only parts
+    model = CFBIPlus("small").eval().double()
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(1, 3, 33, 41, generator=g)
+    images = torch.randn(1, 3, 33, 41, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 3, (1, 33, 41), generator=g)
     with torch.no_grad():
         return model(images, labels, images.flip(-1), labels.flip(-1), images, 3, output_size=(33, 41))[0]
@@ -91,8 +91,8 @@ def test_without_the_extension_everything_runs_on_the_reference(tmp_path):
         assert len(got_api[key]) == len(tensors)
         for got, expected in zip(got_api[key], tensors):
             torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
-    # float32 model: the compiled kernels select with float32 products, the reference in float64.
-    torch.testing.assert_close(got_model, expected_model, rtol=1e-4, atol=1e-4)
+    assert got_model.dtype == torch.float64
+    torch.testing.assert_close(got_model, expected_model, rtol=1e-9, atol=1e-9)
 
 
 def test_backend_per_call():

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cfbi_model.data import ClipConfig, davis_videos, load_mask  # noqa: E402
 from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis  # noqa: E402
 from cfbi_model.evaluation import metrics  # noqa: E402
-from cfbi_model.evaluation.run import evaluate_videos  # noqa: E402
+from cfbi_model.evaluation.predict import evaluate_videos  # noqa: E402
 from cfbi_model.training import TrainConfig, Trainer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

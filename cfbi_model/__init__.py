@@ -28,10 +28,14 @@ _EXPORTS = {
     "get_config": "config",
     "StepResult": "inference.segmenter",
     "VideoSegmenter": "inference.segmenter",
-    "FramePrediction": "inference.propagate",
-    "LabelMap": "inference.propagate",
-    "segment_video": "inference.video",
-    "VideoResult": "inference.video",
+    "FramePrediction": "inference.segmenter",
+    "LabelMap": "inference.segmenter",
+    "segment_video": "inference.driver",
+    "run_video": "inference.driver",
+    "VideoResult": "inference.driver",
+    "Video": "io.source",
+    "open_video": "io.source",
+    "InputError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig, config_differences, get_config
+from .errors import InputError
 from .modeling.network import CFBIPlus
 
 __all__ = [
@@ -44,7 +45,7 @@ _RELEASED_CONFIG = "resnet101"  # the authors' checkpoints hold no configuration
 _PREFIX = "module."
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read, or whose keys / shapes do not match the model.
 
     Attributes: missing, unexpected (key lists) and mismatched ([(key, checkpoint shape, model shape)]).

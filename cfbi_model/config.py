@@ -265,6 +265,8 @@ def _help(text: str) -> dict[str, str]:
 
 
 MAX_SCALE = 4.0  # an input scale beyond this multiplies the frame's pixels (and memory) by more than 16
+SINGLE_SCALE_LONG_EDGE = 1040  # the authors' single-scale TEST_MAX_SIZE (800 * 1.3)
+MULTI_SCALE_LONG_EDGE = 800
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,14 @@ class InferenceConfig:
             "scales == (1.0,), else 800)"
         ),
     )
+
+    @property
+    def long_edge_cap(self) -> float:
+        """The cap of a frame's long edge before scaling: max_long_edge, else 1040 (the authors' single-scale
+        TEST_MAX_SIZE, 800 * 1.3) for scales == (1.0,) and 800 with several scales."""
+        if self.max_long_edge is not None:
+            return self.max_long_edge
+        return SINGLE_SCALE_LONG_EDGE if self.scales == (1.0,) else MULTI_SCALE_LONG_EDGE
 
     def __post_init__(self) -> None:
         if int(self.global_atrous) < 1:

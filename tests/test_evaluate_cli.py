@@ -252,7 +252,7 @@ def test_usage_errors(dataset, capsys):
     expect_error(capsys, ["--gt", gt_root], "--pred is required", code=2)
     expect_error(capsys, ["--pred", pred_root], "--gt (or --data", code=2)
     expect_error(capsys, ["--checkpoint", "model.pth"], "--checkpoint needs --data", code=2)
-    expect_error(capsys, ["--pred", pred_root, "--data", "x"], "ground-truth folder not found", code=1)
+    expect_error(capsys, ["--pred", pred_root, "--data", "x"], "missing DAVIS split file", code=1)
     with pytest.raises(SystemExit):
         run_cli("--gt", gt_root, "--pred", pred_root, "--workers", "0")
 
@@ -293,19 +293,18 @@ def test_checkpoint_runs_segmenter_then_evaluates(monkeypatch, tmp_path, capsys)
     (data / "ImageSets" / "2017" / "val.txt").write_text("listed\n")
     calls = []
 
-    def segment_split(checkpoint, data_root, split, output_dir, sequences, **options):
-        calls.append((Path(checkpoint).name, split, sequences))
-        assert options["inference"] == InferenceConfig() and options["config"] is None
-        for name in sequences:  # a perfect segmenter: copies the annotations (void as background)
-            for t, labels in enumerate(np.where(perfect == 255, 0, perfect)):
-                write_png(Path(output_dir) / name / f"{t:05d}.png", labels)
+    def segment_split(args, output_dir, inference):
+        calls.append((Path(args.checkpoint).name, args.split))
+        assert inference == InferenceConfig() and args.config is None
+        for t, labels in enumerate(np.where(perfect == 255, 0, perfect)):  # a perfect segmenter of "listed"
+            write_png(Path(output_dir) / "listed" / f"{t:05d}.png", labels)
 
-    import cfbi_model.evaluation.run
+    import cfbi_model.cli.evaluate
 
-    monkeypatch.setattr(cfbi_model.evaluation.run, "segment_split", segment_split)
+    monkeypatch.setattr(cfbi_model.cli.evaluate, "_segment_split", segment_split)
     out_json = tmp_path / "r.json"
     assert run_cli("--checkpoint", tmp_path / "m.pth", "--data", data, "--json", out_json, "--workers", "1") == 0
-    assert calls == [("m.pth", "val", ["listed"])]
+    assert calls == [("m.pth", "val")]
     result = json.loads(out_json.read_text())
     assert [s["name"] for s in result["sequences"]] == ["listed"]
     assert result["global"]["J&F-Mean"] == 1.0

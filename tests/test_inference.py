@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfbi_model import CFBIPlus, StepResult, VideoSegmenter
+from cfbi_model import CFBIPlus, FramePrediction, VideoSegmenter
 from cfbi_model.inference import inference_size, preprocess
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
@@ -48,9 +48,9 @@ def make_clip(count: int = 5, size: tuple[int, int] = (H, W), seed: int = 0):
     return frames, labels, new_object
 
 
-def run(model, frames, labels, annotations=None, **kwargs) -> list[StepResult]:
+def run(model, frames, labels, annotations=None, **kwargs) -> list[FramePrediction]:
     seg = VideoSegmenter(model, **kwargs)
-    results = [seg.start(frames[0], labels)]
+    results = [seg.step(frames[0], labels)]
     for t, frame in enumerate(frames[1:], start=1):
         results.append(seg.step(frame, (annotations or {}).get(t)))
     return results
@@ -84,9 +84,18 @@ def test_inference_size_matches_official_rule():
 
 
 def test_max_long_edge_default(model):
-    assert VideoSegmenter(model).max_long_edge == 1040
-    assert VideoSegmenter(model, scales=(1.0, 1.3)).max_long_edge == 800
-    assert VideoSegmenter(model, scales=(1.0, 1.3), max_long_edge=600).max_long_edge == 600
+    assert VideoSegmenter(model).config.long_edge_cap == 1040
+    assert VideoSegmenter(model, scales=(1.0, 1.3)).config.long_edge_cap == 800
+    assert VideoSegmenter(model, scales=(1.0, 1.3), max_long_edge=600).config.long_edge_cap == 600
+
+
+def test_start_is_a_deprecated_alias_of_reset_and_step(model):
+    frames, labels, _ = make_clip(2)
+    seg = VideoSegmenter(model)
+    seg.step(frames[0], labels)
+    with pytest.warns(DeprecationWarning, match="start"):
+        again = seg.start(frames[1], labels)
+    assert again.index == 0 and seg.num_references == 1 and np.array_equal(again.labels, labels)
 
 
 def test_preprocess_is_bgr_with_rgb_statistics():
@@ -133,27 +142,28 @@ def test_step_equals_manual_protocol(model, size):
         )[0]
         probs = torch.softmax(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True), 1)[0]
     torch.testing.assert_close(got.probs, probs)
-    assert torch.equal(got.labels, probs.argmax(0))
+    assert np.array_equal(got.labels, probs.argmax(0).numpy())
 
 
 # ---------------------------------------------------------------------------------------------- engine
 def test_clip_with_new_object(model):
     frames, labels, new_object = make_clip(5)
     seg = VideoSegmenter(model)
-    first = seg.start(frames[0], labels)
-    assert torch.equal(first.labels, torch.from_numpy(labels.astype(np.int64)))
+    first = seg.step(frames[0], labels)
+    assert np.array_equal(first.labels, labels) and first.annotated and first.ids == (0, 1, 2)
     assert first.probs.shape == (3, H, W) and seg.num_labels == 3 and seg.num_objects == 2
     r1 = seg.step(frames[1])
-    assert r1.probs.shape == (3, H, W) and r1.labels.shape == (H, W) and r1.labels.dtype == torch.int64
+    assert r1.probs.shape == (3, H, W) and r1.labels.shape == (H, W) and r1.labels.dtype == np.uint8
     torch.testing.assert_close(r1.probs.sum(0), torch.ones(H, W))
     assert int(r1.labels.max()) <= 2
     # Object 3 appears at frame 2: its pixels are taken from the annotation, the frame becomes a reference.
     r2 = seg.step(frames[2], new_object)
     assert seg.num_labels == 4 and seg.num_references == 2
     assert r2.probs.shape == (4, H, W)
-    annotated = torch.from_numpy(new_object > 0)
-    assert (r2.labels[annotated] == 3).all()
-    assert (r2.probs[3][annotated] == 1).all() and (r2.probs[3][~annotated] == 0).all()
+    annotated = new_object > 0
+    assert (r2.labels[annotated] == 3).all() and r2.index == 2 and r2.ids == (0, 1, 2, 3)
+    mask = torch.from_numpy(annotated)
+    assert (r2.probs[3][mask] == 1).all() and (r2.probs[3][~mask] == 0).all()
     torch.testing.assert_close(r2.probs.sum(0), torch.ones(H, W))
     r3 = seg.step(frames[3])
     assert r3.probs.shape == (4, H, W) and seg.num_references == 2
@@ -167,7 +177,7 @@ def test_clip_with_new_object(model):
 def test_memory_bounded_without_annotations(model):
     frames, labels, _ = make_clip(6)
     seg = VideoSegmenter(model)
-    seg.start(frames[0], labels)
+    seg.step(frames[0], labels)
     shapes = None
     for frame in frames[1:]:
         seg.step(frame)
@@ -187,7 +197,7 @@ def test_flip_averages_the_mirrored_video(model):
     plain = run(model, frames, labels)[1]
     mirrored = run(model, [np.ascontiguousarray(f[:, ::-1]) for f in frames], np.ascontiguousarray(labels[:, ::-1]))[1]
     torch.testing.assert_close(both.probs, 0.5 * (plain.probs + mirrored.probs.flip(-1)))
-    assert torch.equal(both.labels, both.probs.argmax(0))
+    assert np.array_equal(both.labels, both.probs.argmax(0).numpy())
 
 
 def test_multi_scale_averages_the_scales(model):
@@ -214,7 +224,7 @@ def test_normalized_and_tensor_inputs_match_uint8(model):
     for a, b, c in zip(ref, norm, tens):
         torch.testing.assert_close(a.probs, b.probs)
         torch.testing.assert_close(a.probs, c.probs)
-        assert torch.equal(a.labels, b.labels) and torch.equal(a.labels, c.labels)
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.labels, c.labels)
 
 
 def test_min_matching_pixels_and_atrous_options(model):
@@ -231,7 +241,7 @@ def test_ignored_pixels_in_first_mask(model):
     labels = labels.copy()
     labels[:4, :4] = 255
     seg = VideoSegmenter(model)
-    seg.start(frames[0], labels)
+    seg.step(frames[0], labels)
     assert seg.num_labels == 3
     assert seg.step(frames[1]).probs.shape == (3, H, W)
 
@@ -240,24 +250,27 @@ def test_amp_on_cpu_warns_and_runs(model):
     frames, labels, _ = make_clip(2)
     with pytest.warns(UserWarning, match="amp"):
         seg = VideoSegmenter(model, amp=True)
-    seg.start(frames[0], labels)
+    seg.step(frames[0], labels)
     assert seg.step(frames[1]).probs.dtype == torch.float32
 
 
 def test_errors(model):
     frames, labels, _ = make_clip(2)
     seg = VideoSegmenter(model)
-    with pytest.raises(RuntimeError, match="before start"):
-        seg.step(frames[0])
-    with pytest.raises(ValueError, match="labels have shape"):
-        seg.start(frames[0], labels[:-1])
+    before = seg.step(frames[0])  # before the first annotation: background
+    assert before.ids == (0,) and not before.labels.any() and seg.num_labels == 0
+    with pytest.raises(ValueError, match="annotation of frame 1 is"):
+        seg.step(frames[0], labels[:-1])
     with pytest.raises(ValueError, match="integer"):
-        seg.start(frames[0], labels.astype(np.float32))
-    seg.start(frames[0], labels)
+        seg.step(frames[0], labels.astype(np.float32))
+    with pytest.raises(ValueError, match="above 254|outside"):
+        seg.step(frames[0], np.full(labels.shape, 300))
+    seg.reset()
+    seg.step(frames[0], labels)
     with pytest.raises(ValueError, match="frame size"):
         seg.step(frames[1][:-2])
     with pytest.raises(ValueError, match="float tensor"):
-        VideoSegmenter(model, normalized=True).start(frames[0], labels)
+        VideoSegmenter(model, normalized=True).step(frames[0], labels)
     for kwargs in (dict(global_atrous=0), dict(min_matching_pixels=-1), dict(scales=()), dict(scales=(0.0,))):
         with pytest.raises(ValueError):
             VideoSegmenter(model, **kwargs)

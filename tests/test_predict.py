@@ -18,7 +18,8 @@ from PIL import Image
 from cfbi_model.build import shipped_weights
 from cfbi_model.cli import main
 from cfbi_model.data.datasets import DataError
-from cfbi_model.data.splits import davis_split, youtube_split
+from cfbi_model.data.layouts import davis as davis_split
+from cfbi_model.data.layouts import youtube as youtube_split
 from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
 from cfbi_model.evaluation.predict import shard
 
@@ -99,13 +100,13 @@ def read(path: Path) -> np.ndarray:
 def test_split_readers(davis, youtube):
     videos = davis_split(davis, "val")
     assert [v.name for v in videos] == [f"synth_val_{i:04d}" for i in range(3)]
-    assert all(v.outputs == tuple(range(len(v))) and list(v.annotations) == [0] for v in videos)
+    assert all(v.scored == tuple(range(len(v))) and list(v.annotations) == [0] for v in videos)
     sub = youtube_split(youtube, "valid")
     assert [len(v) for v in sub] == [3, 3] and sub[0].annotations.keys() == {0, 1}
-    assert sub[0].new_objects == {0: (1,), 1: (2,)}
+    assert sub[0].first_frames == {0: (1,), 1: (2,)}
     full = youtube_split(youtube, "valid", all_frames=True)
-    assert len(full[0]) == 15 and full[0].outputs == (0, 5, 10) and full[0].annotations.keys() == {0, 5}
-    assert full[0].new_objects == {0: (1,), 5: (2,)}
+    assert len(full[0]) == 15 and full[0].scored == (0, 5, 10) and full[0].annotations.keys() == {0, 5}
+    assert full[0].first_frames == {0: (1,), 5: (2,)}
 
 
 def test_shard_gives_every_video_to_exactly_one_rank(davis):
@@ -123,7 +124,7 @@ def test_davis_predict_evaluate_and_resume(davis, tmp_path, capsys):
     assert "synth_val_0002" in captured.out and "frames/s" in captured.out
     assert "3 video(s) (0 skipped)" in captured.err
     for video in davis_split(davis, "val"):
-        written = sorted(p.name for p in (out / "Annotations" / video.name).iterdir())
+        written = sorted(p.name for p in (out / "Annotations" / video.name).glob("*.png"))
         assert written == [Path(f).stem + ".png" for f in video.frames]
         assert np.array_equal(read(out / "Annotations" / video.name / written[0]), read(video.annotations[0]))
     # `cfbi evaluate --pred DIR` reads predict's output as it is.
@@ -153,7 +154,7 @@ def test_youtube_late_objects_scored_frames_and_zip(youtube, tmp_path, capsys, a
     assert f"vid_a  {frames.rjust(6)}" in capsys.readouterr().out
     for name in ("vid_a", "vid_b"):
         folder = out / "Annotations" / name
-        assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00005.png", "00010.png"]
+        assert sorted(p.name for p in folder.glob("*.png")) == ["00000.png", "00005.png", "00010.png"]
         assert not (read(folder / "00000.png") == 2).any()  # before object 2 starts
         assert np.array_equal(read(folder / "00005.png") == 2, LATE == 2)  # its annotation
         assert set(np.unique(read(folder / "00010.png"))) <= {0, 1, 2}

@@ -22,8 +22,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; one failure path for all of them: `cfbi <command>: error: <message>` on stderr and exit
+    code 2 for a command-line mistake (argparse's own errors included: an unknown, malformed or missing option,
+    options that contradict each other), 1 for bad input (a missing, unreadable or malformed file or folder,
+    checkpoint, annotation, or bad data inside it), 130 when interrupted."""
+    from ..errors import InputError, UsageError  # noqa: PLC0415
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    prog = f"cfbi {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except InputError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

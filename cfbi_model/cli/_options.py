@@ -7,6 +7,7 @@ import dataclasses
 import typing
 
 from ..config import InferenceConfig, config_names
+from ..errors import UsageError
 
 __all__ = [
     "HelpFormatter",
@@ -51,10 +52,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser, prefix: str = "", t
 
 
 def inference_config(args: argparse.Namespace, prefix: str = "") -> InferenceConfig:
-    """The InferenceConfig of arguments parsed with add_inference_arguments(prefix=...) (ValueError for invalid
+    """The InferenceConfig of arguments parsed with add_inference_arguments(prefix=...) (UsageError for invalid
     values)."""
     dest = prefix.replace("-", "_")
-    return InferenceConfig(**{f.name: getattr(args, dest + f.name) for f in dataclasses.fields(InferenceConfig)})
+    try:
+        return InferenceConfig(**{f.name: getattr(args, dest + f.name) for f in dataclasses.fields(InferenceConfig)})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def add_config_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -79,12 +83,14 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_runtime(args: argparse.Namespace) -> str:
-    """Set the thread count; the device to run on ("cuda" / "cpu"). ValueError when CUDA is asked for and
+    """Set the thread count; the device to run on ("cuda" / "cpu"). UsageError when CUDA is asked for and
     missing."""
     import torch  # noqa: PLC0415
+
+    from ..runtime import default_device  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        raise UsageError("--device cuda requested but CUDA is not available")
+    return args.device or default_device()

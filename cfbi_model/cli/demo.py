@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ..errors import UsageError
 from ._options import HelpFormatter, add_inference_arguments, add_runtime_arguments, apply_runtime, inference_config
 
 __all__ = ["add_parser", "run"]
@@ -40,34 +41,32 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from ..build import CheckpointError, load_model, shipped_weights
+    from ..build import load_model, shipped_weights
     from ..data.synthetic import SyntheticConfig, render_video
     from ..evaluation import metrics
+    from ..inference.driver import run_video
     from ..inference.segmenter import VideoSegmenter
+    from ..inference.sinks import MaskCollector
     from ..io.masks import default_palette, write_mask
     from ..io.overlay import overlay
+    from ..io.source import open_video
 
     if args.frames < 3:
-        print("cfbi demo: error: --frames must be at least 3", file=sys.stderr)
-        return 2
-    try:
-        device = apply_runtime(args)
-        inference = inference_config(args)
-    except ValueError as error:
-        print(f"cfbi demo: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        model = load_model(args.checkpoint or shipped_weights(), device=device)
-    except CheckpointError as error:
-        print(f"cfbi demo: error: {error}", file=sys.stderr)
-        return 1
+        raise UsageError("--frames must be at least 3")
+    device = apply_runtime(args)
+    inference = inference_config(args)
+    model = load_model(args.checkpoint or shipped_weights(), device=device)
     frames, gt = render_video(args.seed, SyntheticConfig(num_frames=(args.frames, args.frames)))
-    pred = np.zeros_like(gt)
-    segmenter = VideoSegmenter(model, inference)
+    collector = MaskCollector()
     with tqdm(total=len(frames), unit="frame", desc="demo", disable=args.quiet, file=sys.stderr) as progress:
-        for index, labels, _ in segmenter.propagate(frames, {0: gt[0]}):
-            pred[index] = labels
-            progress.update(1)
+        run_video(
+            VideoSegmenter(model, inference),
+            open_video(frames),
+            collector,
+            annotations={0: gt[0]},
+            on_frame=lambda _: progress.update(1),
+        )
+    pred = collector.masks
     palette = default_palette()
     folders = {name: os.path.join(args.out, name) for name in ("frames", "ground_truth", "masks")}
     for folder in folders.values():

@@ -1,17 +1,19 @@
 """`cfbi evaluate`: DAVIS-2017 semi-supervised J&F of predicted masks against ground-truth masks (the rules:
-cfbi_model.evaluation.folders); with --checkpoint/--data/--split it first segments a DAVIS split with the
-checkpoint's model (cfbi_model.evaluation.run.segment_split) and then evaluates that output; with --data/--split
-and --pred (no checkpoint) it scores existing predictions on the sequences of that split."""
+cfbi_model.evaluation.folders); with --checkpoint/--data/--split it first predicts a DAVIS split with the
+checkpoint's model (cfbi_model.evaluation.predict, the same writer as `cfbi predict`) and then evaluates that
+output; with --data/--split and --pred (no checkpoint) it scores existing predictions on the sequences of that
+split (a split file that does not exist is an error)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import math
 import tempfile
 from pathlib import Path
 
+from ..errors import UsageError
 from ..evaluation import metrics
-from ..evaluation.folders import evaluate_folders, format_report, split_sequences, write_csv, write_json
+from ..evaluation.folders import evaluate_folders, format_report, write_csv, write_json
 from ..io.frames import MediaError
 from ._options import (
     HelpFormatter,
@@ -76,43 +78,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _error(message: str, code: int) -> int:
-    print(f"cfbi evaluate: error: {message}", file=sys.stderr)
-    return code
-
-
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `cfbi evaluate`: returns 0, 1 for bad input data, 2 for a bad command line."""
+    """Entry point of `cfbi evaluate`. Exit codes (cfbi_model.cli.main): 2 for a command-line mistake, 1 for
+    bad input data."""
     if args.checkpoint is None and args.pred is None:
-        return _error("--pred is required (or --checkpoint with --data)", 2)
+        raise UsageError("--pred is required (or --checkpoint with --data)")
     if args.checkpoint is None and args.gt is None and args.data is None:
-        return _error("--gt (or --data, the DAVIS root) is required", 2)
+        raise UsageError("--gt (or --data, the DAVIS root) is required")
     if args.checkpoint is not None and args.data is None:
-        return _error("--checkpoint needs --data (the DAVIS root)", 2)
+        raise UsageError("--checkpoint needs --data (the DAVIS root)")
+    if not (math.isfinite(args.bound_th) and args.bound_th > 0):
+        raise UsageError(f"--bound-th must be a positive number, got {args.bound_th}")
     for option, path in (("--json", args.json), ("--csv", args.csv)):
         if path is not None and path.is_dir():
-            return _error(f"{option} {str(path)!r} is a folder; give a file name", 2)
-    try:
-        inference = inference_config(args)
-    except ValueError as error:
-        return _error(str(error), 2)
-    try:
-        with tempfile.TemporaryDirectory(prefix="cfbi-eval-") as scratch:
-            sequences = None
-            gt_root, pred_root = args.gt, _prediction_root(args.pred)
-            if args.data is not None:
-                gt_root = gt_root or args.data / "Annotations" / "480p"
-                sequences = split_sequences(args.data, args.split)
-            if args.checkpoint is not None:
-                pred_root = pred_root or Path(scratch)
-                _segment_split(args, pred_root, sequences, inference)
-            result = evaluate_folders(
-                gt_root, pred_root, workers=args.workers, bound_th=args.bound_th, sequences=sequences
-            )
-    except MediaError as exc:  # EvaluationError, DataError and unreadable files
-        return _error(str(exc), 1)
+            raise UsageError(f"{option} {str(path)!r} is a folder; give a file name")
+    inference = inference_config(args)
+    with tempfile.TemporaryDirectory(prefix="cfbi-eval-") as scratch:
+        sequences = None
+        gt_root, pred_root = args.gt, _prediction_root(args.pred)
+        if args.data is not None:
+            from ..data.layouts import read_split_file  # noqa: PLC0415 - the data package imports torch
+
+            gt_root = gt_root or args.data / "Annotations" / "480p"
+            sequences = read_split_file(args.data, args.split)
+        if args.checkpoint is not None:
+            pred_root = pred_root or Path(scratch)
+            _segment_split(args, pred_root, inference)
+        result = evaluate_folders(gt_root, pred_root, workers=args.workers, bound_th=args.bound_th, sequences=sequences)
     if not result.objects:
-        return _error(f"no objects to evaluate: the first ground-truth frames under {gt_root} are all background", 1)
+        raise MediaError(f"no objects to evaluate: the first ground-truth frames under {gt_root} are all background")
     print(format_report(result))
     settings = {
         "gt": str(gt_root),
@@ -127,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         if args.csv is not None:
             write_csv(result, args.csv)
     except OSError as error:
-        return _error(f"cannot write the results: {error}", 1)
+        raise MediaError(f"cannot write the results: {error}") from None
     return 0
 
 
@@ -139,27 +133,16 @@ def _prediction_root(pred: Path | None) -> Path | None:
     return pred / "Annotations" if not others else pred
 
 
-def _segment_split(args: argparse.Namespace, pred_root: Path, sequences: list[str] | None, inference) -> None:
-    """Run the checkpoint's model over the split (imported only now, so that `cfbi evaluate --gt --pred` needs
-    neither torch nor the model); checkpoint problems are reported like bad input data."""
-    from ..build import CheckpointError  # noqa: PLC0415
-    from ..evaluation import run as evaluation_run  # noqa: PLC0415
+def _segment_split(args: argparse.Namespace, pred_root: Path, inference) -> None:
+    """Predict the DAVIS split with the checkpoint's model into pred_root/<sequence>/ (imported only now, so
+    that `cfbi evaluate --gt --pred` needs neither torch nor the model)."""
+    from ..build import load_model  # noqa: PLC0415
+    from ..data.layouts import davis  # noqa: PLC0415
+    from ..evaluation.predict import predict_video  # noqa: PLC0415
     from ._options import apply_runtime  # noqa: PLC0415
 
-    try:
-        device = apply_runtime(args)
-    except ValueError as error:
-        raise MediaError(str(error)) from None
-    try:
-        evaluation_run.segment_split(
-            args.checkpoint,
-            args.data,
-            args.split,
-            pred_root,
-            sequences,
-            inference=inference,
-            config=args.config,
-            device=device,
-        )
-    except CheckpointError as error:
-        raise MediaError(str(error)) from None
+    device = apply_runtime(args)
+    model = load_model(args.checkpoint, config=args.config, device=device)
+    pred_root.mkdir(parents=True, exist_ok=True)
+    for video in davis(args.data, args.split):
+        predict_video(model, video, pred_root, inference)

@@ -7,7 +7,8 @@
 Writes DIR/Annotations/<video>/<frame>.png for every scored frame (palette of the annotations), each video
 folder through <video>.partial renamed when complete; --resume skips finished videos; --zip writes the archive
 the evaluation servers accept (Annotations/<video>/<frame>.png), on rank 0 once every rank is done.
-Layouts: cfbi_model.data.splits (MOSE uses the YouTube-VOS layout).
+Layouts: cfbi_model.data.layouts (MOSE uses the YouTube-VOS layout). --resume checks that the finished videos
+were written with the same checkpoint and settings (recorded in each folder), --allow-changes keeps them anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 
+from ..errors import InputError, UsageError
 from ._options import (
     HelpFormatter,
     add_config_argument,
@@ -61,6 +63,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/Annotations/<video>/<frame>.png")
     parser.add_argument("--zip", default=None, metavar="FILE", help="also write the submission archive")
     parser.add_argument("--resume", action="store_true", help="skip the videos an earlier run finished")
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume, keep finished videos even when they were written with another checkpoint or settings",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_runtime_arguments(parser)
     add_inference_arguments(parser)
@@ -68,58 +75,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _error(message: str, code: int) -> int:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
-    return code
-
-
 def run(args: argparse.Namespace) -> int:
-    """Entry point: 0, 1 for bad input data or a bad checkpoint, 2 for a bad command line."""
-    import torch  # noqa: PLC0415
-
-    from ..build import CheckpointError, load_model  # noqa: PLC0415
-    from ..data.splits import LAYOUTS, youtube_split  # noqa: PLC0415
+    """Exit codes (cfbi_model.cli.main): 2 for a command-line mistake, 1 for bad input data or a bad checkpoint."""
+    from ..build import load_model  # noqa: PLC0415
+    from ..data.layouts import davis, youtube  # noqa: PLC0415
     from ..evaluation.predict import finished_videos, format_timings, predict_split, write_zip  # noqa: PLC0415
     from ..io.frames import MediaError  # noqa: PLC0415
+    from ..runtime import distributed_environment  # noqa: PLC0415
 
     split = args.split or _DEFAULT_SPLIT[args.layout]
     if args.all_frames and args.layout != "youtube":
-        return _error("--all-frames is for --layout youtube", 2)
+        raise UsageError("--all-frames is for --layout youtube")
     if args.zip is not None and os.path.isdir(args.zip):
-        return _error(f"--zip {args.zip!r} is a folder; give a file name", 2)
+        raise UsageError(f"--zip {args.zip!r} is a folder; give a file name")
     if not os.path.isfile(args.checkpoint):
-        return _error(f"checkpoint {args.checkpoint!r} does not exist", 1)
-    try:
-        device = apply_runtime(args)
-        inference = inference_config(args)
-    except ValueError as error:
-        return _error(str(error), 2)
-    try:
-        if args.layout == "youtube":
-            videos = youtube_split(args.data, split, all_frames=args.all_frames)
-        else:
-            videos = LAYOUTS["davis"](args.data, split, args.resolution)
-    except MediaError as error:  # DataError included
-        return _error(str(error), 1)
+        raise MediaError(f"checkpoint {args.checkpoint!r} does not exist")
+    device = apply_runtime(args)
+    inference = inference_config(args)
+    if args.layout == "youtube":
+        videos = youtube(args.data, split, all_frames=args.all_frames)
+    else:
+        videos = davis(args.data, split, args.resolution)
+    settings = _settings(args, inference)
     annotations_dir = os.path.join(args.out, "Annotations")
     finished = finished_videos(annotations_dir) & {v.name for v in videos}
     if finished and not args.resume:
-        return _error(
+        raise UsageError(
             f"{annotations_dir} holds {len(finished)} finished video(s) of an earlier run; pass --resume "
-            "to skip them, or choose another --out",
-            2,
+            "to skip them, or choose another --out"
         )
+    if finished and not args.allow_changes:
+        _check_resume(annotations_dir, sorted(finished), settings)
 
-    world, rank, local_rank = (
-        int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"))
-    )
+    env = distributed_environment()
+    world, rank = env.world, env.rank
     distributed = world > 1
     if distributed:
+        import torch  # noqa: PLC0415
         import torch.distributed as dist  # noqa: PLC0415
 
         if device == "cuda":
-            torch.cuda.set_device(local_rank)
-            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(env.local_rank)
+            device = f"cuda:{env.local_rank}"
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     started = time.perf_counter()
     timings, failure = [], None
@@ -134,10 +131,9 @@ def run(args: argparse.Namespace) -> int:
             world=world,
             resume=args.resume,
             progress=not args.quiet and rank == 0,
+            settings=settings,
         )
-    except CheckpointError as error:
-        failure = str(error)
-    except MediaError as error:
+    except InputError as error:  # bad data, an unreadable or mismatched checkpoint
         failure = str(error)
     if distributed:
         # Every rank reaches this gather, failed or not, so that none waits forever; it is also the barrier
@@ -150,14 +146,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         failures = [failure] if failure is not None else []
     if failures:
-        return _error("; ".join(failures), 1) if rank == 0 else 1
+        if rank != 0:
+            return 1
+        raise InputError("; ".join(failures))
     if rank != 0:
         return 0
     if args.zip is not None:
-        try:
-            write_zip(args.out, args.zip, [v.name for v in videos])
-        except MediaError as error:
-            return _error(str(error), 1)
+        write_zip(args.out, args.zip, [v.name for v in videos])
     seconds = time.perf_counter() - started
     done = [t for t in timings if not t.skipped]
     frames = sum(t.frames for t in done)
@@ -169,3 +164,34 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _settings(args: argparse.Namespace, inference) -> dict:
+    """What decides a video's masks, recorded in each finished folder's marker: the checkpoint (its SHA-256),
+    the model configuration override, the inference settings and the frames propagated."""
+    from ..io.files import file_sha256  # noqa: PLC0415
+
+    return {
+        "checkpoint_sha256": file_sha256(args.checkpoint),
+        "config": args.config,
+        "inference": inference.to_dict(),
+        "all_frames": bool(args.all_frames),
+        "resolution": args.resolution,
+    }
+
+
+def _check_resume(annotations_dir: str, finished: list[str], settings: dict) -> None:
+    """--resume keeps finished videos only when an earlier run wrote them with the same checkpoint and settings."""
+    import json  # noqa: PLC0415
+
+    from ..inference.sinks import read_marker  # noqa: PLC0415
+
+    for name in finished:
+        recorded = read_marker(os.path.join(annotations_dir, name))
+        if recorded != json.loads(json.dumps(settings)):
+            differing = sorted(k for k in settings if (recorded or {}).get(k) != json.loads(json.dumps(settings[k])))
+            raise UsageError(
+                f"--resume: video {name!r} in {annotations_dir} was written with other settings "
+                f"({', '.join(differing) or 'unrecorded'} differ); resume with the earlier run's checkpoint and "
+                "options, or pass --allow-changes to keep its videos anyway"
+            )

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from .. import io as cfbi_io
+from ..errors import UsageError
 from ._options import (
     HelpFormatter,
     add_config_argument,
@@ -27,11 +27,9 @@ from ._options import (
     inference_config,
 )
 
+__all__ = ["add_parser", "run"]
+
 _PROG = "cfbi segment"
-
-
-class _UsageError(Exception):
-    pass
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -81,58 +79,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _error(message: str) -> int:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..inference.propagate import AnnotationError  # noqa: PLC0415
-
-    try:
-        return _run(args)
-    except (cfbi_io.MediaError, _UsageError, AnnotationError) as error:
-        return _error(str(error))
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Exit codes (cfbi_model.cli.main): 2 for a command-line mistake, 1 for bad input."""
     from tqdm import tqdm  # noqa: PLC0415 - keep `cfbi --help` light
 
-    from ..build import CheckpointError, build_model, load_model  # noqa: PLC0415
-    from ..inference.video import load_annotations, open_source, segment_video  # noqa: PLC0415
+    from ..build import build_model, load_model  # noqa: PLC0415
+    from ..inference.driver import load_annotations, segment_video  # noqa: PLC0415
+    from ..io.frames import MediaError  # noqa: PLC0415
+    from ..io.names import plain_name  # noqa: PLC0415
+    from ..io.source import open_video  # noqa: PLC0415
 
     # Check everything that can be checked before the (slow) model is built and the first frame is written.
     if args.checkpoint is None and not args.allow_random:
-        raise _UsageError(
+        raise UsageError(
             "no --checkpoint given; refusing to segment with random weights "
             "(pass --allow-random to do so anyway, e.g. for testing)"
         )
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-        raise _UsageError(f"checkpoint {args.checkpoint!r} does not exist")
+        raise MediaError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.overlay and os.path.splitext(args.overlay)[1].lower() not in (".mp4", ".gif"):
-        raise _UsageError(f"overlay {args.overlay!r} must end with .mp4 or .gif")
+        raise UsageError(f"overlay {args.overlay!r} must end with .mp4 or .gif")
+    device = apply_runtime(args)
+    inference = inference_config(args)
+    video = open_video(args.frames or args.video)  # a folder: every frame's header checked
+    name = args.name or video.name
     try:
-        device = apply_runtime(args)
-        inference = inference_config(args)
-    except ValueError as error:
-        raise _UsageError(str(error)) from error
-    source = open_source(args.frames or args.video)  # a folder: every frame's header checked
-    name = args.name or source.name
-    if not name or name in (".", "..") or "/" in name or os.sep in name:
-        raise _UsageError(f"--name {name!r} is not a folder name")
+        plain_name(name, "--name")
+    except MediaError as error:
+        raise UsageError(str(error)) from None
     if args.frames and os.path.realpath(os.path.join(args.out, name)) == os.path.realpath(args.frames):
-        raise _UsageError(f"--out {args.out!r} with --name {name!r} is the frame folder; choose another folder")
-    annotations, palette = load_annotations(args.masks or args.mask, source)
+        raise UsageError(f"--out {args.out!r} with --name {name!r} is the frame folder; choose another folder")
+    annotations, palette = load_annotations(args.masks or args.mask, video)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as error:
-        raise _UsageError(f"cannot create output folder {args.out!r}: {error}") from error
+        raise MediaError(f"cannot create output folder {args.out!r}: {error}") from error
+    _check_outputs(args, name)
 
     if args.checkpoint is not None:
-        try:
-            model = load_model(args.checkpoint, config=args.config, device=device)
-        except CheckpointError as error:
-            raise _UsageError(str(error)) from error
+        model = load_model(args.checkpoint, config=args.config, device=device)
     else:
         print(
             f"{_PROG}: warning: running with RANDOM weights (--allow-random); the masks are meaningless",
@@ -140,10 +125,10 @@ def _run(args: argparse.Namespace) -> int:
         )
         model = build_model(args.config or "resnet101").to(device)
 
-    total = len(source.names) if source.names is not None else None
+    total = len(video) if video.stems is not None else None
     with tqdm(total=total, unit="frame", desc="segment", disable=args.quiet, file=sys.stderr) as progress:
         result = segment_video(
-            source,
+            video,
             annotations,
             model=model,
             config=inference,
@@ -159,3 +144,22 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, name: str) -> None:
+    """Before the run: OUT/<name> must be absent or an earlier output, and the overlay's folder writable."""
+    from ..inference.sinks import MARKER  # noqa: PLC0415
+    from ..io.frames import MediaError  # noqa: PLC0415
+
+    folder = os.path.join(args.out, name)
+    if os.path.lexists(folder) and not os.path.isfile(os.path.join(folder, MARKER)):
+        kind = "a folder that cfbi did not write" if os.path.isdir(folder) else "not a folder"
+        raise MediaError(
+            f"output {folder!r} exists and is {kind}; refusing to replace it (choose another --out or --name)"
+        )
+    if args.overlay:
+        parent = os.path.dirname(os.path.abspath(args.overlay))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or os.path.isdir(args.overlay):
+            raise MediaError(
+                f"cannot write the overlay {args.overlay!r}: its folder {parent!r} is not a writable folder"
+            )

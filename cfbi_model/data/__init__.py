@@ -2,7 +2,7 @@
 
 from ..config import ClipConfig
 from .clips import ClipDataset, StepSampler, balanced_crop, collate_clips, relabel, sample_frame_indices
-from .datasets import DataError, MixedVideos, VideoEntry, davis_videos, load_frame, load_mask, youtube_vos_videos
+from .datasets import DataError, MixedVideos, davis_videos, load_frame, load_mask, youtube_vos_videos
 
 __all__ = [
     "ClipConfig",
@@ -14,7 +14,6 @@ __all__ = [
     "sample_frame_indices",
     "DataError",
     "MixedVideos",
-    "VideoEntry",
     "davis_videos",
     "load_frame",
     "load_mask",

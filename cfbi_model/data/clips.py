@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 
 from ..config import IGNORE_LABEL, ClipConfig
+from ..io.source import Video
 from ..modeling.preprocess import preprocess
-from .datasets import DataError, MixedVideos, VideoEntry, load_frame, load_mask
+from .datasets import DataError, MixedVideos, load_frame, load_mask
 
 __all__ = ["ClipDataset", "StepSampler", "collate_clips", "sample_frame_indices", "balanced_crop", "relabel"]
 
@@ -100,7 +101,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        videos: Sequence[VideoEntry] | MixedVideos,
+        videos: Sequence[Video] | MixedVideos,
         config: ClipConfig = ClipConfig(),
         seed: int = 0,
         length: int = 10**9,
@@ -121,7 +122,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 break
         return clip
 
-    def make_clip(self, video: VideoEntry, rng: np.random.Generator) -> dict:
+    def make_clip(self, video: Video, rng: np.random.Generator) -> dict:
         cfg = self.config
         reverse = rng.random() < cfg.reverse_probability
         ref, prev, currents = sample_frame_indices(len(video), cfg.num_current, cfg.max_gap, rng, reverse)

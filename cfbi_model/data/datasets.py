@@ -1,35 +1,20 @@
-"""Video data sets: DAVIS-2017 and YouTube-VOS layouts, and drawing videos from several of them."""
+"""Training videos: those of the DAVIS-2017 and YouTube-VOS layouts whose frames have masks, and drawing videos
+from several data sets."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..io.frames import MediaError, read_frame
 from ..io.masks import read_mask
+from ..io.source import Video
+from . import layouts
+from .layouts import DataError
 
-__all__ = ["DataError", "VideoEntry", "davis_videos", "youtube_vos_videos", "MixedVideos", "load_frame", "load_mask"]
-
-
-class DataError(MediaError):
-    """A data set that cannot be read; the message names the file or folder."""
-
-
-# ----------------------------------------------------------------------------------------------------- readers
-@dataclass(frozen=True)
-class VideoEntry:
-    """One video: frame image paths and their mask paths (same length, in time order)."""
-
-    name: str
-    frames: tuple[str, ...]
-    masks: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.frames)
+__all__ = ["DataError", "davis_videos", "youtube_vos_videos", "MixedVideos", "load_frame", "load_mask"]
 
 
 def load_frame(path: str) -> np.ndarray:
@@ -48,92 +33,61 @@ def load_mask(path: str) -> np.ndarray:
         raise DataError(str(error)) from None
 
 
-def _stems(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
-    return {
-        os.path.splitext(n)[0]: os.path.join(folder, n)
-        for n in sorted(os.listdir(folder))
-        if n.lower().endswith(extensions)
-    }
+def _every_frame_masked(video: Video, mask_dir: str) -> Video:
+    """DAVIS training: every frame has its mask and every mask its frame (DataError naming the first that lacks
+    one); at least 2 frames."""
+    missing = [i for i in range(len(video)) if i not in video.masks]
+    if missing:
+        frame = video.frames[missing[0]]
+        raise DataError(
+            f"missing mask: {os.path.join(mask_dir, video.stem(missing[0]) + '.png')} (frame {frame}; "
+            f"{len(missing)} frame(s) of {video.name!r} lack a mask)"
+        )
+    stems = set(video.stems)
+    orphans = sorted(n for n in os.listdir(mask_dir) if n.lower().endswith(".png") and n[:-4] not in stems)
+    if orphans:
+        raise DataError(
+            f"missing frame: {os.path.join(os.path.dirname(video.frames[0]), orphans[0][:-4] + '.jpg')} "
+            f"(mask {os.path.join(mask_dir, orphans[0])} has no image)"
+        )
+    return _at_least_two(video.annotated_only(), mask_dir)
 
 
-def _pair_frames(name: str, image_dir: str, mask_dir: str, require_all_masks: bool) -> VideoEntry:
-    if not os.path.isdir(image_dir):
-        raise DataError(f"missing frame folder of video {name!r}: {image_dir}")
-    if not os.path.isdir(mask_dir):
-        raise DataError(f"missing annotation folder of video {name!r}: {mask_dir}")
-    images = _stems(image_dir, (".jpg", ".jpeg", ".png"))
-    masks = _stems(mask_dir, (".png",))
-    if require_all_masks:
-        missing = sorted(set(images) - set(masks))
-        if missing:
-            raise DataError(
-                f"missing mask: {os.path.join(mask_dir, missing[0] + '.png')} (frame "
-                f"{images[missing[0]]}; {len(missing)} frame(s) of {name!r} lack a mask)"
-            )
-        orphans = sorted(set(masks) - set(images))
-        if orphans:
-            raise DataError(
-                f"missing frame: {os.path.join(image_dir, orphans[0] + '.jpg')} (mask {masks[orphans[0]]} has no image)"
-            )
-    stems = [s for s in images if s in masks]
-    if len(stems) < 2:
-        raise DataError(f"video {name!r} has {len(stems)} annotated frame(s) in {mask_dir}; training needs at least 2")
-    return VideoEntry(name, tuple(images[s] for s in stems), tuple(masks[s] for s in stems))
+def _at_least_two(video: Video, mask_dir: str) -> Video:
+    if len(video) < 2:
+        raise DataError(
+            f"video {video.name!r} has {len(video)} annotated frame(s) in {mask_dir}; training needs at least 2"
+        )
+    return video
 
 
 def davis_videos(
     root: str | os.PathLike, split: str = "train", resolution: str = "480p", sequences: Sequence[str] | None = None
-) -> list[VideoEntry]:
-    """Videos of a DAVIS-2017 split (root/ImageSets/2017/<split>.txt), or of the given sequence names. Every
-    frame must have its mask."""
+) -> list[Video]:
+    """Training videos of a DAVIS-2017 split (ImageSets/2017/<split>.txt), or of the given sequence names
+    (cfbi_model.data.layouts.davis). Every frame must have its mask."""
     root = os.fspath(root)
-    if sequences is None:
-        listing = os.path.join(root, "ImageSets", "2017", f"{split}.txt")
-        if not os.path.isfile(listing):
-            raise DataError(f"missing DAVIS split file: {listing}")
-        with open(listing) as handle:
-            sequences = [line.strip() for line in handle if line.strip()]
-        if not sequences:
-            raise DataError(f"DAVIS split file {listing} lists no sequences")
-    return [
-        _pair_frames(
-            name,
-            os.path.join(root, "JPEGImages", resolution, name),
-            os.path.join(root, "Annotations", resolution, name),
-            True,
-        )
-        for name in sequences
-    ]
-
-
-def youtube_vos_videos(root: str | os.PathLike, split: str = "train") -> list[VideoEntry]:
-    """Videos of a YouTube-VOS split (root/<split>/JPEGImages, Annotations, meta.json). Only frames with a
-    mask are used (the training annotations cover every fifth frame)."""
-    base = os.path.join(os.fspath(root), split)
-    meta_path = os.path.join(base, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise DataError(f"missing YouTube-VOS meta file: {meta_path}")
-    try:
-        with open(meta_path) as handle:
-            meta = json.load(handle)
-        names = sorted(meta["videos"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"corrupt YouTube-VOS meta file {meta_path}: {error!r}") from None
     videos = []
-    for name in names:
-        videos.append(
-            _pair_frames(name, os.path.join(base, "JPEGImages", name), os.path.join(base, "Annotations", name), False)
-        )
-    if not videos:
-        raise DataError(f"YouTube-VOS meta file {meta_path} lists no videos")
+    for video in layouts.davis(root, split, resolution, sequences):
+        videos.append(_every_frame_masked(video, os.path.join(root, "Annotations", resolution, video.name)))
     return videos
+
+
+def youtube_vos_videos(root: str | os.PathLike, split: str = "train") -> list[Video]:
+    """Training videos of a YouTube-VOS split (cfbi_model.data.layouts.youtube): the frames that have a mask (the
+    training annotations cover every fifth frame)."""
+    base = os.path.join(os.fspath(root), split, "Annotations")
+    return [
+        _at_least_two(video.annotated_only(), os.path.join(base, video.name))
+        for video in layouts.youtube(root, split, strict=False)
+    ]
 
 
 class MixedVideos:
     """Draws videos from several lists with given weights (e.g. DAVIS : YouTube-VOS = 1 : 1 per sample,
     whatever their sizes)."""
 
-    def __init__(self, sources: Sequence[Sequence[VideoEntry]], weights: Sequence[float] | None = None) -> None:
+    def __init__(self, sources: Sequence[Sequence[Video]], weights: Sequence[float] | None = None) -> None:
         sources = [list(s) for s in sources if len(s)]
         if not sources:
             raise DataError("no training videos")
@@ -143,7 +97,7 @@ class MixedVideos:
         self.sources = sources
         self.probabilities = np.asarray(weights) / sum(weights)
 
-    def draw(self, rng: np.random.Generator) -> VideoEntry:
+    def draw(self, rng: np.random.Generator) -> Video:
         source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
         return source[int(rng.integers(len(source)))]
 

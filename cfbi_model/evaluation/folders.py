@@ -38,7 +38,6 @@ __all__ = [
     "EvaluationError",
     "evaluate_folders",
     "list_sequences",
-    "split_sequences",
     "format_report",
     "write_json",
     "write_csv",
@@ -174,14 +173,6 @@ def _read_labels(path: Path) -> np.ndarray:
         return read_mask(path)[0]
     except MediaError as error:
         raise EvaluationError(str(error)) from None
-
-
-def split_sequences(data_root: Path, split: str) -> list[str] | None:
-    """The sequence names of a DAVIS split (ImageSets/2017/<split>.txt), None when the file is absent."""
-    listing = data_root / "ImageSets" / "2017" / f"{split}.txt"
-    if not listing.is_file():
-        return None
-    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------------------------

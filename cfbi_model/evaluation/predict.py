@@ -2,31 +2,40 @@
 OUT/Annotations/<video>/<frame>.png, resumable, sharded over the processes of a distributed run, and the zip
 archive the evaluation servers accept.
 
-Each video folder is written as <video>.partial and renamed when complete (cfbi_model.inference.video), so a
+Each video folder is written as <video>.partial and renamed when complete (cfbi_model.inference.sinks), so a
 folder named after a video is finished: a resumed run skips it, an interrupted one redoes the partial ones.
+`evaluate_videos` scores a model on videos with ground truth (the validation of `cfbi train`).
 """
 
 from __future__ import annotations
 
 import os
-import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..config import IGNORE_LABEL, InferenceConfig
-from ..data.datasets import DataError
-from ..data.splits import PredictVideo
-from ..inference.propagate import FramePrediction
-from ..inference.segmenter import VideoSegmenter
-from ..inference.video import MaskFolderWriter
-from ..io.frames import MediaError, image_size, read_frame
-from ..io.masks import read_mask
+from ..config import InferenceConfig
+from ..data.layouts import DataError
+from ..inference.driver import load_annotations, run_video
+from ..inference.segmenter import FramePrediction, VideoSegmenter
+from ..inference.sinks import MARKER, MaskCollector, MaskFolderWriter
+from ..io.frames import MediaError, image_size
+from ..io.source import Video, frame_size
+from . import metrics
 
-__all__ = ["VideoTiming", "shard", "predict_video", "predict_split", "finished_videos", "write_zip", "format_timings"]
+__all__ = [
+    "VideoTiming",
+    "shard",
+    "predict_video",
+    "predict_split",
+    "finished_videos",
+    "write_zip",
+    "format_timings",
+    "evaluate_videos",
+]
 
 
 @dataclass
@@ -43,7 +52,7 @@ class VideoTiming:
     skipped: bool = False
 
 
-def shard(videos: Sequence[PredictVideo], rank: int, world: int) -> list[PredictVideo]:
+def shard(videos: Sequence[Video], rank: int, world: int) -> list[Video]:
     """The videos of one rank: longest first, each to the rank with the fewest frames so far (ties: lowest
     rank), so that every video goes to exactly one rank and the ranks' loads are close. Same result on every
     rank."""
@@ -58,77 +67,52 @@ def shard(videos: Sequence[PredictVideo], rank: int, world: int) -> list[Predict
 
 
 def finished_videos(annotations_dir: str | os.PathLike) -> set[str]:
-    """Names of the complete video folders under OUT/Annotations (partial ones end in .partial)."""
+    """Names of the complete video folders this program wrote under OUT/Annotations (partial ones end in
+    .partial; a folder without the writer's marker is not one of ours)."""
     path = Path(annotations_dir)
     if not path.is_dir():
         return set()
-    return {p.name for p in path.iterdir() if p.is_dir() and not p.name.endswith(".partial")}
+    return {p.name for p in path.iterdir() if p.is_dir() and not p.name.endswith(".partial") and (p / MARKER).is_file()}
 
 
-def _check_video(video: PredictVideo) -> tuple[int, int]:
-    """Every frame's and annotation's size from the headers, before the video starts: (width, height)."""
-    size = image_size(video.frames[0], "frame")
-    for path in video.frames[1:]:
-        found = image_size(path, "frame")
-        if found != size:
-            raise DataError(
-                f"frame {path} is {found[0]}x{found[1]}, the first frame of video {video.name!r} "
-                f"({video.frames[0]}) is {size[0]}x{size[1]} (WxH)"
-            )
+def _checked(video: Video) -> Video:
+    """The video with its size, after every frame's and annotation's header was read (DataError naming the first
+    that differs), before the video starts."""
+    try:
+        height, width = frame_size(video.frames)
+    except MediaError as error:
+        raise DataError(f"video {video.name!r}: {error}") from None
     for path in video.annotations.values():
         found = image_size(path, "mask")
-        if found != size:
+        if found != (width, height):
             raise DataError(
                 f"annotation {path} is {found[0]}x{found[1]} but the frames of video {video.name!r} "
-                f"are {size[0]}x{size[1]} (WxH)"
+                f"are {width}x{height} (WxH)"
             )
-    return size
-
-
-def _annotations(video: PredictVideo) -> tuple[dict[int, np.ndarray], list[int] | None]:
-    """Annotations as label maps (only the objects that start there, when the split says which) and the
-    palette of the first one."""
-    out, palette = {}, None
-    for index, path in sorted(video.annotations.items()):
-        labels, found = read_mask(path)
-        palette = palette or found
-        if video.new_objects is not None:
-            keep = np.isin(labels, (0, IGNORE_LABEL, *video.new_objects.get(index, ())))
-            labels = np.where(keep, labels, 0).astype(np.uint8)
-        out[index] = labels
-    return out, palette
+    return replace(video, size=(height, width))
 
 
 def predict_video(
     model,
-    video: PredictVideo,
+    video: Video,
     annotations_dir: str | os.PathLike,
     inference: InferenceConfig | None = None,
     rank: int = 0,
     on_frame: Callable[[FramePrediction], None] | None = None,
+    settings: dict | None = None,
 ) -> VideoTiming:
-    """Propagate one video's annotations and write its scored frames to annotations_dir/<video>/."""
-    _check_video(video)
-    annotations, palette = _annotations(video)
-    writer = MaskFolderWriter(annotations_dir, video.name, palette)
-    scored = set(video.outputs)
-    segmenter = VideoSegmenter(model, inference)
-    start = time.perf_counter()
-    ids: tuple[int, ...] = (0,)
-    frames = (read_frame(path) for path in video.frames)
-    for prediction in segmenter.propagate(frames, annotations):
-        ids = prediction.ids
-        if prediction.index in scored:
-            writer.write(video.stem(prediction.index), prediction.labels)
-        if on_frame is not None:
-            on_frame(prediction)
-    writer.finish()
-    return VideoTiming(video.name, len(video), writer.count, len(ids) - 1, time.perf_counter() - start, rank)
+    """Propagate one video's annotations and write its scored frames to annotations_dir/<video>/ (settings: what
+    the folder's marker records)."""
+    video = _checked(video)
+    annotations, palette = load_annotations(None, video)
+    writer = MaskFolderWriter(annotations_dir, video.name, palette, scored=video.scored, settings=settings)
+    result = run_video(VideoSegmenter(model, inference), video, writer, annotations=annotations, on_frame=on_frame)
+    return VideoTiming(video.name, len(video), writer.count, len(result.objects), result.seconds, rank)
 
 
 def predict_split(
     model,
-    videos: Sequence[PredictVideo],
+    videos: Sequence[Video],
     out_dir: str | os.PathLike,
     inference: InferenceConfig | None = None,
     *,
@@ -136,6 +120,7 @@ def predict_split(
     world: int = 1,
     resume: bool = False,
     progress: bool = False,
+    settings: dict | None = None,
 ) -> list[VideoTiming]:
     """Predict this rank's share of `videos` into out_dir/Annotations/; with resume, finished videos are
     skipped. Returns this rank's timings (skipped videos included). progress: tqdm bars (overall, per video)."""
@@ -146,7 +131,7 @@ def predict_split(
         raise MediaError(f"cannot create output folder {str(annotations_dir)!r}: {error}") from None
     mine = shard(videos, rank, world)
     done = finished_videos(annotations_dir) if resume else set()
-    timings = [VideoTiming(v.name, len(v), len(v.outputs), 0, 0.0, rank, True) for v in mine if v.name in done]
+    timings = [VideoTiming(v.name, len(v), len(v.scored), 0, 0.0, rank, True) for v in mine if v.name in done]
     todo = [v for v in mine if v.name not in done]
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -167,7 +152,7 @@ def predict_split(
                     bar.update(1)
                     overall.update(1)
 
-                timings.append(predict_video(model, video, annotations_dir, inference, rank, tick))
+                timings.append(predict_video(model, video, annotations_dir, inference, rank, tick, settings))
     finally:
         overall.close()
     return timings
@@ -209,3 +194,27 @@ def format_timings(timings: Sequence[VideoTiming]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     return "\n".join(lines)
+
+
+def evaluate_videos(
+    model, videos: Sequence[Video], inference: InferenceConfig | None = None, max_frames: int | None = None
+) -> metrics.DatasetResult:
+    """DAVIS J&F of the model over videos with ground-truth masks on every frame (the first frame's mask given;
+    objects 1..max id of it), each cut to its first max_frames frames."""
+    from .. import io as cfbi_io  # noqa: PLC0415
+
+    was_training = model.training
+    results = []
+    try:
+        for video in videos:
+            count = len(video) if max_frames is None else min(len(video), max_frames)
+            cut = replace(video, frames=video.frames[:count], stems=video.stems[:count], scored=None)
+            gt = np.stack([cfbi_io.read_mask(video.masks[i])[0] for i in range(count)])
+            collector = MaskCollector()
+            run_video(VideoSegmenter(model, inference), cut, collector, annotations={0: gt[0]})
+            results.append(
+                metrics.evaluate_sequence(gt, collector.masks, metrics.davis_object_ids(gt[0]), name=video.name)
+            )
+    finally:
+        model.train(was_training)
+    return metrics.DatasetResult(results)

@@ -1,26 +1,31 @@
-"""Segmenting videos with a trained model: the engine and its test-time views (scales, flips), propagation of
-annotations on any frame with arbitrary object ids, and `segment_video`, the one-call entry point."""
+"""Segmenting videos with a trained model: the engine (VideoSegmenter: test-time views, annotations on any frame,
+the object ids), the one driver that feeds it a video (run_video, propagate), the sinks the predictions go to,
+and `segment_video`, the one-call entry point."""
 
 from ..config import InferenceConfig
+from ..io.source import Video, open_video
 from ..modeling.preprocess import preprocess
-from .propagate import AnnotationError, FramePrediction, LabelMap, propagate
-from .segmenter import StepResult, VideoSegmenter, inference_size
-from .video import FrameSource, MaskFolderWriter, VideoResult, load_annotations, open_source, segment_video
+from .driver import VideoResult, load_annotations, propagate, run_video, segment_video
+from .segmenter import AnnotationError, FramePrediction, LabelMap, StepResult, VideoSegmenter, inference_size
+from .sinks import MaskCollector, MaskFolderWriter, OverlaySink
 
 __all__ = [
     "InferenceConfig",
-    "StepResult",
-    "VideoSegmenter",
-    "inference_size",
+    "Video",
+    "open_video",
     "preprocess",
+    "VideoResult",
+    "load_annotations",
+    "propagate",
+    "run_video",
+    "segment_video",
     "AnnotationError",
     "FramePrediction",
     "LabelMap",
-    "propagate",
-    "FrameSource",
+    "StepResult",
+    "VideoSegmenter",
+    "inference_size",
+    "MaskCollector",
     "MaskFolderWriter",
-    "VideoResult",
-    "load_annotations",
-    "open_source",
-    "segment_video",
+    "OverlaySink",
 ]

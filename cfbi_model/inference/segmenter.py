@@ -9,17 +9,23 @@ dataloaders/custom_transforms.py):
 * objects that first appear in a later frame (YouTube-VOS) are added from that frame's annotation, and the
   frame, with the merged labels, joins the reference set.
 
+The engine owns the object ids (docs/design.md, "Inference"): an annotation may come on any frame, with any ids
+in 1..254 (255 ignored); they are mapped to compact labels 0..L-1 for the network and back on output, so the
+network sees only the objects that exist and never predicts an id absent from every annotation. Frames before
+the first annotation are background; a later annotation of a known object is a correction (the objects it
+contains take their annotated masks, the others keep their prediction, and the frame joins the reference set).
+
 Memory stays bounded on long videos: the engine keeps the reference frames' embeddings (the first frame and
-the frames that brought new objects) and the previous frame's, nothing else.
+the frames that brought annotations) and the previous frame's, nothing else.
 
     seg = VideoSegmenter(model)
-    seg.start(first_rgb, first_labels)
-    for rgb in frames:
-        result = seg.step(rgb)          # StepResult(probs [L, H, W], labels [H, W])
+    for index, frame in enumerate(frames):
+        result = seg.step(frame, annotations.get(index))   # FramePrediction(index, labels, probs, ids, annotated)
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,30 +36,120 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import IGNORE_LABEL, InferenceConfig
+from ..config import IGNORE_LABEL, SINGLE_SCALE_LONG_EDGE, InferenceConfig
+from ..errors import InputError
+from ..io.masks import read_mask
 from ..modeling.matching import one_hot_labels
 from ..modeling.network import CFBIPlus, FrameFeatures
 from ..modeling.precision import accumulation_dtype, amp_dtype, autocast
 from ..modeling.preprocess import preprocess
-from .propagate import FramePrediction, propagate
 
-__all__ = ["VideoSegmenter", "StepResult", "inference_size"]
+__all__ = ["VideoSegmenter", "StepResult", "FramePrediction", "LabelMap", "AnnotationError", "inference_size"]
 
-_SINGLE_SCALE_MAX_EDGE = 1040  # 800 * 1.3, the authors' TEST_MAX_SIZE for single-scale evaluation
-_MULTI_SCALE_MAX_EDGE = 800
+MAX_OBJECT_ID = IGNORE_LABEL - 1  # 254: 255 marks ignored pixels
+
+
+class AnnotationError(InputError, ValueError):
+    """An annotation that cannot be used (size, ids, index); the message says which one."""
 
 
 @dataclass
 class StepResult:
-    """probs: [L, H, W] label probabilities (float32; float64 for a float64 model); labels: [H, W] int64
-    prediction (on the model's device)."""
+    """The network's view of a frame: probs [L, H, W] over the compact labels (float32; float64 for a float64
+    model) and labels [H, W] int64 (on the model's device)."""
 
     probs: Tensor
     labels: Tensor
 
 
+@dataclass
+class FramePrediction:
+    """One frame's result; unpacks as (index, labels, probs).
+
+    index: frame index in the video. labels: [H, W] uint8 object ids (those of the annotations).
+    probs: [L, H, W] label probabilities (float32; float64 for a float64 model) on the model's device, channel l
+    for object ids[l] (ids[0] = 0, background). annotated: the frame had an annotation.
+    """
+
+    index: int
+    labels: np.ndarray
+    probs: Tensor
+    ids: tuple[int, ...]
+    annotated: bool = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.index, self.labels, self.probs))
+
+
+class LabelMap:
+    """Object ids of the annotations <-> compact labels 0..L-1 of the network (0 = background stays 0).
+
+    New ids are appended in increasing order as annotations bring them; ids[l] is the object id of label l.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[int] = [0]
+        self._to_label = np.full(256, -1, np.int64)
+        self._to_label[0] = 0
+        self._to_label[IGNORE_LABEL] = IGNORE_LABEL
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, mask: np.ndarray) -> list[int]:
+        """Register the object ids of an annotation [H, W]; returns the ids that were new."""
+        present = [int(v) for v in np.unique(mask) if v not in (0, IGNORE_LABEL)]
+        if present and present[-1] > MAX_OBJECT_ID:
+            raise AnnotationError(
+                f"object id {present[-1]} is above {MAX_OBJECT_ID} ({IGNORE_LABEL} marks ignored pixels)"
+            )
+        new = [v for v in present if self._to_label[v] < 0]
+        for value in new:
+            self._to_label[value] = len(self.ids)
+            self.ids.append(value)
+        return new
+
+    def to_labels(self, mask: np.ndarray) -> np.ndarray:
+        """Compact labels [H, W] int64 of an annotation whose ids were added."""
+        labels = self._to_label[np.asarray(mask, dtype=np.int64)]
+        if (labels < 0).any():
+            raise AnnotationError("annotation holds ids that were not added to the label map")
+        return labels
+
+    def to_ids(self, labels: np.ndarray | Tensor) -> np.ndarray:
+        """Object ids [H, W] uint8 of compact labels."""
+        if isinstance(labels, Tensor):
+            labels = labels.cpu().numpy()
+        lookup = np.zeros(256, np.uint8)  # ignored pixels (255) of an annotated frame are written as background
+        lookup[: len(self.ids)] = self.ids
+        return lookup[np.asarray(labels, dtype=np.int64)]
+
+
+Annotation = np.ndarray | Tensor | str | os.PathLike
+
+
+def read_annotation(value: Annotation, index: int) -> np.ndarray:
+    """An annotation (a label map [H, W] of object ids, or a mask file) as uint8 ids; AnnotationError for a
+    non-integer map or ids outside 0..254 (and 255)."""
+    if isinstance(value, (str, os.PathLike)):
+        return read_mask(value)[0]
+    if isinstance(value, Tensor):
+        value = value.cpu().numpy()
+    array = np.asarray(value)
+    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise AnnotationError(
+            f"annotation of frame {index} must be an integer array [H, W], got {array.dtype} {array.shape}"
+        )
+    if array.size and (array.min() < 0 or array.max() > IGNORE_LABEL):
+        raise AnnotationError(
+            f"annotation of frame {index} holds ids outside 0..{MAX_OBJECT_ID} "
+            f"(and {IGNORE_LABEL} for ignored pixels): {int(array.min())}..{int(array.max())}"
+        )
+    return array.astype(np.uint8)
+
+
 def inference_size(
-    height: int, width: int, scale: float = 1.0, max_long_edge: float | None = _SINGLE_SCALE_MAX_EDGE
+    height: int, width: int, scale: float = 1.0, max_long_edge: float | None = SINGLE_SCALE_LONG_EDGE
 ) -> tuple[int, int]:
     """The network input size for a frame [official MultiRestrictSize]: cap the long edge at max_long_edge,
     multiply by scale (truncating), round each side to the nearest 16k + 1 (halves to even)."""
@@ -87,8 +183,8 @@ class VideoSegmenter:
 
     Args:
         model: a CFBIPlus network (weights loaded).
-        config: the inference settings (InferenceConfig: global atrous rate, min matching pixels, scales,
-            flip, amp, max long edge); default InferenceConfig().
+        config: the inference settings, held whole (InferenceConfig: global atrous rate, min matching pixels,
+            scales, flip, amp, long-edge cap); default InferenceConfig().
         normalized: frames are already network input, float tensors [3, H, W] (BGR, normalised).
         **overrides: InferenceConfig fields replacing those of `config` (e.g. min_matching_pixels=100).
     """
@@ -97,30 +193,17 @@ class VideoSegmenter:
         self, model: CFBIPlus, config: InferenceConfig | None = None, *, normalized: bool = False, **overrides: Any
     ) -> None:
         config = config if config is not None else InferenceConfig()
-        if overrides:
-            config = replace(config, **overrides)
-        self.config = config
+        self.config = replace(config, **overrides) if overrides else config
         self.model = model.eval()
-        self.global_atrous = config.global_atrous
-        self.min_matching_pixels = config.min_matching_pixels
-        self.scales = config.scales
-        self.flip = config.flip
         self.normalized = bool(normalized)
-        max_long_edge = config.max_long_edge
-        if max_long_edge is None:
-            max_long_edge = _SINGLE_SCALE_MAX_EDGE if self.scales == (1.0,) else _MULTI_SCALE_MAX_EDGE
-        self.max_long_edge = max_long_edge
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.output_dtype = accumulation_dtype(self.dtype)  # probabilities: float64 for a float64 model
-        self.amp = config.amp and self.device.type == "cuda"
-        if config.amp and not self.amp:
+        self.amp = self.config.amp and self.device.type == "cuda"
+        if self.config.amp and not self.amp:
             warnings.warn("VideoSegmenter: amp=True only applies on CUDA; running in float32", stacklevel=2)
         self.amp_dtype = amp_dtype(self.amp)
-        self._augs: list[_Augmentation] = []
-        self._frame_size: tuple[int, int] | None = None
-        self.num_labels = 0
-        self.frame_index = -1
+        self.reset()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -131,23 +214,82 @@ class VideoSegmenter:
     def num_references(self) -> int:
         return self._augs[0].references[0].shape[0] if self._augs else 0
 
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The object ids of the labels so far (ids[0] = 0, background)."""
+        return tuple(self.label_map.ids)
+
     def reset(self) -> None:
-        self._augs, self._frame_size, self.num_labels, self.frame_index = [], None, 0, -1
+        """Forget the video: the next step() is its first frame."""
+        self._augs: list[_Augmentation] = []
+        self._frame_size: tuple[int, int] | None = None
+        self.label_map = LabelMap()
+        self.num_labels = 0
+        self.frame_index = -1
 
     @torch.inference_mode()
-    def start(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> StepResult:
-        """Begin a video with its first frame and that frame's labels [H, W] (0 = background, 1..K objects,
-        255 = ignored). Returns the given labels as a StepResult (one-hot probabilities)."""
-        frame = self._frame(image)
-        height, width = frame.shape[-2:]
-        labels = self._labels(labels, (height, width))
+    def step(self, frame: np.ndarray | Tensor, annotation: Annotation | None = None) -> FramePrediction:
+        """Segment the next frame of the video.
+
+        frame: RGB uint8 [H, W, 3] (or, with normalized=True, network input [3, H, W]).
+        annotation: a label map [H, W] of object ids (0 background, 1..254 objects, 255 ignored) or a mask
+            file. Every object it contains takes exactly its annotated mask in this frame (a new id adds an
+            object, a known one is a correction); the other objects keep their prediction; the frame joins the
+            reference set. Frames before the first annotation are background.
+        Returns the frame's FramePrediction (labels in the annotations' ids).
+        """
+        index = self.frame_index + 1
+        image = self._frame(frame)
+        size = tuple(image.shape[-2:])
+        labels = None
+        if annotation is not None:
+            mask = read_annotation(annotation, index)
+            if mask.shape != size:
+                where = f" ({os.fspath(annotation)})" if isinstance(annotation, (str, os.PathLike)) else ""
+                raise AnnotationError(
+                    f"annotation of frame {index}{where} is {mask.shape[1]}x{mask.shape[0]} (WxH) but the frame "
+                    f"is {size[1]}x{size[0]}"
+                )
+            self.label_map.add(mask)
+            labels = self._labels(self.label_map.to_labels(mask), size)
+        if not self._augs and labels is None:  # before the first annotation: background
+            self.frame_index = index
+            probs = torch.ones((1, *size), device=self.device, dtype=self.output_dtype)
+            return FramePrediction(index, np.zeros(size, np.uint8), probs, (0,))
+        result = self._begin(image, labels) if not self._augs else self._advance(image, labels)
+        self.frame_index = index
+        return FramePrediction(index, self.label_map.to_ids(result.labels), result.probs, self.ids, labels is not None)
+
+    def start(self, image: np.ndarray | Tensor, labels: Annotation) -> FramePrediction:
+        """Deprecated alias, kept for one release: reset() and step(image, labels)."""
+        warnings.warn(
+            "VideoSegmenter.start() is deprecated: call reset() and step(frame, annotation)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         self.reset()
+        return self.step(image, labels)
+
+    def propagate(
+        self, frames: Iterable[np.ndarray | Tensor], annotations: Mapping[int, Any]
+    ) -> Iterator[FramePrediction]:
+        """Segment a whole video lazily: yields a FramePrediction per frame of `frames` (any iterable), from
+        annotations {frame index: label map of object ids, or a mask file} (cfbi_model.inference.driver)."""
+        from .driver import propagate  # noqa: PLC0415 - the driver builds on the engine
+
+        return propagate(self, frames, annotations)
+
+    # ------------------------------------------------------------------ the network
+    def _begin(self, frame: Tensor, labels: Tensor) -> StepResult:
+        """The first annotated frame (network input [3, H, W]): its labels are the result and the first
+        reference."""
+        height, width = frame.shape[-2:]
         self._frame_size = (height, width)
         self.num_labels = _count_labels(labels)
-        for scale in self.scales:
-            for flipped in (False, True) if self.flip else (False,):
-                size = inference_size(height, width, scale, self.max_long_edge)
-                aug = _Augmentation(scale, flipped, size)
+        cap = self.config.long_edge_cap
+        for scale in self.config.scales:
+            for flipped in (False, True) if self.config.flip else (False,):
+                aug = _Augmentation(scale, flipped, inference_size(height, width, scale, cap))
                 features = self._features(frame, aug)
                 view_labels = labels.flip(-1) if flipped else labels
                 scaled = self.model.scale_labels(view_labels, features)
@@ -156,22 +298,12 @@ class VideoSegmenter:
                 aug.previous = [e[0] for e in features.embeddings]
                 aug.previous_labels = scaled
                 self._augs.append(aug)
-        self.frame_index = 0
         return StepResult(one_hot_labels(labels, self.num_labels, self.output_dtype), labels)
 
-    @torch.inference_mode()
-    def step(self, image: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> StepResult:
-        """Segment the next frame. `labels` [H, W] annotates objects in this frame: every object it contains
-        (values 1..254) takes exactly its annotated mask there (a new value adds an object, a known one is a
-        correction), the prediction of the objects it does not contain is kept, and the frame joins the
-        reference set. Label values must be compact (cfbi_model.inference.LabelMap maps arbitrary ids)."""
-        if not self._augs:
-            raise RuntimeError("VideoSegmenter.step() called before start()")
-        frame = self._frame(image)
+    def _advance(self, frame: Tensor, annotation: Tensor | None) -> StepResult:
+        """A later frame (network input [3, H, W]) with its annotation's compact labels, if any."""
         if tuple(frame.shape[-2:]) != self._frame_size:
             raise ValueError(f"frame size {tuple(frame.shape[-2:])} differs from the video's {self._frame_size}")
-        annotation = None if labels is None else self._labels(labels, self._frame_size)
-
         probs_sum = None
         all_features = []
         for aug in self._augs:
@@ -185,8 +317,8 @@ class VideoSegmenter:
                     [p.unsqueeze(0) for p in aug.previous],
                     [p.unsqueeze(0) for p in aug.previous_labels],
                     self.num_labels,
-                    global_atrous=self.global_atrous,
-                    min_matching_pixels=self.min_matching_pixels,
+                    global_atrous=self.config.global_atrous,
+                    min_matching_pixels=self.config.min_matching_pixels,
                 )[0]
             logits = F.interpolate(
                 logits.unsqueeze(0).to(self.output_dtype), size=self._frame_size, mode="bilinear", align_corners=True
@@ -223,18 +355,7 @@ class VideoSegmenter:
                 aug.reference_labels = [
                     torch.cat([old, new.unsqueeze(0)]) for old, new in zip(aug.reference_labels, scaled)
                 ]
-        self.frame_index += 1
         return StepResult(probs, prediction)
-
-    def propagate(
-        self, frames: Iterable[np.ndarray | Tensor], annotations: Mapping[int, Any]
-    ) -> Iterator[FramePrediction]:
-        """Segment a whole video lazily: yields (index, labels, probs) per frame of `frames` (any iterable:
-        a list, a folder reader, a video reader), from annotations {frame index: label map [H, W] of object
-        ids, or a mask file}. Objects start at their first annotation, frames before the first annotation are
-        background, later annotations of known objects are corrections; ids are mapped to compact labels and
-        back (cfbi_model.inference.propagate)."""
-        return propagate(self, frames, annotations)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -255,19 +376,10 @@ class VideoSegmenter:
             return image.to(self.device, self.dtype)
         return preprocess(image, self.device).to(self.dtype)
 
-    def _labels(self, labels: np.ndarray | Tensor, size: tuple[int, int]) -> Tensor:
-        if isinstance(labels, np.ndarray):
-            labels = torch.from_numpy(np.ascontiguousarray(labels))
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"labels must be a numpy array or a torch.Tensor, got {type(labels).__name__}")
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    def _labels(self, labels: np.ndarray, size: tuple[int, int]) -> Tensor:
         if tuple(labels.shape) != tuple(size):
             raise ValueError(f"labels have shape {tuple(labels.shape)} but the frame is {tuple(size)}")
-        labels = labels.to(self.device, torch.long)
-        if bool((labels < 0).any()):
-            raise ValueError("labels must be non-negative")
-        return labels
+        return torch.from_numpy(np.ascontiguousarray(labels)).to(self.device, torch.long)
 
     def _features(self, frame: Tensor, aug: _Augmentation) -> FrameFeatures:
         x = frame.unsqueeze(0)

@@ -7,6 +7,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
+
 __all__ = ["MediaError", "IMAGE_EXTENSIONS", "READ_ERRORS", "list_frames", "read_frame", "image_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -16,7 +18,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class MediaError(RuntimeError):
+class MediaError(InputError):
     """An input that cannot be read or an output that cannot be written (the message names the file)."""
 
 

@@ -12,7 +12,7 @@ from .frames import READ_ERRORS, MediaError
 __all__ = ["default_palette", "read_mask", "write_mask", "PARTIAL_SUFFIX"]
 
 # A folder of masks still being written is named <name>.partial and renamed to <name> when complete, so a
-# folder named after a video is always complete (cfbi_model.inference.video.MaskFolderWriter).
+# folder named after a video is always complete (cfbi_model.inference.sinks.MaskFolderWriter).
 PARTIAL_SUFFIX = ".partial"
 
 _LABEL_MODES = ("P", "L", "I", "I;16", "1")

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from ..build import CheckpointError, build_model, checkpoint_config, checkpoint_dict, extract_state_dict
 from ..config import IGNORE_LABEL, InferenceConfig, TrainConfig, config_differences
 from ..data.clips import ClipDataset, StepSampler, collate_clips
-from ..data.datasets import MixedVideos, VideoEntry
+from ..data.datasets import MixedVideos
+from ..io.source import Video
 from ..modeling.network import CFBIPlus
 from ..modeling.precision import amp_dtype, autocast
 from .init import initialise_from
@@ -161,10 +162,10 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        videos: Sequence[VideoEntry] | MixedVideos,
+        videos: Sequence[Video] | MixedVideos,
         out_dir: str,
         *,
-        val_videos: Sequence[VideoEntry] | None = None,
+        val_videos: Sequence[Video] | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
         tensorboard: bool = True,
@@ -422,7 +423,7 @@ class Trainer:
         )
 
     def validate(self) -> float:
-        from ..evaluation.run import evaluate_videos  # noqa: PLC0415 - evaluation needs the model, not the reverse
+        from ..evaluation.predict import evaluate_videos  # noqa: PLC0415 - evaluation needs the model, not the reverse
 
         result = evaluate_videos(self.model, self.val_videos, self.inference, max_frames=self.config.val_max_frames)
         self.model.train()

@@ -122,11 +122,11 @@ def test_atrous_subsampled_does_not_mutate_and_keeps_small_labels():
     masks[0, 1, 1:3, 1:3] = 1  # 4 pixels
     masks[0, 0, 1:3, 1:3] = 0
     before = masks.clone()
-    out = atrous_subsampled(masks, 2, min_pixels=1)  # labels with <= 4 pixels keep everything
+    out = atrous_subsampled(masks, 2, min_matching_pixels=1)  # labels with <= 4 pixels keep everything
     assert torch.equal(masks, before)
     assert torch.equal(out[0, 1], masks[0, 1])
     assert out[0, 0, 0, 0] == 1 and out[0, 0, 0, 1] == 0 and out[0, 0, 1, 0] == 0 and out[0, 0, 2, 4] == 1
-    out0 = atrous_subsampled(masks, 2, min_pixels=0)
+    out0 = atrous_subsampled(masks, 2, min_matching_pixels=0)
     assert out0[0, 1].sum() == 1  # only (2, 2) is on the grid
 
 

@@ -92,7 +92,7 @@ def open_video(source: str | os.PathLike | Iterable[Any] | Video, *, check: bool
         stems = [f"{i:05d}" for i in range(len(source))] if hasattr(source, "__len__") else None
         return Video("video", source, stems=stems)
     path = os.fspath(source)
-    name = os.path.basename(os.path.normpath(path))
+    name = os.path.basename(os.path.abspath(path))  # "." inside a frame folder: that folder's name
     if os.path.isdir(path):
         paths = list_frames(path)
         stems = [_stem(p) for p in paths]

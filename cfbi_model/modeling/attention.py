@@ -84,10 +84,10 @@ def attention_vectors(
     )
 
 
-def atrous_subsampled(masks: Tensor, atrous: int, min_pixels: int = 0) -> Tensor:
+def atrous_subsampled(masks: Tensor, atrous: int, min_matching_pixels: int = 0) -> Tensor:
     """The label maps the authors' label-masking global matching leaves behind [official quirk].
 
-    A label with more than `min_pixels * atrous**2` pixels in a frame keeps only the pixels with
+    A label with more than `min_matching_pixels * atrous**2` pixels in a frame keeps only the pixels with
     y % atrous == 0 and x % atrous == 0; smaller labels keep all their pixels. Returns a new tensor.
 
     Args:
@@ -99,5 +99,5 @@ def atrous_subsampled(masks: Tensor, atrous: int, min_pixels: int = 0) -> Tensor
     ys = torch.arange(height, device=masks.device) % atrous == 0
     xs = torch.arange(width, device=masks.device) % atrous == 0
     grid = (ys[:, None] & xs[None, :]).to(masks.dtype)
-    big = masks.sum(dim=(2, 3), keepdim=True) > min_pixels * atrous**2  # [T, L, 1, 1]
+    big = masks.sum(dim=(2, 3), keepdim=True) > min_matching_pixels * atrous**2  # [T, L, 1, 1]
     return torch.where(big, masks * grid, masks)

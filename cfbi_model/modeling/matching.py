@@ -48,7 +48,7 @@ def global_matching(
     bg_bias: Tensor,
     *,
     atrous: int = 1,
-    min_pixels: int = 0,
+    min_matching_pixels: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Global fg/bg maps of one sample: query [C, h, w], references [T, C, h, w], reference_labels [T, h, w]
     -> (fg, bg), each [L, h, w]. The T reference frames form one candidate set."""
@@ -61,7 +61,7 @@ def global_matching(
         fg_bias,
         bg_bias,
         atrous=atrous,
-        atrous_min_pixels=min_pixels,
+        atrous_min_pixels=min_matching_pixels,
     )
     return fg[0], bg[0]
 
@@ -107,7 +107,7 @@ def ensembler_input(
     windows: Sequence[int],
     local_atrous: int,
     global_atrous: int,
-    min_pixels: int = 0,
+    min_matching_pixels: int = 0,
 ) -> Tensor:
     """Matching maps and embeddings of one sample at one scale, in the ensembler's channel order.
 
@@ -132,7 +132,7 @@ def ensembler_input(
         fg_bias,
         bg_bias,
         atrous=global_atrous,
-        min_pixels=min_pixels,
+        min_matching_pixels=min_matching_pixels,
     )
     local_fg, local_bg = local_matching(
         query,

@@ -163,7 +163,7 @@ class CFBIPlus(nn.Module):
                         windows=cfg.local_window_order(s),
                         local_atrous=cfg.local_atrous[s],
                         global_atrous=atrous0 if s == 0 else cfg.global_atrous[s],
-                        min_pixels=min_matching_pixels,
+                        min_matching_pixels=min_matching_pixels,
                     )
                 )
             ref_embeddings = references[0][n]

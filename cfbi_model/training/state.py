@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..build import CheckpointError, read_checkpoint
+from ..runtime import default_device, distributed_environment
 
 __all__ = [
     "save_atomic",
@@ -230,10 +231,9 @@ def set_rng_state(state: dict) -> None:
 
 def distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank), initialising the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+    env = distributed_environment()
+    if env.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if default_device() == "cuda" else "gloo")
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        return dist.get_rank(), dist.get_world_size(), env.local_rank
     return 0, 1, 0

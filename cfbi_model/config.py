@@ -302,7 +302,28 @@ class InferenceConfig:
     flip: bool = field(default=False, metadata=_help("also average horizontally flipped views"))
     amp: bool = field(
         default=False,
-        metadata=_help("autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU"),
+        metadata=_help(
+            "autocast on CUDA (bfloat16 where supported, else float16); ignored with a warning on the CPU (the older "
+            "form of --precision, which takes precedence when not float32)"
+        ),
+    )
+    precision: str = field(
+        default="float32",
+        metadata={
+            **_help(
+                "float32; bfloat16 or float16 (the network under autocast, channels-last on the CPU; sums over frames, "
+                "the softmax and the output stay float32); auto: bfloat16 on CPUs with AMX or AVX-512-BF16 and on "
+                "GPUs with bf16, else float32"
+            ),
+            "choices": ("float32", "bfloat16", "float16", "auto"),
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the per-frame work (with freezing on the CPU), once per model and process: later videos, "
+            "sizes and object counts reuse it (dynamic shapes after the first new size)"
+        ),
     )
     max_long_edge: float | None = field(
         default=None,
@@ -335,6 +356,10 @@ class InferenceConfig:
         object.__setattr__(self, "scales", scales)
         object.__setattr__(self, "flip", bool(self.flip))
         object.__setattr__(self, "amp", bool(self.amp))
+        object.__setattr__(self, "compile", bool(self.compile))
+        choices = self.__dataclass_fields__["precision"].metadata["choices"]
+        if self.precision not in choices:
+            raise ValueError(f"precision must be one of {', '.join(choices)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

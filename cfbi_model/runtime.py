@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["default_device", "Distributed", "distributed_environment"]
+__all__ = ["default_device", "cpu_flags", "Distributed", "distributed_environment"]
 
 
 def default_device() -> str:
@@ -13,6 +13,18 @@ def default_device() -> str:
     import torch  # noqa: PLC0415 - keep `cfbi --help` light
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (/proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ CLIPS = {
 
 def _segment(model, frames, annotations):
     segmenter = VideoSegmenter(model)
-    results = [segmenter.start(frames[0], annotations[0])]
+    results = [segmenter.step(frames[0], annotations[0])]
     for index in range(1, len(frames)):
         results.append(segmenter.step(frames[index], annotations.get(index)))
     return results
@@ -131,7 +131,7 @@ def _disagreement(models, clip) -> tuple[float, float, list]:
     assert all(r.probs.dtype == torch.float64 for r in double)
     worst = max(float((a.probs.double() - b.probs).abs().max()) for a, b in zip(single, double))
     equal = sum(int((a.labels == b.labels).sum()) for a, b in zip(single, double))
-    return worst, equal / sum(r.labels.numel() for r in double), double
+    return worst, equal / sum(r.labels.size for r in double), double
 
 
 @pytest.mark.parametrize("clip", sorted(CLIPS))

@@ -34,7 +34,8 @@ def positive_int(text: str) -> int:
 
 def add_inference_arguments(parser: argparse.ArgumentParser, prefix: str = "", title: str = "inference") -> None:
     """One option per InferenceConfig field (--global-atrous, --min-matching-pixels, --scales, --flip, --amp,
-    --max-long-edge, each after `prefix`, e.g. "val-"), its default and help taken from the field."""
+    --max-long-edge, --precision, --compile, each after `prefix`, e.g. "val-"), its default, help and choices
+    taken from the field."""
     group = parser.add_argument_group(f"{title} (defaults: cfbi_model.config.InferenceConfig)")
     hints = typing.get_type_hints(InferenceConfig)
     for f in dataclasses.fields(InferenceConfig):
@@ -48,7 +49,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser, prefix: str = "", t
             )
         else:
             scalar = next(a for a in typing.get_args(kind) if a is not type(None)) if typing.get_args(kind) else kind
-            group.add_argument(name, type=scalar, default=f.default, help=help_text)
+            choices = f.metadata.get("choices")
+            group.add_argument(name, type=scalar, default=f.default, choices=choices, help=help_text)
 
 
 def inference_config(args: argparse.Namespace, prefix: str = "") -> InferenceConfig:

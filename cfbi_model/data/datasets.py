@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..io.frames import MediaError, read_frame
+from ..io.frames import MediaError, image_size, read_frame
 from ..io.masks import read_mask
 from ..io.source import Video
 from . import layouts
 from .layouts import DataError
 
-__all__ = ["DataError", "davis_videos", "youtube_vos_videos", "MixedVideos", "load_frame", "load_mask"]
+__all__ = ["DataError", "check_sizes", "davis_videos", "youtube_vos_videos", "MixedVideos", "load_frame", "load_mask"]
 
 
 def load_frame(path: str) -> np.ndarray:
@@ -81,6 +81,27 @@ def youtube_vos_videos(root: str | os.PathLike, split: str = "train") -> list[Vi
         _at_least_two(video.annotated_only(), os.path.join(base, video.name))
         for video in layouts.youtube(root, split, strict=False)
     ]
+
+
+def check_sizes(videos: Sequence[Video]) -> int:
+    """Every frame and mask of the training videos read from its header (no decoding): DataError naming the
+    first mask whose size differs from its frame's, or an unreadable file, before the first step rather than
+    when a clip happens to draw it. Returns the number of frames checked."""
+    checked = 0
+    for video in videos:
+        for index, frame in enumerate(video.frames):
+            try:
+                size = image_size(frame, "frame")
+                mask = video.masks.get(index)
+                found = image_size(mask, "mask") if mask is not None else size
+            except MediaError as error:
+                raise DataError(str(error)) from None
+            if found != size:
+                raise DataError(
+                    f"mask {mask} is {found[0]}x{found[1]} but its frame {frame} is {size[0]}x{size[1]} (WxH)"
+                )
+            checked += 1
+    return checked
 
 
 class MixedVideos:

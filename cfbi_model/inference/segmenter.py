@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..io.masks import read_mask
 from ..modeling.matching import one_hot_labels
 from ..modeling.network import CFBIPlus, FrameFeatures
-from ..modeling.precision import accumulation_dtype, amp_dtype, autocast
+from ..modeling.precision import accumulation_dtype, autocast, compute_dtype
 from ..modeling.preprocess import preprocess
 
 __all__ = ["VideoSegmenter", "StepResult", "FramePrediction", "LabelMap", "AnnotationError", "inference_size"]
@@ -199,10 +199,17 @@ class VideoSegmenter:
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.output_dtype = accumulation_dtype(self.dtype)  # probabilities: float64 for a float64 model
-        self.amp = self.config.amp and self.device.type == "cuda"
-        if self.config.amp and not self.amp:
+        if self.config.amp and self.device.type != "cuda" and self.config.precision == "float32":
             warnings.warn("VideoSegmenter: amp=True only applies on CUDA; running in float32", stacklevel=2)
-        self.amp_dtype = amp_dtype(self.amp)
+        # The network's compute dtype under autocast (None: the model's own). 16-bit on the CPU runs channels-last,
+        # which oneDNN's bf16 / fp16 convolutions want.
+        self.compute_dtype = compute_dtype(self.config.precision, self.device, self.config.amp)
+        self.channels_last = self.compute_dtype is not None and self.device.type == "cpu"
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self._extract_features, self._segment = (
+            compiled(model) if self.config.compile else (model.extract_features, model.segment)
+        )
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -310,7 +317,7 @@ class VideoSegmenter:
             features = self._features(frame, aug)
             all_features.append(features)
             with self._autocast():
-                logits = self.model.segment(
+                logits = self._segment(
                     features,
                     [r.unsqueeze(0) for r in aug.references],
                     [r.unsqueeze(0) for r in aug.reference_labels],
@@ -359,7 +366,7 @@ class VideoSegmenter:
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
-        return autocast(self.amp, self.amp_dtype)
+        return autocast(self.compute_dtype is not None, self.compute_dtype, self.device.type)
 
     def _frame(self, image: np.ndarray | Tensor) -> Tensor:
         if self.normalized:
@@ -387,8 +394,28 @@ class VideoSegmenter:
             x = F.interpolate(x, size=aug.size, mode="bicubic", align_corners=False)
         if aug.flip:
             x = x.flip(-1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.model.extract_features(x)
+            return self._extract_features(x)
+
+
+def compiled(model: CFBIPlus) -> tuple[Any, Any]:
+    """torch.compile'd (extract_features, segment) of `model`, made once per model and process and kept on it, so
+    that every VideoSegmenter and every video of a process reuses them (a predict run over a split compiles once).
+
+    Shapes: torch's automatic dynamic shapes; the first frame size and object count compile static graphs, the
+    first different one recompiles them once with symbolic sizes, later ones reuse those. On the CPU the weights
+    are frozen into the graphs (inductor's freezing: constant folding, weight pre-packing for oneDNN)."""
+    cached = model.__dict__.get("_cfbi_compiled")
+    if cached is None:
+        options = {"freezing": True} if next(model.parameters()).device.type == "cpu" else None
+        cached = (
+            torch.compile(model.extract_features, options=options),
+            torch.compile(model.segment, options=options),
+        )
+        model.__dict__["_cfbi_compiled"] = cached
+    return cached
 
 
 def _count_labels(labels: Tensor) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .precision import accumulation_dtype
+
 __all__ = ["FrozenBatchNorm2d", "GCT"]
 
 
@@ -49,6 +51,9 @@ class GCT(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        strength = (x.pow(2).sum(dim=(2, 3), keepdim=True) + self.eps).sqrt() * self.alpha
+        # The gate's statistics sum over the whole frame: in float32 for 16-bit x (float16 overflows at 65504),
+        # as given for float32 / float64; the gate then scales x in x's dtype.
+        stats = x.to(accumulation_dtype(x.dtype))
+        strength = (stats.pow(2).sum(dim=(2, 3), keepdim=True) + self.eps).sqrt() * self.alpha
         scale = self.gamma / (strength.pow(2).mean(dim=1, keepdim=True) + self.eps).sqrt()
-        return x * (1.0 + torch.tanh(strength * scale + self.beta))
+        return x * (1.0 + torch.tanh(strength * scale + self.beta)).to(x.dtype)

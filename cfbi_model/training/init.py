@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..build import CheckpointError, checkpoint_config, extract_state_dict, read_checkpoint
 from ..config import config_differences
+from ..io.files import file_sha256
 
 __all__ = ["LAYOUTS", "detect_layout", "map_state_dict", "initialise_from", "PARTS"]
 
@@ -196,7 +197,8 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> str:
         counts.append(f"{name} {len(loaded)}/{len(keys)}")
         if loaded and len(loaded) < len(keys):
             partial += [k for k in keys if k not in mapped]
-    line = f"--init {path} ({LAYOUTS[layout]}): tensors loaded: {', '.join(counts)}"
+    # The file's SHA-256 records exactly what the run started from (the summary goes to the run's log).
+    line = f"--init {path} (sha256 {file_sha256(path)}, {LAYOUTS[layout]}): tensors loaded: {', '.join(counts)}"
     if partial:
         line += f"; not loaded: {_short(partial)}"
     if unused:

@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..build import CheckpointError, build_model, checkpoint_config, checkpoint_dict, extract_state_dict
@@ -62,7 +61,8 @@ __all__ = ["SequentialTrainer", "Trainer", "TrainingInterrupted", "OPERATIONAL_S
 
 # ------------------------------------------------------------------------------------------------ model step
 class SequentialTrainer(nn.Module):
-    """Wraps CFBIPlus so that one forward call computes a clip batch's loss (what DDP needs to see)."""
+    """CFBIPlus's training forward plus the loss, so that one forward call computes a clip batch's loss (what
+    DDP needs to see)."""
 
     def __init__(self, model: CFBIPlus) -> None:
         super().__init__()
@@ -79,40 +79,27 @@ class SequentialTrainer(nn.Module):
         num_labels: Sequence[int],
         sequential: bool,
         fraction: float,
-    ) -> tuple[Tensor, list[Tensor]]:
+    ) -> tuple[Tensor, Tensor]:
         """Returns (loss, predictions [B, N, H, W] int64 per current frame)."""
-        model = self.model
         batch, num_current = cur_images.shape[:2]
-        size = tuple(cur_images.shape[-2:])
-        images = torch.cat([ref_image, prev_image, cur_images.flatten(0, 1)])
-        features = model.extract_features(images)
-        embeddings = features.embeddings
-
-        def frame(index: Tensor | slice):
-            return [e[index] for e in embeddings]
-
-        refs = [e[:batch].unsqueeze(1) for e in model.matching_embeddings(features)]
-        ref_labels = [lab.unsqueeze(1) for lab in model.scale_labels(ref_label, features)]
-        cur_start = 2 * batch
-        prev_emb = frame(slice(batch, 2 * batch))
-        prev_labels = model.scale_labels(prev_label, features)
+        sequence = self.model(
+            ref_image,
+            ref_label,
+            prev_image,
+            prev_label,
+            cur_images,
+            list(num_labels),
+            current_labels=None if sequential else cur_labels,
+            output_size=cur_images.shape[-2:],
+        )
         total = 0.0
         predictions = []
-        for t in range(num_current):
-            idx = torch.arange(batch, device=images.device) * num_current + t + cur_start
-            cur = type(features)(tuple(e[idx] for e in embeddings), features.low_level[idx])
-            logits = model.segment(cur, refs, ref_labels, prev_emb, prev_labels, list(num_labels))
+        for t, logits in enumerate(sequence):
             frame_loss = 0.0
-            preds = []
             for n, lg in enumerate(logits):
-                lg = F.interpolate(lg.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0]
                 frame_loss = frame_loss + bootstrapped_cross_entropy(lg, cur_labels[n, t], fraction)
-                preds.append(lg.detach().argmax(0))
             total = total + frame_loss / batch
-            pred = torch.stack(preds)
-            predictions.append(pred)
-            prev_emb = [e[idx] for e in embeddings]
-            prev_labels = model.scale_labels(pred if sequential else cur_labels[:, t], features)
+            predictions.append(torch.stack([lg.detach().argmax(0) for lg in logits]))
         return total / num_current, torch.stack(predictions, 1)
 
 

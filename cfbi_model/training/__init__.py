@@ -3,10 +3,11 @@
 
 from ..config import ClipConfig, TrainConfig
 from .init import initialise_from
+from .log import RunLog, overlay_grid
 from .loss import bootstrapped_cross_entropy, top_k_fraction
 from .schedule import learning_rate_factor
 from .state import read_training_checkpoint, save_atomic
-from .trainer import SequentialTrainer, Trainer, TrainingInterrupted, overlay_grid
+from .trainer import SequentialTrainer, Trainer, TrainingInterrupted
 
 __all__ = [
     "ClipConfig",
@@ -20,5 +21,6 @@ __all__ = [
     "SequentialTrainer",
     "Trainer",
     "TrainingInterrupted",
+    "RunLog",
     "overlay_grid",
 ]

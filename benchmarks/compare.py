@@ -1,8 +1,8 @@
 """Kernel benchmark: cfbi_ops against its peers on the CFBI+ matching shapes.
 
-    python benchmarks/compare.py                       # CPU, all cases -> benchmarks/results/cpu.{md,json}
-    python benchmarks/compare.py --device cuda         # GPU -> benchmarks/results/cuda-<gpu>.{md,json}
-    python benchmarks/compare.py --cases s4 --labels 4 --quick
+    python -m benchmarks.compare                       # CPU, all cases -> benchmarks/results/cpu.{md,json}
+    python -m benchmarks.compare --device cuda         # GPU -> benchmarks/results/cuda-<gpu>.{md,json}
+    python -m benchmarks.compare --cases s4 --labels 4 --quick
 
 Times are medians of repeated runs in one process (ratios are what count: the machines are noisy). Peak extra
 memory is measured in a fresh subprocess per (case, peer): peak RSS growth on CPU, max allocated on CUDA.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,11 +23,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import cfbi_ops  # noqa: E402
+import cfbi_ops
 from benchmarks.cases import (
     CASES,
     FORWARD_ONLY,
@@ -40,6 +35,9 @@ from benchmarks.cases import (
     mm_local_operands,
     outputs_bytes,
 )
+from benchmarks.machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results"
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # CPU rows of cfbi_ops at L = 4, named cfbi_ops[<dtype>]
@@ -102,8 +100,7 @@ def mm_peer(case: Case, op: str, device: str, tf32: bool = False):
 def peak_memory_mb(case: str, op: str, peer: str, labels: int, backward: bool, device: str) -> float | None:
     """Peak extra memory of one call, in a fresh process."""
     code = f"""
-import sys, torch
-sys.path.insert(0, {str(ROOT)!r})
+import torch
 from benchmarks.compare import run_peer, mm_peer
 from benchmarks.cases import CASES
 case = CASES[{case!r}]
@@ -124,6 +121,7 @@ else:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
+        cwd=ROOT,  # where `benchmarks` imports from
         env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())),
     )
     try:
@@ -162,29 +160,6 @@ def offset_robustness(offsets: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.
         fg64, _ = cfbi_ops.global_match(query.double(), reference.double(), labels, 4, 0.0, 0.0)
         out.append(dict(offset=offset, max_abs_fg_diff=(fg32.double() - fg64).abs().max().item()))
     return out
-
-
-def machine_info(device: str) -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "device": device,
-    }
-    if device == "cpu":
-        info["isa"] = torch.ops.cfbi.cpu_isa()
-        info["load average (1 min)"] = round(os.getloadavg()[0], 1)  # other processes on the cores skew times
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,7 +381,7 @@ def write_results(
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
-        "Command: `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`",
+        "Command: `python -m benchmarks.compare " + " ".join(sys.argv[1:]) + "`",
         "",
         "Median ms per call; peak extra memory (MB) measured at L = 4 in a fresh process. "
         "cfbi_ops[float16] / cfbi_ops[bfloat16]: the same op on 16-bit inputs.",
@@ -753,7 +728,7 @@ def run_gpu_protocol(args) -> int:
     stem = args.out or RESULTS / ("cuda-" + info.get("gpu", args.device).replace(" ", "-").lower())
     data = dict(
         machine=info,
-        command="python benchmarks/compare.py " + " ".join(sys.argv[1:]),
+        command="python -m benchmarks.compare " + " ".join(sys.argv[1:]),
         rows=rows,
         errors=errors,
         targets=gpu_targets(rows, args.cases),

@@ -5,8 +5,8 @@ with random weights, times every `step` after warm-up, and times the cfbi_ops.gl
 calls made inside it (wrappers around the public functions; CUDA is synchronised around each call).
 Writes a Markdown table to benchmarks/results/model.md (or --output).
 
-    PYTHONPATH=. python benchmarks/model_speed.py                         # resnet101 and small, CPU
-    PYTHONPATH=. python benchmarks/model_speed.py --configs small --frames 5 --device cuda
+    python -m benchmarks.model_speed                         # resnet101 and small, CPU
+    python -m benchmarks.model_speed --configs small --frames 5 --device cuda
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import torch
 
 import cfbi_model.modeling.matching as matching_module
 import cfbi_ops
+from benchmarks.machine import machine_info
 from cfbi_model import CFBIPlus, InferenceConfig, VideoSegmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +107,7 @@ def measure(config: str, args: argparse.Namespace, device: torch.device) -> dict
     timer = PartTimer(model, device)
     step_times = []
     with timer:
-        seg.start(frames[0], labels)
+        seg.step(frames[0], labels)
         for t, frame in enumerate(frames[1:]):
             if t == args.warmup:
                 timer.reset()
@@ -138,16 +138,9 @@ def measure(config: str, args: argparse.Namespace, device: torch.device) -> dict
     }
 
 
-def machine_info(device: torch.device) -> list[str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+def header_lines(device: torch.device) -> list[str]:
+    """The table's account of the machine (benchmarks.machine) and of the kernels' last commit."""
+    info = machine_info(str(device))
     try:
         commit = subprocess.run(
             ["git", "log", "-1", "--format=%h %s", "--", "csrc", "cfbi_ops"],
@@ -159,11 +152,9 @@ def machine_info(device: torch.device) -> list[str]:
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     lines = [
-        f"- machine: {platform.machine()} {cpu}, {os.cpu_count()} logical CPUs, "
-        f"{platform.system()} {platform.release()}",
-        f"- torch {torch.__version__} (default intra-op threads {torch.get_num_threads()}), "
-        f"Python {platform.python_version()}",
-        f"- device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        f"- machine: {info['machine']} {info['cpu']}, {info['logical CPUs']} logical CPUs, {info['system']}",
+        f"- torch {info['torch']} (default intra-op threads {info['threads']}), Python {info['python']}",
+        f"- device: {device}" + (f" ({info['gpu']})" if "gpu" in info else ""),
         f"- cfbi_ops compiled extension: {cfbi_ops.HAS_EXTENSION}; last csrc/cfbi_ops commit: {commit}",
     ]
     if hasattr(os, "getloadavg"):
@@ -199,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows and settings as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    header = machine_info(device)
+    header = header_lines(device)
     default_threads = torch.get_num_threads()
     rows = []
     try:
@@ -258,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += [
         "",
-        "Command: `PYTHONPATH=. python benchmarks/model_speed.py "
-        + " ".join(argv if argv is not None else sys.argv[1:])
-        + "`",
+        "Command: `python -m benchmarks.model_speed " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
         "",
     ]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -6,18 +6,19 @@ model is the shipped small checkpoint unless --checkpoint is given. Frames per s
 wall time of the whole command (start-up, model loading and the final gather included), so that it is what a
 user waits for.
 
-    PYTHONPATH=. python benchmarks/predict_speed.py --videos 8 --processes 1 2 --threads 1
+    python -m benchmarks.predict_speed --videos 8 --processes 1 2 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks.machine import machine_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,9 +53,7 @@ def run_predict(data: str, out: str, checkpoint: str, processes: int, threads: i
             "cfbi_model.cli",
             *args,
         ]
-    env = dict(
-        os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(threads)
-    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -74,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="default: the shipped small checkpoint")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, REPO)
     from cfbi_model.build import shipped_weights  # noqa: PLC0415
     from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis  # noqa: PLC0415
 
@@ -94,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             load = os.getloadavg()
             seconds = run_predict(data, os.path.join(scratch, f"out{processes}"), checkpoint, processes, args.threads)
             rows.append((processes, seconds, frames / seconds, load))
-    print(f"- machine: {platform.machine()} {_cpu()}, {os.cpu_count()} logical CPUs")
+    info = machine_info()
+    print(f"- machine: {info['machine']} {info['cpu']}, {info['logical CPUs']} logical CPUs")
     print(
         f"- split: {args.videos} generated videos, {frames} frames of {args.width}x{args.height}; "
         f"checkpoint {os.path.basename(checkpoint)}; {args.threads} thread(s) per process\n"
@@ -103,17 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     for processes, seconds, rate, load in rows:
         print(f"| {processes} | {seconds:.1f} | {rate:.2f} | {load[0]:.2f} |")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -6,19 +6,20 @@ segmented from its first-frame mask with a model (default: the shipped small che
 /proc/self/status every --every frames; the peak is the process's ru_maxrss. If decoding or the engine kept
 frames, RSS would grow with the frame count.
 
-    PYTHONPATH=. python benchmarks/stream_memory.py --frames 2000 --height 64 --width 96 --threads 1
+    python -m benchmarks.stream_memory --frames 2000 --height 64 --width 96 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import tempfile
 
 import numpy as np
+
+from benchmarks.machine import machine_info
 
 
 def rss_mib() -> float:
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             video, labels, model=model, out=os.path.join(scratch, "out"), on_frame=on_frame
         )
         written = len(os.listdir(result.folder))
-    print(f"machine: {platform.machine()} {_cpu()}, torch {torch.__version__}, threads {args.threads}")
+    info = machine_info()
+    print(f"machine: {info['machine']} {info['cpu']}, torch {info['torch']}, threads {args.threads}")
     print(f"video: {args.frames} frames of {args.width}x{args.height}; {result.summary()}; {written} masks written")
     print(f"RSS after loading the model and writing the video: {baseline:.1f} MiB")
     print("| frames done | RSS (MiB) |\n|---|---|")
@@ -101,17 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {done} | {value:.1f} |")
     print(f"peak RSS (ru_maxrss): {peak_rss_mib():.1f} MiB")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train the small CFBI+ configuration on synthetic videos on the CPU and report J&F on held-out synthetic
 videos against the copy-the-first-mask baseline (benchmarks/results/training.md, training_curve.png).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/train_synthetic.py --minutes 25 --threads 1
+    .venv/bin/python -m benchmarks.train_synthetic --minutes 25 --threads 1
 
 The run is reproducible: the data come from write_synthetic_davis(seed), the model and the clips from the
 training seed (the wall-clock limit only decides the number of steps: pass --steps to fix it instead).
@@ -19,13 +19,11 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cfbi_model.data import ClipConfig, davis_videos, load_mask  # noqa: E402
-from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis  # noqa: E402
-from cfbi_model.evaluation import metrics  # noqa: E402
-from cfbi_model.evaluation.predict import evaluate_videos  # noqa: E402
-from cfbi_model.training import TrainConfig, Trainer  # noqa: E402
+from cfbi_model.data import ClipConfig, davis_videos, load_mask
+from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
+from cfbi_model.evaluation import metrics
+from cfbi_model.evaluation.predict import evaluate_videos
+from cfbi_model.training import TrainConfig, Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,6 +1,6 @@
 """Optimizer steps per second of `cfbi train` on this machine (benchmarks/results/training_speed.md).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/training_speed.py --config small --crop 465 --batch-size 1 \
+    .venv/bin/python -m benchmarks.training_speed --config small --crop 465 --batch-size 1 \
         --num-current 3 --steps 3 --threads 1
 
 Clips come from synthetic 480p videos (cfbi_model.data.synthetic); the first step is not timed (allocations,
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,23 +20,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cfbi_model.config import ClipConfig, TrainConfig, config_names  # noqa: E402
-from cfbi_model.data import collate_clips, davis_videos  # noqa: E402
-from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis  # noqa: E402
-from cfbi_model.training import Trainer  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from benchmarks.machine import cpu_name
+from cfbi_model.config import ClipConfig, TrainConfig, config_names
+from cfbi_model.data import collate_clips, davis_videos
+from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
+from cfbi_model.training import Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": [round(s, 3) for s in seconds],
                 "median_s": round(median, 3),
                 "steps_per_s": round(1.0 / median, 3),
-                "cpu": cpu_model(),
+                "cpu": cpu_name(),
                 "load_before": [round(x, 1) for x in load_before],
                 "load_after": [round(x, 1) for x in os.getloadavg()],
             }

@@ -30,9 +30,6 @@ __all__ = [
     "ClipConfig",
     "TrainConfig",
     "config_differences",
-    "Recipe",
-    "RECIPES",
-    "recipe_train_config",
 ]
 
 IGNORE_LABEL = 255
@@ -255,7 +252,8 @@ def _from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     values = {}
     for key, value in data.items():
         kind = hints[key]
-        values[key] = _from_dict(kind, value) if dataclasses.is_dataclass(kind) else _tuples(value)
+        nested = dataclasses.is_dataclass(kind) and not isinstance(value, kind)
+        values[key] = _from_dict(kind, value) if nested else _tuples(value)
     return cls(**values)
 
 
@@ -366,6 +364,14 @@ class InferenceConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def _option(text: str, **spelling: Any) -> dict[str, Any]:
+    """Metadata of a TrainConfig / ClipConfig field: its help, and how `cfbi train` spells its flag where that is
+    not the plain --field-name with the field's type (cfbi_model.cli._options.add_config_arguments): flag
+    (another name), metavar, choices, minimum (an int at least this), zero_is_none (0 gives None) and square
+    (one number n gives (n, n))."""
+    return {"help": text, **spelling}
+
+
 @dataclass(frozen=True)
 class ClipConfig:
     """Clip sampling and augmentation.
@@ -385,17 +391,30 @@ class ClipConfig:
         clip_retries: clips drawn (video, frames, crop) until the reference crop holds an object.
     """
 
-    num_current: int = 3
-    max_gap: int = 3
-    reverse_probability: float = 0.5
-    crop_size: tuple[int, int] = (465, 465)
-    scale_range: tuple[float, float] = (1.0, 1.3)
-    short_edge: int | None = 480
-    min_object_pixels: int = 100
-    crop_retries: int = 20
-    max_objects: int = 5
-    flip_probability: float = 0.5
-    clip_retries: int = 5
+    num_current: int = field(default=3, metadata=_option("current frames per clip (N)", minimum=1))
+    max_gap: int = field(default=3, metadata=_option("largest gap between consecutive sampled frames"))
+    reverse_probability: float = field(default=0.5, metadata=_option("chance of playing a video backwards"))
+    crop_size: tuple[int, int] = field(
+        default=(465, 465), metadata=_option("square crop size (16k + 1)", flag="crop", square=True, minimum=1)
+    )
+    scale_range: tuple[float, float] = field(
+        default=(1.0, 1.3), metadata=_option("random scale of a clip", metavar=("MIN", "MAX"))
+    )
+    short_edge: int | None = field(
+        default=480,
+        metadata=_option(
+            "resize frames to this short edge before the random scale (0: keep the size)", zero_is_none=True
+        ),
+    )
+    min_object_pixels: int = field(
+        default=100, metadata=_option("the reference crop must hold an object larger than this (balanced crop)")
+    )
+    crop_retries: int = field(default=20, metadata=_option("crops tried before taking the one with the largest object"))
+    max_objects: int = field(default=5, metadata=_option("objects kept per clip", minimum=1))
+    flip_probability: float = field(default=0.5, metadata=_option("chance of a horizontal flip"))
+    clip_retries: int = field(
+        default=5, metadata=_option("clips drawn (video, frames, crop) until the reference crop holds an object")
+    )
 
 
 TRAIN_DTYPES = ("float32", "float64")
@@ -406,7 +425,8 @@ class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint).
 
     Attributes:
-        model: model configuration name (cfbi_model.config).
+        model: the network's configuration; a configuration name (get_config) is accepted and looked up, as
+            checkpoints written before it was a ModelConfig store it.
         steps: optimizer steps in total.
         batch_size: clips per step and process.
         lr: base learning rate; momentum, weight_decay: SGD; warmup_steps: linear warm-up from 0;
@@ -430,39 +450,94 @@ class TrainConfig:
         recipe: name of the preset the run started from (cfbi_model.training.recipes; None: none).
         dtype: "float32", or "float64" for a run that serves as an exact oracle (tests comparing differently
             decomposed runs: batch against accumulation, processes, resume).
+
+    The metadata of each field gives its `cfbi train` flag (see _option); `clip` and `recipe` have none of their
+    own.
     """
 
-    model: str = "resnet101"
-    steps: int = 100_000
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1.5e-4
-    warmup_steps: int = 1000
-    poly_power: float = 0.9
-    min_lr: float = 1e-5
-    clip_grad_norm: float | None = 5.0
-    top_k_percent: float = 0.15
-    hard_mining_steps: int | None = None
-    sequential_start: int | None = None
+    model: ModelConfig = field(
+        default_factory=ModelConfig,
+        metadata=_option("model configuration", flag="config", choices=tuple(sorted(CONFIGS))),
+    )
+    steps: int = field(default=100_000, metadata=_option("total optimizer steps", minimum=1))
+    batch_size: int = field(
+        default=8,
+        metadata=_option(
+            "clips per micro-batch and process (with a recipe: its global batch / (processes x --accumulate))",
+            minimum=1,
+        ),
+    )
+    lr: float = field(default=0.01, metadata=_option("base learning rate (given: not scaled)"))
+    momentum: float = field(default=0.9, metadata=_option("SGD momentum"))
+    weight_decay: float = field(default=1.5e-4, metadata=_option("SGD weight decay"))
+    warmup_steps: int = field(default=1000, metadata=_option("warm-up steps", flag="warmup"))
+    poly_power: float = field(default=0.9, metadata=_option("power of the poly decay after the warm-up"))
+    min_lr: float = field(default=1e-5, metadata=_option("floor of the learning rate"))
+    clip_grad_norm: float | None = field(
+        default=5.0, metadata=_option("gradient-norm clip (0: off)", zero_is_none=True)
+    )
+    top_k_percent: float = field(
+        default=0.15, metadata=_option("final fraction of the hardest pixels in the bootstrapped loss")
+    )
+    hard_mining_steps: int | None = field(
+        default=None,
+        metadata=_option("steps over which the bootstrapped loss goes from 100%% to --top-k-percent (None: steps / 2)"),
+    )
+    sequential_start: int | None = field(
+        default=None,
+        metadata=_option("step from which the previous mask is the model's prediction (None: steps / 2)"),
+    )
     clip: ClipConfig = field(default_factory=ClipConfig)
-    seed: int = 0
-    num_workers: int = 2
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    val_every: int = 0
-    val_max_frames: int | None = None
-    amp: bool = True
-    accumulate: int = 1
-    keep_checkpoints: int = 0
-    youtube_ratio: float = 0.5
-    init: str | None = None
-    recipe: str | None = None
-    dtype: str = "float32"
+    seed: int = field(default=0, metadata=_option("seeds the initial weights and the clips"))
+    num_workers: int = field(default=2, metadata=_option("data-loader processes", flag="workers"))
+    checkpoint_every: int = field(
+        default=1000, metadata=_option("write the checkpoint every N steps (and at the end)", metavar="N")
+    )
+    log_every: int = field(default=10, metadata=_option("log every N steps", metavar="N"))
+    val_every: int = field(default=0, metadata=_option("validate every N steps (0: never)", metavar="N"))
+    val_max_frames: int | None = field(
+        default=None, metadata=_option("frames per validation video (None: all)", metavar="N")
+    )
+    amp: bool = field(default=True, metadata=_option("autocast on CUDA"))
+    accumulate: int = field(
+        default=1,
+        metadata=_option(
+            "micro-batches per optimizer step (gradient accumulation; the same clips as a K-times-larger --batch-size)",
+            metavar="K",
+            minimum=1,
+        ),
+    )
+    keep_checkpoints: int = field(
+        default=0,
+        metadata=_option("also keep the last N checkpoints as checkpoint-STEP.pth", flag="keep", metavar="N"),
+    )
+    youtube_ratio: float = field(
+        default=0.5,
+        metadata=_option("fraction of the clips drawn from YouTube-VOS when --data-youtube is given"),
+    )
+    init: str | None = field(
+        default=None,
+        metadata=_option(
+            "start from these weights: a torchvision ResNet, a DeepLabV3+ (jfzhang95 or VainF layout) or a CFBI+ "
+            "checkpoint (README, 'Training'); ignored when resuming",
+            metavar="PATH",
+        ),
+    )
+    recipe: str | None = None  # its flag, --recipe, lists the recipes (cfbi_model.cli.train)
+    dtype: str = field(
+        default="float32",
+        metadata=_option(
+            "parameter and computation dtype (float64: an exact oracle for comparing runs)", choices=TRAIN_DTYPES
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(TRAIN_DTYPES)}, got {self.dtype!r}")
+        if isinstance(self.model, str):
+            self.model = get_config(self.model)
+        elif isinstance(self.model, Mapping):
+            self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.clip, Mapping):
             self.clip = _from_dict(ClipConfig, self.clip)
         if self.steps < 1 or self.batch_size < 1:
@@ -490,117 +565,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Inverse of to_dict (lists accepted for tuples); ValueError on unknown keys. Fields added since a
-        checkpoint was written take their defaults."""
+        checkpoint was written take their defaults; `model` may be a configuration name (older checkpoints)."""
+        if isinstance(data, Mapping) and isinstance(data.get("model"), str):
+            data = {**data, "model": get_config(data["model"])}
         return _from_dict(cls, data)
-
-
-# ----------------------------------------------------------------------------------------------------- recipes
-@dataclass(frozen=True)
-class Recipe:
-    """A training preset of the paper (docs/design.md, "Training"): the settings below, every other one the
-    TrainConfig / ClipConfig default (465 crop, scale 1.0-1.3, SGD momentum 0.9, hardest 15 %, frozen BN).
-
-    Attributes:
-        name, description: what `cfbi train --recipe` shows.
-        global_batch: clips per optimizer step over all processes in the paper; another global batch scales
-            the learning rate linearly (scaled_lr).
-        gpus: the paper's number of GPUs (the batch per process is global_batch / gpus there).
-        settings: TrainConfig fields (lr, steps, youtube_ratio, ...); clip: ClipConfig fields.
-        needs: the data sources the recipe trains on ("davis", "youtube").
-    """
-
-    name: str
-    description: str
-    global_batch: int
-    gpus: int
-    settings: tuple[tuple[str, Any], ...]
-    clip: tuple[tuple[str, Any], ...] = ()
-    needs: tuple[str, ...] = ()
-
-    def scaled_lr(self, global_batch: int) -> float:
-        """The linear scaling rule: the recipe's lr times global_batch / the recipe's global batch."""
-        lr = dict(self.settings)["lr"]
-        return lr if global_batch == self.global_batch else lr * global_batch / self.global_batch
-
-
-RECIPES = {
-    "ytvos": Recipe(
-        "ytvos",
-        "YouTube-VOS: lr 0.01, 100k steps, batch 8 on 4 GPUs, N = 3",
-        8,
-        4,
-        (("model", "resnet101"), ("lr", 0.01), ("steps", 100_000), ("youtube_ratio", 1.0)),
-        (("num_current", 3),),
-        ("youtube",),
-    ),
-    "davis": Recipe(
-        "davis",
-        "DAVIS-2017 only: lr 0.006, 50k steps, batch 6 on 2 GPUs, N = 3",
-        6,
-        2,
-        (("model", "resnet101"), ("lr", 0.006), ("steps", 50_000), ("youtube_ratio", 0.0)),
-        (("num_current", 3),),
-        ("davis",),
-    ),
-    "davis-finetune": Recipe(
-        "davis-finetune",
-        "fine-tune a YouTube-VOS model (--init) on DAVIS mixed 1:2 with "
-        "YouTube-VOS: lr 0.01, 50k steps, batch 8 on 4 GPUs, N = 5",
-        8,
-        4,
-        (("model", "resnet101"), ("lr", 0.01), ("steps", 50_000), ("youtube_ratio", 2 / 3)),
-        (("num_current", 5),),
-        ("davis", "youtube"),
-    ),
-    "ytvos-2x": Recipe(
-        "ytvos-2x",
-        "YouTube-VOS with double batch and lr (the paper's 2x): lr 0.02, 100k steps, "
-        "batch 16, N = 3 (the paper does not give the GPUs; 4 here)",
-        16,
-        4,
-        (("model", "resnet101"), ("lr", 0.02), ("steps", 100_000), ("youtube_ratio", 1.0)),
-        (("num_current", 3),),
-        ("youtube",),
-    ),
-}
-
-
-def recipe_train_config(recipe: str | None, world_size: int = 1, **given: Any) -> tuple[TrainConfig, str]:
-    """The TrainConfig of a recipe (or of the defaults when None) with the `given` fields overriding it
-    (clip: a dict of ClipConfig fields), and a one-line account of the global batch and learning rate.
-
-    Unless given, batch_size is the recipe's global batch / (world_size x accumulate) (at least 1), and lr
-    follows the linear scaling rule when the resulting global batch differs from the recipe's."""
-    clip_given = dict(given.pop("clip", None) or {})
-    accumulate = int(given.get("accumulate", 1))
-    if recipe is None:
-        config = TrainConfig(**given, clip=replace(ClipConfig(), **clip_given))
-        total = world_size * config.batch_size * config.accumulate
-        return config, (
-            f"global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
-            f"{config.accumulate} accumulation; lr {config.lr:g}"
-        )
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    preset = RECIPES[recipe]
-    values = dict(preset.settings)
-    values.update(given)
-    if "batch_size" not in given:
-        values["batch_size"] = max(1, preset.global_batch // (world_size * accumulate))
-    total = world_size * int(values["batch_size"]) * accumulate
-    lr_note = f"lr {values['lr']:g} (given)"
-    if "lr" not in given:
-        values["lr"] = preset.scaled_lr(total)
-        lr_note = (
-            f"lr {values['lr']:g}"
-            if total == preset.global_batch
-            else f"lr {values['lr']:g} = {dict(preset.settings)['lr']:g} x {total}/{preset.global_batch} "
-            "(linear scaling)"
-        )
-    clip = replace(ClipConfig(), **{**dict(preset.clip), **clip_given})
-    config = TrainConfig(**values, clip=clip, recipe=recipe)
-    message = (
-        f"recipe {recipe}: global batch {total} = {world_size} process(es) x {config.batch_size} clip(s) x "
-        f"{accumulate} accumulation (the paper's {preset.global_batch}); {lr_note}"
-    )
-    return config, message

@@ -12,8 +12,8 @@
 #   tests      pytest tests/ -k "cuda and not emulation": every test marked `cuda` or named after CUDA
 #   sanitizer  compute-sanitizer memcheck / racecheck / synccheck on tests/cuda_sanitizer_case.py (run
 #              alongside the tests; without the tool the driver runs bare)
-#   benchmark  benchmarks/compare.py --device cuda -> benchmarks/results/cuda-<gpu>.{md,json}
-#   model      benchmarks/model_speed.py: ResNet-101 CFBI+ at 480p, float32 and AMP, added to the same files
+#   benchmark  python -m benchmarks.compare --device cuda -> benchmarks/results/cuda-<gpu>.{md,json}
+#   model      python -m benchmarks.model_speed: ResNet-101 CFBI+ at 480p, float32 and AMP, added to the same files
 # Results (at most 8 files of at most 16 MiB) go to DIR as each stage ends: env-build.log, tests.log,
 # sanitizer.log, benchmark.log, the benchmark .md and .json, summary.txt. Exit status 0 when every stage passed.
 set -uo pipefail
@@ -317,19 +317,19 @@ else
   MODEL_ARGS=(--configs resnet101 --height 480 --width 854 --objects 2 --frames 30 --warmup 5 --device cuda)
 fi
 if [ "$BUILD_OK" -eq 1 ]; then
-  timed "$BENCH_LOG" "$(budget 120 60)" "$PY" benchmarks/compare.py "${COMPARE_ARGS[@]}" --out "$STEM"
+  timed "$BENCH_LOG" "$(budget 120 60)" "$PY" -m benchmarks.compare "${COMPARE_ARGS[@]}" --out "$STEM"
   if [ "$RC" -eq 0 ]; then record benchmark pass "$ELAPSED" "$(basename "$STEM").{md,json}"
   else record benchmark fail "$ELAPSED" "$([ "$RC" -eq 124 ] && echo 'timed out' || echo "exit status $RC")"; fi
   MODEL_STATUS=pass MODEL_TIME=0 MODEL_NOTE=""
   for precision in float32 amp; do
     extra=() reserve=30
     [ "$precision" = amp ] && extra=(--amp) reserve=10
-    timed "$BENCH_LOG" "$(budget 60 "$reserve")" "$PY" benchmarks/model_speed.py "${MODEL_ARGS[@]}" "${extra[@]}" \
+    timed "$BENCH_LOG" "$(budget 60 "$reserve")" "$PY" -m benchmarks.model_speed "${MODEL_ARGS[@]}" "${extra[@]}" \
       --output "$WORK/model-$precision.md" --json "$WORK/model-$precision.json"
     MODEL_TIME=$((MODEL_TIME + ELAPSED))
     [ "$RC" -eq 0 ] || { MODEL_STATUS=fail; MODEL_NOTE="$MODEL_NOTE $precision: exit status $RC;"; }
   done
-  timed "$BENCH_LOG" 60 "$PY" benchmarks/compare.py --add-model "$WORK/model-float32.json" "$WORK/model-amp.json" \
+  timed "$BENCH_LOG" 60 "$PY" -m benchmarks.compare --add-model "$WORK/model-float32.json" "$WORK/model-amp.json" \
     --out "$STEM"
   [ "$RC" -eq 0 ] || { MODEL_STATUS=fail; MODEL_NOTE="$MODEL_NOTE not added to the table;"; }
   record model "$MODEL_STATUS" "$MODEL_TIME" "${MODEL_NOTE:-float32 and AMP added to $(basename "$STEM").md}"

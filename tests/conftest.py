@@ -332,3 +332,40 @@ def tiny_train_args(data_root) -> list[str]:
     frames cropped to 65 pixels per step, no loader workers, one warm-up step); callers add their own options."""
     options = "--crop 65 --short-edge 0 --batch-size 1 --num-current 2 --workers 0 --warmup 1".split()
     return ["train", "--config", "small", "--data", str(data_root), *options]
+
+
+# ------------------------------------------------------------------------------------------ training tests
+def tiny_config(**overrides):
+    """The TrainConfig of the training tests at the smallest useful size (the small model, 4 steps of one clip of
+    2 frames cropped to 65 pixels, sequential from step 2, no loader workers), with `overrides`."""
+    from cfbi_model.config import ClipConfig, TrainConfig, get_config
+
+    base = dict(
+        model=get_config("small"),
+        steps=4,
+        batch_size=1,
+        lr=0.02,
+        warmup_steps=1,
+        sequential_start=2,
+        hard_mining_steps=2,
+        clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
+        num_workers=0,
+        checkpoint_every=0,
+        log_every=1,
+        amp=False,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data_root(request, tmp_path_factory):
+    """A generated DAVIS-2017 folder of 3 training and 1 validation video of 72 x 96 pixels, 8 to 10 frames and
+    at most 2 objects, drawn with the seed the test module names as DATA_SEED (each module keeps its own data)."""
+    from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
+
+    seed = request.module.DATA_SEED
+    root = tmp_path_factory.mktemp(f"synthetic_seed{seed}")
+    config = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2)
+    write_synthetic_davis(root, num_train=3, num_val=1, seed=seed, config=config)
+    return root

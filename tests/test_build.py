@@ -3,7 +3,10 @@ of the command line taken from the configuration dataclasses."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,8 +14,9 @@ import torch
 from cfbi_model import CFBIPlus, CheckpointError, InferenceConfig, ModelConfig, get_config
 from cfbi_model.build import build_model, checkpoint_config, load_model, resolve_config, save_model, shipped_weights
 from cfbi_model.cli import build_parser
-from cfbi_model.cli._options import inference_config
+from cfbi_model.cli._options import given_config_values, inference_config
 from cfbi_model.config import ClipConfig, TrainConfig
+from cfbi_model.training.recipes import recipe_train_config
 
 
 def _equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -105,17 +109,21 @@ def test_inference_options_default_to_inference_config():
     assert inference_config(parsers["evaluate"].parse_args([])) == InferenceConfig()
     train = parsers["train"].parse_args(["--data", "d"])
     assert inference_config(train, prefix="val-") == InferenceConfig()
-    defaults, clip = TrainConfig(), ClipConfig()
-    assert (train.steps, train.batch_size, train.lr, train.warmup, train.amp, train.workers, train.seed) == (
-        defaults.steps,
-        defaults.batch_size,
-        defaults.lr,
-        defaults.warmup_steps,
-        defaults.amp,
-        defaults.num_workers,
-        defaults.seed,
+    # the training options hold only what the command line gives; the rest are TrainConfig's / ClipConfig's
+    assert given_config_values(train, TrainConfig) == {} and given_config_values(train, ClipConfig) == {}
+    config, _ = recipe_train_config(None, **given_config_values(train, TrainConfig), clip={})
+    assert config == TrainConfig()
+    given = parsers["train"].parse_args(
+        ["--crop", "65", "--short-edge", "0", "--clip-grad-norm", "0", "--warmup", "3", "--dtype", "float64"]
     )
-    assert (train.crop, train.short_edge, train.num_current) == (clip.crop_size[0], clip.short_edge, clip.num_current)
+    assert given_config_values(given, ClipConfig) == {"crop_size": (65, 65), "short_edge": None}
+    assert given_config_values(given, TrainConfig) == {"clip_grad_norm": None, "warmup_steps": 3, "dtype": "float64"}
+
+
+def test_parsing_the_command_line_imports_no_torch():
+    """The parsers read the configurations and the recipes, which import neither torch nor the network."""
+    code = "import sys; from cfbi_model.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 @pytest.mark.parametrize("command", ["segment", "demo", "evaluate", "train"])
@@ -124,4 +132,7 @@ def test_help_shows_every_default(command):
     text = " ".join(parser.format_help().split())
     for action in parser._actions:
         if action.option_strings and action.dest != "help" and not action.required:
+            if action.default is argparse.SUPPRESS:  # a configuration field's option: its help names the default
+                assert "(default: " in action.help, action.option_strings
+                continue
             assert f"(default: {action.default})" in text, (action.option_strings, text)

@@ -177,6 +177,33 @@ def test_forward_batch_with_different_label_counts_and_backward(small):
         small.eval()
 
 
+def test_forward_of_a_sequence_chains_the_current_frames(small):
+    """The training forward over N current frames: frame t + 1 is matched against frame t, with its ground truth
+    (teacher forcing) or the model's own argmax prediction; each frame equals a one-frame forward so chained."""
+    g = torch.Generator().manual_seed(8)
+    model = small.double()
+    try:
+        ref, prev = torch.randn(2, 3, 33, 49, generator=g, dtype=torch.float64).unbind(0)
+        ref, prev = ref[None], prev[None]
+        cur = torch.randn(1, 3, 3, 33, 49, generator=g, dtype=torch.float64)
+        ref_labels, prev_labels = torch.randint(0, 3, (2, 1, 33, 49), generator=g)
+        cur_labels = torch.randint(0, 3, (1, 3, 33, 49), generator=g)
+        with torch.no_grad():
+            for teacher in (cur_labels, None):
+                sequence = model(
+                    ref, ref_labels, prev, prev_labels, cur, 3, current_labels=teacher, output_size=(33, 49)
+                )
+                assert len(sequence) == 3 and all(len(frame) == 1 for frame in sequence)
+                before, labels = prev, prev_labels
+                for t in range(3):
+                    single = model(ref, ref_labels, before, labels, cur[:, t], 3, output_size=(33, 49))
+                    torch.testing.assert_close(sequence[t][0], single[0], rtol=1e-9, atol=1e-9)
+                    before = cur[:, t]
+                    labels = cur_labels[:, t] if teacher is not None else sequence[t][0].argmax(0)[None]
+    finally:
+        small.float()
+
+
 def test_segment_rejects_bad_input(small):
     g = torch.Generator().manual_seed(5)
     feats = small.extract_features(torch.randn(1, 3, 33, 33, generator=g))

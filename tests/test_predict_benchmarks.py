@@ -25,7 +25,7 @@ def run_script(*args: str) -> str:
 @pytest.mark.skipif(not HAS_FFMPEG, reason="needs imageio and imageio-ffmpeg")
 def test_stream_memory_samples_rss_along_the_video():
     out = run_script(
-        "benchmarks/stream_memory.py", "--frames", "40", "--every", "20", "--height", "32", "--width", "48"
+        "-m", "benchmarks.stream_memory", "--frames", "40", "--every", "20", "--height", "32", "--width", "48"
     )
     assert "40 frames, 2 object(s)" in out and "40 masks written" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
@@ -35,7 +35,8 @@ def test_stream_memory_samples_rss_along_the_video():
 
 def test_predict_speed_with_one_and_two_processes():
     out = run_script(
-        "benchmarks/predict_speed.py",
+        "-m",
+        "benchmarks.predict_speed",
         "--videos",
         "2",
         "--frames",

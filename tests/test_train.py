@@ -9,39 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_train_args
+from conftest import tiny_config, tiny_train_args
 
-from cfbi_model.data import ClipConfig, collate_clips, davis_videos
-from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
-from cfbi_model.training import TrainConfig, Trainer, bootstrapped_cross_entropy, learning_rate_factor, top_k_fraction
+from cfbi_model.data import collate_clips, davis_videos
+from cfbi_model.training import Trainer, bootstrapped_cross_entropy, learning_rate_factor, top_k_fraction
 
-TINY = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic_train")
-    write_synthetic_davis(root, num_train=3, num_val=1, seed=2, config=TINY)
-    return root
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    base = dict(
-        model="small",
-        steps=4,
-        batch_size=1,
-        lr=0.02,
-        warmup_steps=1,
-        sequential_start=2,
-        hard_mining_steps=2,
-        clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
-        num_workers=0,
-        checkpoint_every=0,
-        log_every=1,
-        amp=False,
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+DATA_SEED = 2  # of conftest's data_root fixture
 
 
 def test_bootstrapped_cross_entropy():

@@ -15,43 +15,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_train_args
+from conftest import tiny_config, tiny_train_args
 
 from cfbi_model.build import CheckpointError
-from cfbi_model.config import RECIPES, ClipConfig, recipe_train_config
 from cfbi_model.data import davis_videos
-from cfbi_model.data.synthetic import SyntheticConfig, write_synthetic_davis
 from cfbi_model.training import TrainConfig, Trainer, read_training_checkpoint
+from cfbi_model.training.recipes import RECIPES, recipe_train_config
 from cfbi_model.training.state import add_checksum, save_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic_runs")
-    write_synthetic_davis(root, num_train=3, num_val=1, seed=3, config=TINY)
-    return root
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    base = dict(
-        model="small",
-        steps=4,
-        batch_size=1,
-        lr=0.02,
-        warmup_steps=1,
-        sequential_start=2,
-        hard_mining_steps=2,
-        clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
-        num_workers=0,
-        checkpoint_every=0,
-        log_every=1,
-        amp=False,
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+DATA_SEED = 3  # of conftest's data_root fixture
 
 
 def _cli(data_root, out, *extra: str) -> list[str]:
@@ -247,6 +220,26 @@ def test_resume_with_changed_settings_refuses_or_warns(data_root, finished_run, 
     state = read_training_checkpoint(str(out / "checkpoint.pth"))
     assert state["step"] == 3 and json.loads(state["train_config"])["lr"] == 0.5
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == 0.5
+
+
+def test_resume_reads_a_train_config_that_names_its_model(data_root, finished_run, tmp_path, capsys):
+    """Checkpoints written before TrainConfig.model was a ModelConfig store the configuration's name."""
+    from cfbi_model.cli import main
+    from cfbi_model.config import ModelConfig, get_config
+
+    state = torch.load(finished_run / "checkpoint.pth", weights_only=True)
+    old = json.loads(state["train_config"])
+    assert ModelConfig.from_dict(old["model"]) == get_config("small")
+    old["model"] = "small"
+    del old["dtype"]  # a field added since: it takes its default
+    assert TrainConfig.from_dict(old) == TrainConfig.from_dict(json.loads(state["train_config"]))
+    state["train_config"] = json.dumps(old)
+    out = tmp_path / "run"
+    out.mkdir()
+    save_atomic(add_checksum({k: v for k, v in state.items() if k != "checksum"}), str(out / "checkpoint.pth"))
+    assert main(_cli(data_root, out, "--steps", "3", "--resume", "--allow-changes", "--no-progress")) == 0
+    assert "with changed settings: steps: 2 != 3\n" in capsys.readouterr().err  # the model is no change
+    assert json.loads(read_training_checkpoint(str(out / "checkpoint.pth"))["train_config"])["model"]["name"] == "small"
 
 
 def test_checksum_is_verified_and_temporaries_are_removed(data_root, finished_run, tmp_path):
@@ -459,7 +452,7 @@ def test_cli_recipe_overridden_flag_by_flag(data_root, tmp_path, capsys):
         "lr 0.001 = 0.006 x 1/6 (linear scaling)" in err
     )
     config = json.loads(read_training_checkpoint(str(out / "checkpoint.pth"))["train_config"])
-    assert config["recipe"] == "davis" and config["lr"] == pytest.approx(0.001) and config["model"] == "small"
+    assert config["recipe"] == "davis" and config["lr"] == pytest.approx(0.001) and config["model"]["name"] == "small"
     assert main(["train", "--recipe", "ytvos", "--data", str(data_root), "--out", str(tmp_path / "x")]) == 2
     assert "recipe ytvos trains on youtube: pass --data-youtube" in capsys.readouterr().err
 

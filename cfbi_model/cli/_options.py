@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Callable
+from typing import Any
 
 from ..config import InferenceConfig, config_names
 from ..errors import UsageError
@@ -14,6 +16,8 @@ __all__ = [
     "positive_int",
     "add_inference_arguments",
     "inference_config",
+    "add_config_arguments",
+    "given_config_values",
     "add_config_argument",
     "add_runtime_arguments",
     "apply_runtime",
@@ -61,6 +65,77 @@ def inference_config(args: argparse.Namespace, prefix: str = "") -> InferenceCon
         return InferenceConfig(**{f.name: getattr(args, dest + f.name) for f in dataclasses.fields(InferenceConfig)})
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def _shown(value: object) -> object:
+    """A default as it is typed on the command line."""
+    if dataclasses.is_dataclass(value):
+        return value.name  # a configuration, given by name
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    return value
+
+
+def add_config_arguments(
+    group: argparse._ActionsContainer,
+    cls: type,
+    *,
+    note: Callable[[str], str] | None = None,
+) -> None:
+    """One option per field of a configuration dataclass (TrainConfig, ClipConfig), spelled as the field's
+    metadata says (cfbi_model.config._option; default: --field-name), its help from the metadata followed by
+    note(field name) and the field's default. Nested dataclass fields and `skip` get none.
+
+    An option the command line does not give stays out of the namespace (argparse.SUPPRESS), so that
+    given_config_values tells the given ones apart, e.g. those that override a recipe."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, meta = hints[f.name], f.metadata
+        if "help" not in meta:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if meta.get("square"):
+            default = default[0]
+        text = meta["help"] + (note(f.name) if note is not None else "") + f" (default: {_shown(default)})"
+        name = "--" + meta.get("flag", f.name).replace("_", "-")
+        options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+        if "metavar" in meta:
+            options["metavar"] = meta["metavar"]
+        if kind is bool:
+            group.add_argument(name, action=argparse.BooleanOptionalAction, **options)
+            continue
+        scalar = kind
+        if typing.get_origin(kind) is tuple:
+            scalar = typing.get_args(kind)[0]
+            if not meta.get("square"):
+                options["nargs"] = len(typing.get_args(kind))
+        elif dataclasses.is_dataclass(kind):
+            scalar = str  # a configuration name
+        elif typing.get_args(kind):  # X | None
+            scalar = next(a for a in typing.get_args(kind) if a is not type(None))
+        if meta.get("minimum") == 1:
+            scalar = positive_int
+        if "choices" not in meta:  # argparse shows the choices otherwise
+            options.setdefault("metavar", meta.get("flag", f.name).upper())
+        group.add_argument(name, type=scalar, choices=meta.get("choices"), **options)
+
+
+def given_config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The values of the options of add_config_arguments(cls) that the command line gave, by field name, as
+    the field takes them (a tuple for a tuple, None for a zero_is_none 0, (n, n) for a square n)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(args, f.name) or "help" not in f.metadata:
+            continue
+        value = getattr(args, f.name)
+        if f.metadata.get("square"):
+            value = (value, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif f.metadata.get("zero_is_none") and value == 0:
+            value = None
+        values[f.name] = value
+    return values
 
 
 def add_config_argument(parser: argparse.ArgumentParser, what: str) -> None:

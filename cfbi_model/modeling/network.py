@@ -5,7 +5,7 @@ instance-level attention and the collaborative ensembler.
     cur = model.extract_features(images)               # FrameFeatures at 4x / 8x / 16x
     logits = model.segment(cur, refs, ref_labels, prev, prev_labels, num_labels)   # list of [L, h4, w4]
 
-`forward` runs the whole thing from images (reference, previous, current) for training.
+`forward` is the training forward: a clip batch's current frames from images (the trainer adds the loss).
 """
 
 from __future__ import annotations
@@ -185,37 +185,69 @@ class CFBIPlus(nn.Module):
         current_images: Tensor,
         num_labels: int | Sequence[int],
         *,
+        current_labels: Tensor | None = None,
         output_size: Sequence[int] | None = None,
         min_matching_pixels: int = 0,
-    ) -> list[Tensor]:
-        """Logits of the current frames from images.
+    ) -> list[Tensor] | list[list[Tensor]]:
+        """The training forward: logits of a clip batch's current frames from images, with one backbone pass
+        over all frames (the trainer's SequentialTrainer adds the loss; inference runs `extract_features` and
+        `segment` frame by frame instead).
 
         Args:
             reference_images: [B, 3, H, W] or [B, T, 3, H, W]; reference_labels: [B, H, W] or [B, T, H, W].
-            previous_images: [B, 3, H, W]; previous_labels: [B, H, W] (ground truth or the model's own
-                previous prediction).
-            current_images: [B, 3, H, W].
+            previous_images: [B, 3, H, W]; previous_labels: [B, H, W].
+            current_images: [B, 3, H, W], one current frame, or [B, N, 3, H, W], a sequence: frame t + 1 is
+                matched against frame t, whose labels are current_labels[:, t] when given (teacher forcing),
+                else the model's own detached argmax prediction (sequential training).
             num_labels: L (objects + 1), for all samples or one per sample.
+            current_labels: [B, N, H, W] ground truth of a sequence's current frames (see current_images).
             output_size: upsample the logits bilinearly (align_corners=True) to this size; default: 4x grid.
+                The model's own predictions are the argmax of the returned logits.
+            min_matching_pixels: see `segment`.
 
         Returns:
-            one [L_b, h, w] logit tensor per sample.
+            one [L_b, h, w] logit tensor per sample; for a sequence, such a list per current frame.
         """
+        single = current_images.dim() == 4
+        if single:
+            current_images = current_images.unsqueeze(1)
         if reference_images.dim() == 4:
             reference_images, reference_labels = reference_images.unsqueeze(1), reference_labels.unsqueeze(1)
         batch, frames = reference_images.shape[:2]
-        images = torch.cat([reference_images.flatten(0, 1), previous_images, current_images], dim=0)
+        num_current = current_images.shape[1]
+        images = torch.cat([reference_images.flatten(0, 1), previous_images, current_images.flatten(0, 1)])
         features = self.extract_features(images)  # one backbone pass over all frames
         ref_end, prev_end = batch * frames, batch * frames + batch
-        references = [e[:ref_end].reshape(batch, frames, *e.shape[1:]) for e in features.embeddings]
-        prev_emb = [e[ref_end:prev_end] for e in features.embeddings]
-        cur = FrameFeatures(tuple(e[prev_end:] for e in features.embeddings), features.low_level[prev_end:])
-        ref_labels = self.scale_labels(reference_labels, cur)
-        prev_labels = self.scale_labels(previous_labels, cur)
-        logits = self.segment(
-            cur, references, ref_labels, prev_emb, prev_labels, num_labels, min_matching_pixels=min_matching_pixels
-        )
-        if output_size is not None:
-            size = (int(output_size[0]), int(output_size[1]))
-            logits = [F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0] for x in logits]
-        return logits
+        references = [e[:ref_end].reshape(batch, frames, *e.shape[1:]) for e in self.matching_embeddings(features)]
+        ref_labels = self.scale_labels(reference_labels, features)
+        previous = [e[ref_end:prev_end] for e in features.embeddings]
+        prev_labels = self.scale_labels(previous_labels, features)
+        labels_per_sample = [num_labels] * batch if isinstance(num_labels, int) else list(num_labels)
+        sequence = []
+        for t in range(num_current):
+            # the current frames are batch-major (b, t) after the flatten
+            index = torch.arange(batch, device=images.device) * num_current + t + prev_end
+            current = FrameFeatures(tuple(e[index] for e in features.embeddings), features.low_level[index])
+            logits = self.segment(
+                current,
+                references,
+                ref_labels,
+                previous,
+                prev_labels,
+                labels_per_sample,
+                min_matching_pixels=min_matching_pixels,
+            )
+            if output_size is not None:
+                size = (int(output_size[0]), int(output_size[1]))
+                logits = [
+                    F.interpolate(x.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0] for x in logits
+                ]
+            sequence.append(logits)
+            if t + 1 < num_current:
+                previous = [e[index] for e in features.embeddings]
+                if current_labels is not None:
+                    labels = current_labels[:, t]
+                else:
+                    labels = torch.stack([x.detach().argmax(0) for x in logits])
+                prev_labels = self.scale_labels(labels, features)
+        return sequence[0] if single else sequence

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -31,20 +30,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..build import CheckpointError, build_model, checkpoint_config, checkpoint_dict, extract_state_dict
-from ..config import IGNORE_LABEL, InferenceConfig, TrainConfig, config_differences
+from ..config import InferenceConfig, TrainConfig, config_differences
 from ..data.clips import ClipDataset, StepSampler, collate_clips
 from ..data.datasets import MixedVideos
 from ..io.source import Video
 from ..modeling.network import CFBIPlus
 from ..modeling.precision import amp_dtype, autocast
 from .init import initialise_from
+from .log import LOG_NAME, RunLog
 from .loss import bootstrapped_cross_entropy, top_k_fraction
 from .schedule import learning_rate_factor
 from .state import (
@@ -58,12 +56,13 @@ from .state import (
     set_rng_state,
 )
 
-__all__ = ["SequentialTrainer", "Trainer", "TrainingInterrupted", "OPERATIONAL_SETTINGS", "overlay_grid"]
+__all__ = ["SequentialTrainer", "Trainer", "TrainingInterrupted", "OPERATIONAL_SETTINGS"]
 
 
 # ------------------------------------------------------------------------------------------------ model step
 class SequentialTrainer(nn.Module):
-    """Wraps CFBIPlus so that one forward call computes a clip batch's loss (what DDP needs to see)."""
+    """CFBIPlus's training forward plus the loss, so that one forward call computes a clip batch's loss (what
+    DDP needs to see)."""
 
     def __init__(self, model: CFBIPlus) -> None:
         super().__init__()
@@ -80,40 +79,27 @@ class SequentialTrainer(nn.Module):
         num_labels: Sequence[int],
         sequential: bool,
         fraction: float,
-    ) -> tuple[Tensor, list[Tensor]]:
+    ) -> tuple[Tensor, Tensor]:
         """Returns (loss, predictions [B, N, H, W] int64 per current frame)."""
-        model = self.model
         batch, num_current = cur_images.shape[:2]
-        size = tuple(cur_images.shape[-2:])
-        images = torch.cat([ref_image, prev_image, cur_images.flatten(0, 1)])
-        features = model.extract_features(images)
-        embeddings = features.embeddings
-
-        def frame(index: Tensor | slice):
-            return [e[index] for e in embeddings]
-
-        refs = [e[:batch].unsqueeze(1) for e in model.matching_embeddings(features)]
-        ref_labels = [lab.unsqueeze(1) for lab in model.scale_labels(ref_label, features)]
-        cur_start = 2 * batch
-        prev_emb = frame(slice(batch, 2 * batch))
-        prev_labels = model.scale_labels(prev_label, features)
+        sequence = self.model(
+            ref_image,
+            ref_label,
+            prev_image,
+            prev_label,
+            cur_images,
+            list(num_labels),
+            current_labels=None if sequential else cur_labels,
+            output_size=cur_images.shape[-2:],
+        )
         total = 0.0
         predictions = []
-        for t in range(num_current):
-            idx = torch.arange(batch, device=images.device) * num_current + t + cur_start
-            cur = type(features)(tuple(e[idx] for e in embeddings), features.low_level[idx])
-            logits = model.segment(cur, refs, ref_labels, prev_emb, prev_labels, list(num_labels))
+        for t, logits in enumerate(sequence):
             frame_loss = 0.0
-            preds = []
             for n, lg in enumerate(logits):
-                lg = F.interpolate(lg.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0]
                 frame_loss = frame_loss + bootstrapped_cross_entropy(lg, cur_labels[n, t], fraction)
-                preds.append(lg.detach().argmax(0))
             total = total + frame_loss / batch
-            pred = torch.stack(preds)
-            predictions.append(pred)
-            prev_emb = [e[idx] for e in embeddings]
-            prev_labels = model.scale_labels(pred if sequential else cur_labels[:, t], features)
+            predictions.append(torch.stack([lg.detach().argmax(0) for lg in logits]))
         return total / num_current, torch.stack(predictions, 1)
 
 
@@ -141,10 +127,6 @@ def _ignore_signals_in_worker(worker_id: int) -> None:
     # checkpoint) and shuts them down; a worker dying first would end the loop with a traceback instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _finite(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class Trainer:
@@ -206,15 +188,8 @@ class Trainer:
         self.micro_batches = 0  # forward / backward passes of this process so far (all steps)
         self.history: list[dict] = []
         self.initialised_from: str | None = None
-        self.progress = progress and self.rank == 0
-        self.writer = None
-        if tensorboard and self.rank == 0:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-            except ImportError:
-                self.writer = None
+        # log.jsonl, TensorBoard and the progress bar are rank 0's
+        self.run_log = RunLog(out_dir, tensorboard=tensorboard, progress=progress) if self.rank == 0 else None
         self.on_log = on_log
         self._signal: int | None = None
 
@@ -235,7 +210,7 @@ class Trainer:
     @property
     def log_path(self) -> str:
         """The JSON-lines log: one object per logged step (the records of `history`)."""
-        return os.path.join(self.out_dir, "log.jsonl")
+        return os.path.join(self.out_dir, LOG_NAME)
 
     def state(self) -> dict:
         """Everything a resumed run needs, with its checksum (cfbi_model.training.state)."""
@@ -443,16 +418,6 @@ class Trainer:
             signum = int(flag)
         return signum
 
-    def _open_log(self):
-        if self.rank != 0:
-            return None
-        os.makedirs(self.out_dir, exist_ok=True)
-        handle = open(self.log_path, "w", encoding="utf-8")  # rewritten from the (resumed) history
-        for record in self.history:
-            handle.write(json.dumps({k: _finite(v) for k, v in record.items()}) + "\n")
-        handle.flush()
-        return handle
-
     def train(self, resume: bool = False, until: int | None = None, *, allow_changes: bool = False) -> list[dict]:
         """Train up to step `until` (default: config.steps). With resume, first continue from the checkpoint of
         out_dir when it exists (see load); otherwise start from config.init when set.
@@ -478,34 +443,21 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 handlers[signum] = signal.signal(signum, self._on_signal)
-        log = self._open_log()
-        bar = None
+        log = self.run_log
         try:
-            if self.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(
-                    total=end,
-                    initial=self.step,
-                    desc="train",
-                    unit="step",
-                    dynamic_ncols=True,
-                    bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| [{elapsed} elapsed, ETA "
-                    "{remaining}, {rate_fmt}]{postfix}",
-                )
-            self._loop(end, bar, log)
+            if log is not None:
+                log.start(self.history, self.step, end)  # log.jsonl rewritten from the (resumed) history
+            self._loop(end)
         finally:
-            if bar is not None:
-                bar.close()
             if log is not None:
                 log.close()
             for signum, previous in handlers.items():
                 signal.signal(signum, previous)
-        if self.writer is not None:
-            self.writer.flush()
+        if log is not None:
+            log.flush()
         return self.history
 
-    def _loop(self, end: int, bar, log) -> None:
+    def _loop(self, end: int) -> None:
         cfg = self.config
         started = time.perf_counter()
         self._running: float | None = None
@@ -523,7 +475,7 @@ class Trainer:
             if micro:
                 info = self.train_step(micro)
                 micro = []
-                self._after_step(info, started, bar, log)
+                self._after_step(info, started)
             signum = self._stop_requested()
             if signum:
                 del batches
@@ -533,53 +485,21 @@ class Trainer:
                 self.save()
         self.save()
 
-    def _after_step(self, info: dict, started: float, bar, log) -> None:
-        cfg = self.config
+    def _after_step(self, info: dict, started: float) -> None:
+        cfg, log = self.config, self.run_log
         running = self._running
         self._running = info["loss"] if running is None else 0.9 * running + 0.1 * info["loss"]
         record = {k: info[k] for k in ("step", "loss", "lr", "grad_norm", "top_k", "sequential")}
         record["time"] = time.perf_counter() - started
         if cfg.val_every and self.val_videos and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
             record["val_jf"] = self.validate()
-            if self.writer is not None:
-                self.writer.add_scalar("val/J&F", record["val_jf"], self.step)
+            if log is not None:
+                log.validation(record["val_jf"], self.step)
         if cfg.log_every and (self.step % cfg.log_every == 0 or "val_jf" in record or self.step == cfg.steps):
             self.history.append(record)
             if log is not None:
-                log.write(json.dumps({k: _finite(v) for k, v in record.items()}) + "\n")
-                log.flush()
-            if self.writer is not None:
-                self._tensorboard(info)
+                log.record(record, info, overlay=self.step % (cfg.log_every * 10) == 0)
             if self.on_log is not None and self.rank == 0:
                 self.on_log(record)
-        if bar is not None:
-            postfix = {"loss": f"{self._running:.4f}", "lr": f"{info['lr']:.2e}"}
-            if "val_jf" in record:
-                postfix["val J&F"] = f"{record['val_jf']:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-
-    def _tensorboard(self, info: dict) -> None:
-        w, s = self.writer, self.step
-        for key in ("loss", "lr", "grad_norm", "top_k"):
-            if isinstance(info[key], float) and math.isfinite(info[key]):
-                w.add_scalar(f"train/{key}", info[key], s)
-        if self.config.log_every and s % (self.config.log_every * 10) == 0:
-            w.add_image("train/overlay", overlay_grid(info["batch"], info["predictions"]), s, dataformats="HWC")
-
-
-def overlay_grid(batch: dict, predictions: Tensor) -> np.ndarray:
-    """First clip of a batch as an image: the current frames with ground truth (top) and prediction (bottom)."""
-    from ..io.masks import default_palette  # noqa: PLC0415
-    from ..io.overlay import overlay  # noqa: PLC0415
-    from ..modeling.preprocess import to_rgb  # noqa: PLC0415
-
-    palette = default_palette()
-    rows = [[], []]
-    for t in range(predictions.shape[1]):
-        rgb = to_rgb(batch["cur_images"][0, t])
-        gt = batch["cur_labels"][0, t].cpu().numpy().astype(np.uint8)
-        gt[gt == IGNORE_LABEL] = 0
-        rows[0].append(overlay(rgb, gt, palette))
-        rows[1].append(overlay(rgb, predictions[0, t].cpu().numpy().astype(np.uint8), palette))
-    return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+        if log is not None:
+            log.advance(self._running, info["lr"], record.get("val_jf"))

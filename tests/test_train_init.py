@@ -4,6 +4,8 @@ which the authors' state dict follows, and in the VainF layout, CFBI+ checkpoint
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 
@@ -100,7 +102,9 @@ def test_torchvision_resnet_into_the_small_trunk(tmp_path):
     summary = initialise_from(model, tmp_path / "resnet.pth")
     trunk = sum(1 for k in model.state_dict() if k.startswith("feature_extracter.backbone."))
     assert _trunk_equal(model, state) == trunk
+    digest = hashlib.sha256((tmp_path / "resnet.pth").read_bytes()).hexdigest()
     assert f"(torchvision ResNet): tensors loaded: trunk {trunk}/{trunk}, ASPP 0/" in summary
+    assert summary.endswith(f"; sha256 {digest}")
     assert "unused from the file: fc.weight, fc.bias" in summary and "\n" not in summary
     _untouched(model, before, "feature_extracter.aspp.")
     _untouched(model, before, "fpn.")
@@ -347,7 +351,13 @@ def test_cli_init(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(common + ["--init", str(tmp_path / "resnet.pth"), "--out", str(tmp_path / "run")]) == 0
-    assert "(torchvision ResNet): tensors loaded: trunk " in capsys.readouterr().err
+    digest = hashlib.sha256((tmp_path / "resnet.pth").read_bytes()).hexdigest()
+    err = capsys.readouterr().err
+    assert "(torchvision ResNet): tensors loaded: trunk " in err and f"; sha256 {digest}\n" in err
+    # The run records what it started from: in its log and its checkpoint.
+    first = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert first["init_sha256"] == digest
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["init_sha256"] == digest
     torch.save(torchvision_resnet("basic", (2, 2, 2, 2)), tmp_path / "resnet18.pth")
     assert main(common + ["--init", str(tmp_path / "resnet18.pth"), "--out", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -486,3 +486,51 @@ def test_training_speed_benchmark_runs(capsys):
     assert training_speed.main(["--config", "small", "--crop", "65", "--num-current", "2", "--steps", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["config"] == "small" and len(result["seconds"]) == 1 and result["steps_per_s"] > 0
+
+
+# ------------------------------------------------------------------------------------------ bad data, --resume
+def _copy_data(data_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    return root
+
+
+def _cli_run(root, out, *extra: str) -> int:
+    from cfbi_model.cli import main
+
+    return main([*tiny_train_args(root), "--threads", "1", "--no-progress", "--out", str(out), *extra])
+
+
+def test_resume_without_a_checkpoint_is_an_error(data_root, tmp_path, capsys):
+    assert _cli_run(data_root, tmp_path / "typo", "--steps", "1", "--resume") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cfbi train: error: --resume: no checkpoint in ") and "typo" in err[-1]
+    assert not (tmp_path / "typo" / "checkpoint.pth").exists()
+
+
+def test_a_mask_of_the_wrong_size_stops_the_run_before_its_first_step(data_root, tmp_path, capsys):
+    from PIL import Image
+
+    root = _copy_data(data_root, tmp_path)
+    mask = sorted((root / "Annotations" / "480p").glob("synth_train_*/*.png"))[-1]
+    with Image.open(mask) as image:
+        image.crop((0, 0, image.width - 2, image.height)).save(mask)
+    assert _cli_run(root, tmp_path / "run", "--steps", "3") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cfbi train: error: mask ") and mask.name in err[-1] and "(WxH)" in err[-1]
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()  # no step was run
+
+
+def test_a_data_error_during_the_run_writes_the_checkpoint(data_root, tmp_path, capsys):
+    """A frame whose header reads but whose pixels do not (truncated): found when a clip draws it; the steps
+    done are kept in the checkpoint and the error says where it is."""
+    root = _copy_data(data_root, tmp_path)
+    for frame in (root / "JPEGImages" / "480p").glob("synth_train_*/*.jpg"):
+        data = frame.read_bytes()
+        frame.write_bytes(data[: len(data) // 3])
+    assert _cli_run(root, tmp_path / "run", "--steps", "3") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("cfbi train: error: ") and "checkpoint of step 0 written" in last, last
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["step"] == 0

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..build import CheckpointError
-    from ..data.datasets import DataError, MixedVideos, davis_videos, youtube_vos_videos
+    from ..data.datasets import DataError, MixedVideos, check_sizes, davis_videos, youtube_vos_videos
     from ..training.trainer import Trainer, TrainingInterrupted
 
     if args.threads:
@@ -162,10 +162,14 @@ def run(args: argparse.Namespace) -> int:
             val = davis_videos(args.data, args.val_split)
             if args.val_sequences:
                 val = val[: args.val_sequences]
+        # Every frame's and mask's size from its header, now: a bad file ends the run before its first step.
+        checked = check_sizes([v for source in sources for v in source])
     except DataError as error:
         return _error(str(error))
-    if args.resume and not os.path.exists(os.path.join(args.out, "checkpoint.pth")) and rank == 0:
-        print(f"cfbi train: --resume: no checkpoint in {args.out}; starting from step 0", file=sys.stderr)
+    if rank == 0:
+        print(f"cfbi train: {checked} training frames checked", file=sys.stderr)
+    if args.resume and not os.path.exists(os.path.join(args.out, "checkpoint.pth")):
+        return _error(f"--resume: no checkpoint in {args.out} (a mistyped --out?); leave out --resume to start a run")
     try:
         trainer = Trainer(config, videos, args.out, val_videos=val, inference=inference, progress=args.progress)
         history = trainer.train(resume=args.resume, allow_changes=args.allow_changes)

@@ -146,7 +146,7 @@ def _short(keys: list[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def initialise_from(model: nn.Module, path: str | os.PathLike) -> str:
+def initialise_from(model: nn.Module, path: str | os.PathLike, sha256: str | None = None) -> str:
     """Copy the tensors of a pretrained file (see the module docstring for the layouts) into `model`, in
     place; returns a one-line summary: tensors loaded per part (trunk, ASPP, decoder, head) and what was not
     loaded. CheckpointError (one line) for an unreadable file, an unknown layout, a CFBI+ checkpoint of
@@ -197,10 +197,10 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> str:
         counts.append(f"{name} {len(loaded)}/{len(keys)}")
         if loaded and len(loaded) < len(keys):
             partial += [k for k in keys if k not in mapped]
-    # The file's SHA-256 records exactly what the run started from (the summary goes to the run's log).
-    line = f"--init {path} (sha256 {file_sha256(path)}, {LAYOUTS[layout]}): tensors loaded: {', '.join(counts)}"
+    line = f"--init {path} ({LAYOUTS[layout]}): tensors loaded: {', '.join(counts)}"
     if partial:
         line += f"; not loaded: {_short(partial)}"
     if unused:
         line += f"; unused from the file: {_short(unused)}"
-    return line
+    # The file's SHA-256 records exactly what the run started from (the summary goes to the run's log).
+    return line + f"; sha256 {sha256 or file_sha256(path)}"

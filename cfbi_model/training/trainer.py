@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from ..build import CheckpointError, build_model, checkpoint_config, checkpoint_dict, extract_state_dict
 from ..config import InferenceConfig, TrainConfig, config_differences
 from ..data.clips import ClipDataset, StepSampler, collate_clips
-from ..data.datasets import MixedVideos
+from ..data.datasets import DataError, MixedVideos
+from ..io.files import file_sha256
 from ..io.source import Video
 from ..modeling.network import CFBIPlus
 from ..modeling.precision import amp_dtype, autocast
@@ -188,6 +189,7 @@ class Trainer:
         self.micro_batches = 0  # forward / backward passes of this process so far (all steps)
         self.history: list[dict] = []
         self.initialised_from: str | None = None
+        self.init_sha256: str | None = None
         # log.jsonl, TensorBoard and the progress bar are rank 0's
         self.run_log = RunLog(out_dir, tensorboard=tensorboard, progress=progress) if self.rank == 0 else None
         self.on_log = on_log
@@ -225,6 +227,7 @@ class Trainer:
                 "train_config": json.dumps(self.config.to_dict()),
                 "history": json.dumps(self.history),
                 "world_size": self.world_size,
+                "init_sha256": self.init_sha256 or "",
             }
         )
 
@@ -285,6 +288,7 @@ class Trainer:
         self.scaler.load_state_dict(contents["scaler"])
         self.step = int(contents["step"])
         self.history = json.loads(contents.get("history", "[]"))
+        self.init_sha256 = contents.get("init_sha256") or None
         set_rng_state(contents["rng"])
         if changed:  # the loaded optimizer and scheduler carry the checkpoint's hyper-parameters
             cfg = self.config
@@ -306,7 +310,8 @@ class Trainer:
     def initialise(self, path: str | None = None) -> str:
         """Load pretrained weights into the model (cfbi_model.training.init); returns the one-line summary."""
         path = path or self.config.init
-        summary = initialise_from(self.model, path)
+        self.init_sha256 = file_sha256(path)  # what the run started from, in its checkpoints and log.jsonl
+        summary = initialise_from(self.model, path, self.init_sha256)
         self.initialised_from = path
         return summary
 
@@ -466,6 +471,13 @@ class Trainer:
         while self.step < end:
             try:
                 micro.append(next(batches))
+            except DataError as error:
+                if self._signal is None and self.world_size == 1:  # keep the steps done (several processes would
+                    self.save()  # wait for each other in save; there the run stops at its last checkpoint)
+                    raise DataError(
+                        f"{error} (checkpoint of step {self.step} written: {self.checkpoint_path})"
+                    ) from None
+                raise
             except Exception:
                 if self._signal is None:
                     raise
@@ -496,6 +508,8 @@ class Trainer:
             if log is not None:
                 log.validation(record["val_jf"], self.step)
         if cfg.log_every and (self.step % cfg.log_every == 0 or "val_jf" in record or self.step == cfg.steps):
+            if self.init_sha256 and not self.history:
+                record["init_sha256"] = self.init_sha256  # the first logged record says what the run started from
             self.history.append(record)
             if log is not None:
                 log.record(record, info, overlay=self.step % (cfg.log_every * 10) == 0)

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         result = cfbi_model.segment_video(
             video, labels, model=model, out=os.path.join(scratch, "out"), on_frame=on_frame
         )
-        written = len(os.listdir(result.folder))
+        written = sum(1 for name in os.listdir(result.folder) if name.endswith(".png"))
     info = machine_info()
     print(f"machine: {info['machine']} {info['cpu']}, torch {info['torch']}, threads {args.threads}")
     print(f"video: {args.frames} frames of {args.width}x{args.height}; {result.summary()}; {written} masks written")

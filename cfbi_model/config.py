@@ -319,8 +319,8 @@ class InferenceConfig:
     compile: bool = field(
         default=False,
         metadata=_help(
-            "torch.compile the per-frame work (with freezing on the CPU), once per model and process: later videos, "
-            "sizes and object counts reuse it (dynamic shapes after the first new size)"
+            "torch.compile the per-frame work (with freezing on the CPU), once per model and process: later videos "
+            "reuse it; the first new frame sizes recompile parts with dynamic shapes, later sizes reuse them"
         ),
     )
     max_long_edge: float | None = field(

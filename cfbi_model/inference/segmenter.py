@@ -405,7 +405,8 @@ def compiled(model: CFBIPlus) -> tuple[Any, Any]:
     that every VideoSegmenter and every video of a process reuses them (a predict run over a split compiles once).
 
     Shapes: torch's automatic dynamic shapes; the first frame size and object count compile static graphs, the
-    first different one recompiles them once with symbolic sizes, later ones reuse those. On the CPU the weights
+    next different ones recompile parts with symbolic sizes (measured: the second and third sizes), later ones
+    reuse those. On the CPU the weights
     are frozen into the graphs (inductor's freezing: constant folding, weight pre-packing for oneDNN)."""
     cached = model.__dict__.get("_cfbi_compiled")
     if cached is None:

@@ -104,13 +104,15 @@ def _differentiable_backward(
     batch, channels = query.shape[:2]
     num_labels, out_shape = fg.shape[1], fg.shape
     q, cand = query.to(wide), candidates.to(wide)
-    found = argmin >= 0
-    index = argmin.clamp(min=0).long().reshape(batch, 1, -1)
-    chosen = cand.gather(2, index.expand(batch, channels, index.shape[2]))  # [B, C, L * prod(S)]
     pixels = query.shape[2] * query.shape[3]
     groups = math.prod(fg.shape[1:-2])  # L * K outputs per query pixel, the pixel innermost
-    q = q.reshape(batch, channels, 1, pixels).expand(batch, channels, groups, pixels).reshape(batch, channels, -1)
-    diff = torch.where(found.reshape(batch, 1, -1), q - chosen, 0.0)
+    entries = groups * pixels
+    # Explicit sizes throughout: with B = 0 or C = 0 a -1 would be ambiguous.
+    found = argmin >= 0
+    index = argmin.clamp(min=0).long().reshape(batch, 1, entries)
+    chosen = cand.gather(2, index.expand(batch, channels, entries))  # [B, C, L * prod(S)]
+    q = q.reshape(batch, channels, 1, pixels).expand(batch, channels, groups, pixels).reshape(batch, channels, entries)
+    diff = torch.where(found.reshape(batch, 1, entries), q - chosen, 0.0)
     dist = (diff * diff).sum(1).reshape(out_shape)
     label_shape = (1, num_labels) + (1,) * (fg.dim() - 2)
     bias = torch.cat([bg_bias.reshape(1).to(wide), fg_bias.reshape(1).to(wide).expand(num_labels - 1)])
@@ -121,11 +123,10 @@ def _differentiable_backward(
     source = _reference.background_source(fg.detach())
     coef = g_fg.scatter_add(1, source, g_bg) if num_labels > 1 else g_fg + g_bg
     coef = torch.where(found, coef * (1 - score * score) / 2, 0.0)
-    flat_coef = coef.reshape(batch, 1, -1)
-    grad_pairs = 2 * flat_coef * diff  # d / d query of each (label, pixel) term: [B, C, L * prod(S)]
+    grad_pairs = 2 * coef.reshape(batch, 1, entries) * diff  # d / d query of each (label, pixel) term
     grad_query = grad_pairs.reshape(batch, channels, groups, pixels).sum(2).reshape(query.shape)
     grad_cand = torch.zeros_like(cand).scatter_add(2, index.expand_as(grad_pairs), -grad_pairs)
-    per_label = coef.transpose(0, 1).reshape(num_labels, -1).sum(1)
+    per_label = coef.sum(0).reshape(num_labels, entries // num_labels).sum(1)
     grad_bg_bias = per_label[0].reshape(bg_bias.shape)
     grad_fg_bias = per_label[1:].sum().reshape(fg_bias.shape)
     return grad_query.to(dtype), grad_cand.to(dtype), grad_fg_bias.to(fg_bias.dtype), grad_bg_bias.to(bg_bias.dtype)
@@ -168,7 +169,7 @@ def _local_backward(
     grad_bg: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if _double_backward_wanted(query, previous, fg_bias, bg_bias, grad_fg, grad_bg):
-        candidates = previous.reshape(previous.shape[0], previous.shape[1], -1)
+        candidates = previous.reshape(previous.shape[0], previous.shape[1], previous.shape[2] * previous.shape[3])
         gq, gc, gfb, gbb = _differentiable_backward(query, candidates, fg, argmin, fg_bias, bg_bias, grad_fg, grad_bg)
         return gq, gc.reshape(previous.shape), gfb, gbb
     gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(

@@ -94,10 +94,14 @@ CFBI_HD int64_t selection_key_index(unsigned long long key) { return static_cast
 // The key of "no candidate yet": larger than every real key.
 constexpr unsigned long long kNoSelectionKey = ~0ull;
 
-// The score of a selection key (the inverse of selection_key's high word; a NaN comes back as a NaN).
+// The score of a selection key (the inverse of selection_key's high word; a NaN comes back as a NaN, and
+// kNoSelectionKey, no candidate, as +inf).
 CFBI_HD float selection_key_score(unsigned long long key) {
   const uint32_t ordered = static_cast<uint32_t>(key >> 32);
-  const uint32_t bits = ordered == 0u ? 0x7fc00000u : (ordered & 0x80000000u) ? (ordered & 0x7fffffffu) : ~ordered;
+  const uint32_t bits = key == kNoSelectionKey ? 0x7f800000u
+                        : ordered == 0u        ? 0x7fc00000u
+                        : (ordered & 0x80000000u) ? (ordered & 0x7fffffffu)
+                                                  : ~ordered;
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(bits);
 #else

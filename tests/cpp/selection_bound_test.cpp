@@ -27,6 +27,8 @@ int main() {
   }
   ++checks;
   if (!std::isnan(cfbi::selection_key_score(cfbi::selection_key(nan, 3)))) fail("NaN key", 0, 0);
+  ++checks;  // no second candidate: the gap is infinite
+  if (!(cfbi::selection_key_score(cfbi::kNoSelectionKey) == inf)) fail("kNoSelectionKey", 0, 0);
 
   // selection_is_certain: a gap above two bounds, finite values only (a missing second candidate is +inf).
   const bool certain[] = {cfbi::selection_is_certain(1.0f, 1.5f, 0.2f), cfbi::selection_is_certain(1.0f, inf, 0.2f),

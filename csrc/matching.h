@@ -131,6 +131,16 @@ CFBI_HD float selection_error_bound(float query_norm_sq, float winner_distance, 
   return static_cast<float>(2.0 * static_cast<double>(channels + 4) * u * reach * reach);
 }
 
+// A cheaper bound, without square roots: (a + min(b, a + c))^2 <= 2 a^2 + 2 min(b^2, 2 a^2 + 2 c^2), so this is at
+// least selection_error_bound (about twice it at most), computed in float (an overflow gives +inf).
+CFBI_HD float selection_error_bound_fast(float query_norm_sq, float winner_distance, int64_t channels,
+                                         float candidate_norm_sq = __builtin_huge_valf()) {
+  const float near = 2.0f * query_norm_sq + 2.0f * winner_distance;
+  const float reach_sq = 2.0f * query_norm_sq + 2.0f * (candidate_norm_sq < near ? candidate_norm_sq : near);
+  // 1 + 2^-10 covers this float evaluation's own rounding where the inequality is tight (a = min(b, a + c)).
+  return 2.0009765625f * static_cast<float>(channels + 4) * (1.0f / 16777216.0f) * reach_sq;
+}
+
 // Whether the dot-product selection's winner (computed value best) is the exact-distance winner for certain: every
 // other candidate's computed value (the smallest is second; +inf when there is none) lies more than two bounds
 // above. A NaN or infinite bound or value is never certain (the caller then scans with exact distances), except a
@@ -138,6 +148,18 @@ CFBI_HD float selection_error_bound(float query_norm_sq, float winner_distance, 
 CFBI_HD bool selection_is_certain(float best, float second, float bound) {
   if (!(best - best == 0.0f)) return false;  // NaN or infinite
   return second - best > 2.0f * bound;
+}
+
+// Whether a (query, label) of the dot-product selection must be scanned again with exact distances: the cheap bound
+// first (it almost always settles it, the gap being far above the rounding), the sharper one only when it does not.
+CFBI_HD bool selection_needs_exact_scan(float best, float second, float query_norm_sq, float winner_distance,
+                                        int64_t channels, float candidate_norm_sq = __builtin_huge_valf()) {
+  if (selection_is_certain(best, second,
+                           selection_error_bound_fast(query_norm_sq, winner_distance, channels, candidate_norm_sq))) {
+    return false;
+  }
+  return !selection_is_certain(best, second,
+                               selection_error_bound(query_norm_sq, winner_distance, channels, candidate_norm_sq));
 }
 
 // ceil(n / d) for n >= 0, d >= 1, without the overflow of n + d - 1.

@@ -208,10 +208,8 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
           float winner_dist = winner < 0 ? 0.0f : squared_distance<float, float>(q, 1, exact_at(winner), kLanes, channels);
           // Where rounding could have picked the wrong candidate (selection_is_certain), or picked none of an
           // existing label (values whose products overflow), the label is scanned with exact distances.
-          if (label_count > 0 &&
-              (winner < 0 ||
-               !selection_is_certain(dist[i], second[i],
-                                     selection_error_bound(centred_norms[i], winner_dist, channels, label_norm[l])))) {
+          if (label_count > 0 && (winner < 0 || selection_needs_exact_scan(dist[i], second[i], centred_norms[i],
+                                                                            winner_dist, channels, label_norm[l]))) {
             simd.global_exact_min(q, exact.data(), label_blocks[l], label_blocks[l + 1], first_slot + label_count,
                                   channels, &winner_dist, &winner);
             if (winner >= 0) winner_dist = squared_distance<float, float>(q, 1, exact_at(winner), kLanes, channels);

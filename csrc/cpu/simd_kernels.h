@@ -47,22 +47,21 @@ static void global_tile_min(const float* queries, const float* query_norms, cons
     }
   }
   for (int64_t i = 0; i < kQueryTile; ++i) {
-    float d = inf;
-    int64_t p = -1, winner = -1;
+    // s: the second smallest over the lanes (every lane's second, and the best of every lane but the winner's).
+    float d = inf, s = inf;
+    int64_t p = -1;
     for (int64_t lane = 0; lane < kLanes; ++lane) {
       const int64_t lp = best_lane_pos[i][lane];
       if (lp < 0) continue;
-      if (p < 0 || best[i][lane] < d || (best[i][lane] == d && lp < p)) {
-        d = best[i][lane];
-        p = lp;
-        winner = lane;
-      }
-    }
-    // Second smallest over the lanes: every lane's second, and the best of every lane but the winner's.
-    float s = inf;
-    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      const float value = best[i][lane];
       s = second[i][lane] < s ? second[i][lane] : s;
-      if (lane != winner) s = best[i][lane] < s ? best[i][lane] : s;
+      if (p < 0 || value < d || (value == d && lp < p)) {
+        s = d < s ? d : s;
+        d = value;
+        p = lp;
+      } else {
+        s = value < s ? value : s;
+      }
     }
     best_dist[i] = d;
     best_pos[i] = p;

@@ -527,9 +527,8 @@ __global__ void __launch_bounds__(kFinishThreads)
           const A best = squared_distance<T, A>(q, pixels, candidate(b, index), frame_pixels, channels);
           dist[out + l * pixels] = best;
           argmin[out + l * pixels] = static_cast<int32_t>(index);
-          const float bound = selection_error_bound(query_norm, static_cast<float>(best), channels);
-          if (!selection_is_certain(selection_key_score(key), selection_key_score(second_keys[out + l * pixels]),
-                                    bound)) {
+          if (selection_needs_exact_scan(selection_key_score(key), selection_key_score(second_keys[out + l * pixels]),
+                                         query_norm, static_cast<float>(best), channels)) {
             pending[atomicAdd(&pending_count, 1)] = threadIdx.x;
           }
         } else if (active) {

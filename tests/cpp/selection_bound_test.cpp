@@ -1,7 +1,8 @@
 // The rounding bound of the float32 dot-product selection (csrc/matching.h): selection_error_bound must bound the
 // error of ||q'||^2 + ||r'||^2 - 2 q'.r' (centred as the kernels centre, summed in float as they sum) against the
 // exact ||q - r||^2, for every candidate that could take the winner's place, over embeddings with offsets and
-// outliers; selection_key_score must invert selection_key; selection_is_certain must refuse non-finite values.
+// outliers, and selection_error_bound_fast must be at least it; selection_key_score must invert selection_key;
+// selection_is_certain must refuse non-finite values.
 // Exits 1 on a failure.
 #include <cmath>
 #include <cstdio>
@@ -79,7 +80,9 @@ int main() {
       const float computed = (norm + query_norm) - 2.0f * dot;
       const float bound = cfbi::selection_error_bound(query_norm, static_cast<float>(exact), channels, norm);
       if (!std::isfinite(computed) || !std::isfinite(bound)) continue;  // never certain: the exact scan decides
-      ++checks;
+      const float fast = cfbi::selection_error_bound_fast(query_norm, static_cast<float>(exact), channels, norm);
+      checks += 2;
+      if (!(fast >= bound)) fail("fast bound below the bound", fast, bound);
       const double error = std::fabs(double(computed) - exact);
       if (error > bound) fail("bound", error, bound);
       if (bound > 0) worst = std::max(worst, error / bound);

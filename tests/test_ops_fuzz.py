@@ -1,7 +1,7 @@
 """Property-based fuzzing of both ops (hypothesis), each target in a child interpreter so that a crash is a failure
 with its exit signal instead of the end of the suite.
 
-Targets: "global" / "local" draw valid cases from the harness's Case fields (tests/test_ops_harness.py), a quarter
+Targets: "global" / "local" draw valid cases from the harness's Case fields (tests/test_ops_harness.py), half
 with one outlier element (1e2 .. 1e30, in the query or the candidates), and check the compiled op against the harness
 oracle (forward, every CPU dtype of the harness) and against the reference (float64 gradients and second
 derivatives); then invalid arguments, which must raise an exception whose message names the argument. "raw" calls
@@ -57,7 +57,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
             seed=draw(st.integers(0, 2**31)),
             fg_bias=draw(st.floats(-6, 3)),
             bg_bias=draw(st.floats(-6, 3)),
-            # One outlier element in a quarter of the cases (issue 21): the float32 selection's rounding bound.
+            # One outlier element in half of the cases (issue 21): the float32 selection's rounding bound.
             outlier=draw(st.sampled_from([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e2, 1e4, 1e6, -1e10, 1e20, 1e30])),
             outlier_in=draw(st.sampled_from(["query", "reference"])),
         )

@@ -25,6 +25,8 @@ What differs from the original (README, "Using cfbi_ops in a CFBI-based codebase
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -86,34 +88,51 @@ def _label_index(labels: object, name: str, size: Sequence[int] | None, like: Te
     return torch.where(count > 0, index, num_labels)
 
 
+def _integer(value: object) -> int | None:
+    """value as an int if it is an integer of a type the authors' network passes: a Python int, a numpy integer or a
+    0-d integer tensor on any device (their `obj_num` is an element of a batch tensor). None otherwise; bools are
+    not integers here."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            return None
+        return int(value.item())
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python and numpy bools
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _rate(atrous_rate: object) -> int:
-    if isinstance(atrous_rate, bool) or not isinstance(atrous_rate, int) or atrous_rate < 1:
+    rate = _integer(atrous_rate)
+    if rate is None or rate < 1:
         raise ValueError(f"atrous_rate must be an int >= 1, got {atrous_rate!r}")
-    return atrous_rate
+    return rate
 
 
 def _min_pixels(atrous_obj_pixel_num: object) -> int:
-    if isinstance(atrous_obj_pixel_num, bool) or not isinstance(atrous_obj_pixel_num, int) or atrous_obj_pixel_num < 0:
+    min_pixels = _integer(atrous_obj_pixel_num)
+    if min_pixels is None or min_pixels < 0:
         raise ValueError(f"atrous_obj_pixel_num must be an int >= 0, got {atrous_obj_pixel_num!r}")
-    return atrous_obj_pixel_num
+    return min_pixels
 
 
 def _size(ori_size: object) -> tuple[int, int] | None:
+    """None, or (height, width) from a sequence of two integers (torch.Size, tuple, list, 1-d integer tensor)."""
     if ori_size is None:
         return None
-    if (
-        isinstance(ori_size, Tensor)
-        or not isinstance(ori_size, Sequence)
-        or len(ori_size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in ori_size)
-    ):
+    if isinstance(ori_size, Tensor) and ori_size.dim() == 1:
+        ori_size = list(ori_size.unbind())
+    sizes = [_integer(s) for s in ori_size] if isinstance(ori_size, Sequence) and len(ori_size) == 2 else []
+    if len(sizes) != 2 or any(s is None or s <= 0 for s in sizes):
         raise ValueError(f"ori_size must be None or (height, width) of positive ints, got {ori_size!r}")
-    return int(ori_size[0]), int(ori_size[1])
+    return sizes[0], sizes[1]
 
 
 def _bias_vector(dis_bias: object, num_labels: int, like: Tensor) -> Tensor:
     """dis_bias (a number, or a tensor of 1 or L elements) -> [L]."""
-    if isinstance(dis_bias, (int, float)) and not isinstance(dis_bias, bool):
+    if isinstance(dis_bias, numbers.Real) and not isinstance(dis_bias, bool):
         return torch.full((num_labels,), float(dis_bias), dtype=like.dtype, device=like.device)
     if not isinstance(dis_bias, Tensor):
         raise ValueError(f"dis_bias must be a number or a tensor, got {type(dis_bias).__name__}")
@@ -409,8 +428,8 @@ def local_matching(
             f"{tuple(previous.shape)}"
         )
     rate = _rate(atrous_rate)
-    windows = list(multi_local_distance) if isinstance(multi_local_distance, Sequence) else None
-    if not windows or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in windows):
+    windows = [_integer(k) for k in multi_local_distance] if isinstance(multi_local_distance, Sequence) else None
+    if not windows or not all(k is not None and k >= 0 for k in windows):
         raise ValueError(f"multi_local_distance must be a non-empty list of ints >= 0, got {multi_local_distance!r}")
     if any(k // rate > windows[-1] // rate for k in windows):
         raise ValueError(f"multi_local_distance: the last window must be the largest, got {windows}")
@@ -450,14 +469,17 @@ def local_matching(
     return maps.permute(2, 3, 0, 1).reshape(1, size[0], size[1], num_labels, len(windows))
 
 
-def foreground2background(dis: Tensor, obj_num: int) -> Tensor:
+def foreground2background(dis: Tensor, obj_num: int | Tensor) -> Tensor:
     """dis [obj_num, K, ...] -> [obj_num, 1, ...]: for object i the minimum of dis[j, k] over every other object
-    j and every channel k; dis itself when obj_num == 1. The gradient goes to the first minimum in (j, k)
+    j and every channel k; dis itself when obj_num == 1 (obj_num: an int, numpy integer or 0-d integer tensor, as
+    the authors' network passes it). The gradient goes to the first minimum in (j, k)
     order, as in the original's concatenate-and-min."""
     if not isinstance(dis, Tensor) or dis.dim() < 2:
         raise ValueError(f"dis must be a tensor [obj_num, K, ...], got {getattr(dis, 'shape', type(dis).__name__)}")
-    if isinstance(obj_num, bool) or not isinstance(obj_num, int) or not 1 <= obj_num <= dis.shape[0]:
+    count = _integer(obj_num)
+    if count is None or not 1 <= count <= dis.shape[0]:
         raise ValueError(f"obj_num must be an int in [1, {dis.shape[0]}], got {obj_num!r}")
+    obj_num = count
     if obj_num == 1:
         return dis
     # torch.min along a dim returns the first minimum on ties, which is where the original's gradient goes.

@@ -11,6 +11,7 @@ A call chooses with ``backend=...``; a process with the environment variable ``C
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -80,6 +81,62 @@ def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
+def _differentiable_backward(
+    query: Tensor,
+    candidates: Tensor,
+    fg: Tensor,
+    argmin: Tensor,
+    fg_bias: Tensor,
+    bg_bias: Tensor,
+    grad_fg: Tensor | None,
+    grad_bg: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward of both ops in differentiable torch terms, for second derivatives (create_graph=True).
+
+    The distance to the saved argmin candidate is piecewise quadratic, so writing its first derivative with torch
+    ops through that candidate gives the exact second derivative (within a piece, as every derivative here).
+    query [B, C, H, W]; candidates [B, C, M] (flattened candidate order of argmin); fg, argmin [B, L, *S]
+    (S = (H, W) or (K, H, W)). Returns the gradients of query, candidates [B, C, M], fg_bias and bg_bias.
+    It holds [B, C, L * prod(S)] tensors: the memory rule of the kernels is kept by the first-order path only.
+    """
+    dtype = query.dtype
+    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # 16-bit computed in float32
+    batch, channels = query.shape[:2]
+    num_labels, out_shape = fg.shape[1], fg.shape
+    q, cand = query.to(wide), candidates.to(wide)
+    pixels = query.shape[2] * query.shape[3]
+    groups = math.prod(fg.shape[1:-2])  # L * K outputs per query pixel, the pixel innermost
+    entries = groups * pixels
+    # Explicit sizes throughout: with B = 0 or C = 0 a -1 would be ambiguous.
+    found = argmin >= 0
+    index = argmin.clamp(min=0).long().reshape(batch, 1, entries)
+    chosen = cand.gather(2, index.expand(batch, channels, entries))  # [B, C, L * prod(S)]
+    q = q.reshape(batch, channels, 1, pixels).expand(batch, channels, groups, pixels).reshape(batch, channels, entries)
+    diff = torch.where(found.reshape(batch, 1, entries), q - chosen, 0.0)
+    dist = (diff * diff).sum(1).reshape(out_shape)
+    label_shape = (1, num_labels) + (1,) * (fg.dim() - 2)
+    bias = torch.cat([bg_bias.reshape(1).to(wide), fg_bias.reshape(1).to(wide).expand(num_labels - 1)])
+    score = torch.sigmoid(dist + bias.reshape(label_shape)) * 2 - 1
+    # d score / d (distance + bias) = (1 - score^2) / 2; the background map of l is the fg of source_l.
+    g_fg = _grad_or_zeros(grad_fg, fg).to(wide)
+    g_bg = _grad_or_zeros(grad_bg, fg).to(wide)
+    source = _reference.background_source(fg.detach())
+    coef = g_fg.scatter_add(1, source, g_bg) if num_labels > 1 else g_fg + g_bg
+    coef = torch.where(found, coef * (1 - score * score) / 2, 0.0)
+    grad_pairs = 2 * coef.reshape(batch, 1, entries) * diff  # d / d query of each (label, pixel) term
+    grad_query = grad_pairs.reshape(batch, channels, groups, pixels).sum(2).reshape(query.shape)
+    grad_cand = torch.zeros_like(cand).scatter_add(2, index.expand_as(grad_pairs), -grad_pairs)
+    per_label = coef.sum(0).reshape(num_labels, entries // num_labels).sum(1)
+    grad_bg_bias = per_label[0].reshape(bg_bias.shape)
+    grad_fg_bias = per_label[1:].sum().reshape(fg_bias.shape)
+    return grad_query.to(dtype), grad_cand.to(dtype), grad_fg_bias.to(fg_bias.dtype), grad_bg_bias.to(bg_bias.dtype)
+
+
+def _double_backward_wanted(*tensors: Tensor | None) -> bool:
+    """True inside a backward with create_graph=True whose result can be differentiated again."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _global_backward(
     query: Tensor,
     reference_: Tensor,
@@ -90,6 +147,11 @@ def _global_backward(
     grad_fg: Tensor | None,
     grad_bg: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if _double_backward_wanted(query, reference_, fg_bias, bg_bias, grad_fg, grad_bg):
+        batch, frames, channels, height, width = reference_.shape
+        candidates = reference_.transpose(1, 2).reshape(batch, channels, frames * height * width)  # order (t, y, x)
+        gq, gc, gfb, gbb = _differentiable_backward(query, candidates, fg, argmin, fg_bias, bg_bias, grad_fg, grad_bg)
+        return gq, gc.reshape(batch, channels, frames, height, width).transpose(1, 2), gfb, gbb
     gq, gr, gfb, gbb = torch.ops.cfbi.global_match_backward(
         _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias
     )
@@ -106,10 +168,21 @@ def _local_backward(
     grad_fg: Tensor | None,
     grad_bg: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if _double_backward_wanted(query, previous, fg_bias, bg_bias, grad_fg, grad_bg):
+        candidates = previous.reshape(previous.shape[0], previous.shape[1], previous.shape[2] * previous.shape[3])
+        gq, gc, gfb, gbb = _differentiable_backward(query, candidates, fg, argmin, fg_bias, bg_bias, grad_fg, grad_bg)
+        return gq, gc.reshape(previous.shape), gfb, gbb
     gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(
         _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias
     )
     return gq, gp, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "cfbi:: backward ops have no derivative of their own: differentiate twice through cfbi_ops.global_match / "
+        "local_match or GlobalMatchFunction / LocalMatchFunction, whose backward is differentiable"
+    )
 
 
 if HAS_EXTENSION:
@@ -150,6 +223,9 @@ if HAS_EXTENSION:
 
     torch.library.register_autograd("cfbi::global_match", _global_match_autograd, setup_context=_setup_context)
     torch.library.register_autograd("cfbi::local_match", _local_match_autograd, setup_context=_setup_context)
+    # Called directly and differentiated again, the backward ops raise rather than give silent zeros.
+    for _name in ("cfbi::global_match_backward", "cfbi::local_match_backward"):
+        torch.library.register_autograd(_name, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 def global_match(
@@ -254,14 +330,16 @@ class GlobalMatchFunction(torch.autograd.Function):
         fg, bg, argmin = torch.ops.cfbi.global_match(
             query, ref5, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels
         )
-        ctx.reference_shape = reference_.shape
-        ctx.save_for_backward(query, ref5, fg, argmin, fg_bias, bg_bias)
+        # The input itself is saved (ref5 is a view made here): a double backward must reach the caller's graph.
+        ctx.save_for_backward(query, reference_, fg, argmin, fg_bias, bg_bias)
         return fg, bg
 
     @staticmethod
     def backward(ctx, grad_fg, grad_bg):
-        gq, gr, gfb, gbb = _global_backward(*ctx.saved_tensors, grad_fg, grad_bg)
-        return gq, gr.reshape(ctx.reference_shape), None, None, gfb, gbb, None, None
+        query, reference_, fg, argmin, fg_bias, bg_bias = ctx.saved_tensors
+        ref5 = reference_.unsqueeze(1) if reference_.dim() == 4 else reference_
+        gq, gr, gfb, gbb = _global_backward(query, ref5, fg, argmin, fg_bias, bg_bias, grad_fg, grad_bg)
+        return gq, gr.reshape(reference_.shape), None, None, gfb, gbb, None, None
 
     @classmethod
     def apply(cls, query, reference_, ref_labels, num_labels, fg_bias, bg_bias, atrous=1, atrous_min_pixels=0):

@@ -15,6 +15,22 @@ from torch import Tensor
 
 # Chunk size: query pixels x candidates per distance block.
 _BLOCK_ELEMENTS = 1 << 22
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a computation runs in: float16 / bfloat16 inputs in float32, as the kernels (outputs keep the
+    input dtype)."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _outputs_fit(shape: tuple, like: Tensor, what: str) -> None:
+    """Allocates the outputs' worth of memory once, so that a size no allocator can serve fails here with a
+    message naming the argument that sized it (as csrc/checks.h, empty_output), not deep inside."""
+    try:
+        torch.empty(shape, dtype=like.dtype, device=like.device)
+    except (RuntimeError, MemoryError, OverflowError) as error:
+        raise RuntimeError(f"{what}: the outputs of shape {tuple(shape)} cannot be allocated ({error})") from None
 
 
 def _scores(min_dist: Tensor, found: Tensor, fg_bias: Tensor, bg_bias: Tensor) -> Tensor:
@@ -26,15 +42,14 @@ def _scores(min_dist: Tensor, found: Tensor, fg_bias: Tensor, bg_bias: Tensor) -
     return torch.where(found, score, torch.ones_like(score))
 
 
-def background_maps(fg: Tensor) -> Tensor:
-    """bg_l = min over j != l of fg_j along dim 1 (bg = fg when there is one label).
-
-    Written with the two smallest values so that ties pick the lowest label, as the kernels do.
-    """
+def background_source(fg: Tensor) -> Tensor:
+    """The label each background map is taken from: [B, L, ...] int64, source_l = the lowest label j != l holding
+    the minimum of fg over j != l (source = l when there is one label). The kernels' rule (csrc/matching.h,
+    background_source), NaN scores ordered first."""
     num_labels = fg.shape[1]
-    if num_labels == 1:
-        return fg
     labels = torch.arange(num_labels, device=fg.device).reshape((1, num_labels) + (1,) * (fg.dim() - 2))
+    if num_labels == 1:
+        return labels.expand_as(fg)
     # The NaN rule: a NaN score orders before every number (scores are never -inf, so -inf stands for it).
     key = torch.where(fg.isnan(), float("-inf"), fg)
     first_val = key.min(dim=1, keepdim=True).values
@@ -43,8 +58,17 @@ def background_maps(fg: Tensor) -> Tensor:
     others = key.masked_fill(labels == first, float("inf"))
     second_val = others.min(dim=1, keepdim=True).values
     second = torch.where(others == second_val, labels, num_labels).amin(dim=1, keepdim=True)
-    source = torch.where(labels == first, second, first).expand_as(fg)
-    return fg.gather(1, source)
+    return torch.where(labels == first, second, first).expand_as(fg)
+
+
+def background_maps(fg: Tensor) -> Tensor:
+    """bg_l = min over j != l of fg_j along dim 1 (bg = fg when there is one label).
+
+    Written with the two smallest values so that ties pick the lowest label, as the kernels do.
+    """
+    if fg.shape[1] == 1:
+        return fg
+    return fg.gather(1, background_source(fg.detach()))
 
 
 def _select(dist: Tensor, cand_labels: Tensor, num_labels: int) -> tuple[Tensor, Tensor]:
@@ -102,6 +126,20 @@ def global_match(
     if reference.dim() == 4:
         reference, ref_labels = reference.unsqueeze(1), ref_labels.unsqueeze(1)
     batch, channels, height, width = query.shape
+    _outputs_fit((batch, num_labels, height, width), query, f"num_labels = {num_labels}")
+    if query.dtype in _HALF:
+        wide = _wide(query.dtype)
+        fg, bg = global_match(
+            query.to(wide),
+            reference.to(wide),
+            ref_labels,
+            num_labels,
+            fg_bias.to(wide),
+            bg_bias.to(wide),
+            atrous=atrous,
+            atrous_min_pixels=atrous_min_pixels,
+        )
+        return fg.to(query.dtype), bg.to(query.dtype)
     fgs = []
     for b in range(batch):
         # Explicit sizes: with C = 0 a -1 would be ambiguous.
@@ -126,21 +164,34 @@ def global_match(
     return fg, background_maps(fg)
 
 
+def _exact_distances(q: Tensor, r: Tensor) -> Tensor:
+    """||q_i - r_j||^2 in float64 by direct differences: q [n, C], r [m, C] -> [n, m] (n * m * C elements)."""
+    return ((q.double().unsqueeze(1) - r.double().unsqueeze(0)) ** 2).sum(-1)
+
+
 def _nearest(q: Tensor, r: Tensor, cand_labels: Tensor, num_labels: int) -> tuple[Tensor, Tensor]:
     """Differentiable per-label nearest distance. q [N, C], r [M, C] -> (min_dist [L, N], found [L, N])."""
     n, m = q.shape[0], r.shape[0]
-    if m == 0:
+    if m == 0 or n == 0:
         empty = torch.zeros(num_labels, n, dtype=q.dtype, device=q.device)
         return empty, torch.zeros(num_labels, n, dtype=torch.bool, device=q.device)
     chunk = max(1, _BLOCK_ELEMENTS // max(m, 1))
     mins, founds = [], []
     with torch.no_grad():
         r_sq = (r.double() ** 2).sum(1)
+        # Non-finite candidates get exact distances, as in the kernels' exact scan: in the expanded form an inf
+        # gives inf - inf = NaN, which would win under the NaN rule.
+        bad_cols = (~torch.isfinite(r).all(1)).nonzero().squeeze(1)
     for start in range(0, n, chunk):
         qc = q[start : start + chunk]
         with torch.no_grad():
             # Selection in float64 so that float32 inputs pick the candidate the kernels pick.
             dist = (qc.double() ** 2).sum(1, keepdim=True) + r_sq.unsqueeze(0) - 2 * qc.double() @ r.double().t()
+            if bad_cols.numel():
+                dist[:, bad_cols] = _exact_distances(qc, r[bad_cols])
+            bad_rows = (~torch.isfinite(qc).all(1)).nonzero().squeeze(1)
+            for row in bad_rows.tolist():  # a non-finite query: its whole row exactly
+                dist[row] = _exact_distances(qc[row : row + 1], r)[0]
             index, found = _select(dist, cand_labels, num_labels)
         # Exact distance to the selected candidate, differentiable in q and r. Labels without a candidate get
         # a zero difference, so that a NaN at the stand-in index cannot leak into the gradients.
@@ -164,6 +215,24 @@ def local_match(
     """Reference local matching. query, previous [B, C, H, W]; prev_labels [B, H, W].
     Returns (fg, bg), each [B, L, K, H, W] with K = len(windows), windows in the order given."""
     batch, channels, height, width = query.shape
+    _outputs_fit(
+        (batch, num_labels, len(windows), height, width),
+        query,
+        f"num_labels = {num_labels}, windows of length {len(windows)}",
+    )
+    if query.dtype in _HALF:
+        wide = _wide(query.dtype)
+        fg, bg = local_match(
+            query.to(wide),
+            previous.to(wide),
+            prev_labels,
+            num_labels,
+            fg_bias.to(wide),
+            bg_bias.to(wide),
+            windows=windows,
+            atrous=atrous,
+        )
+        return fg.to(query.dtype), bg.to(query.dtype)
     # Radii clamped to the frame (docs/design.md, "The operators"): larger windows hold the same candidates.
     reach = max((max(height, width) - 1) // atrous, 0)
     radii = [min(w // atrous, reach) for w in windows]

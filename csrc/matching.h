@@ -94,6 +94,74 @@ CFBI_HD int64_t selection_key_index(unsigned long long key) { return static_cast
 // The key of "no candidate yet": larger than every real key.
 constexpr unsigned long long kNoSelectionKey = ~0ull;
 
+// The score of a selection key (the inverse of selection_key's high word; a NaN comes back as a NaN, and
+// kNoSelectionKey, no candidate, as +inf).
+CFBI_HD float selection_key_score(unsigned long long key) {
+  const uint32_t ordered = static_cast<uint32_t>(key >> 32);
+  const uint32_t bits = key == kNoSelectionKey ? 0x7f800000u
+                        : ordered == 0u        ? 0x7fc00000u
+                        : (ordered & 0x80000000u) ? (ordered & 0x7fffffffu)
+                                                  : ~ordered;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+#endif
+}
+
+// Rounding bound of the float32 dot-product selection (||q'||^2 + ||r'||^2 - 2 q'.r' of centred or raw values,
+// CPU float32 / 16-bit and CUDA float32 / 16-bit). Each of its sums of c products errs by at most
+// gamma_c = c u / (1 - c u) times the sum of the absolute products (u = 2^-24; Higham, Accuracy and Stability of
+// Numerical Algorithms, 3.1), and sum |q'_k r'_k| <= ||q'|| ||r'||; centring q and r (rounded once each) and the
+// two additions add a few u more. So a candidate's computed value is within (c + 4) u (||q'|| + ||r'||)^2 of its
+// exact distance. Only a candidate at least as close as the winner can take its place, and such a candidate has
+// ||r'|| <= ||q'|| + sqrt(d*) (d* the winner's distance), so one bound serves every candidate that matters:
+//     bound = 2 (c + 4) u (||q'|| + min(R, ||q'|| + sqrt(d*)))^2,   R^2 = the largest ||r'||^2 of the label if known,
+// doubled for the rounding of the bound's own inputs, fused or truncating accumulation (tensor cores) and the
+// computed d*. Evaluated in double; an overflow gives +inf (never certain).
+CFBI_HD float selection_error_bound(float query_norm_sq, float winner_distance, int64_t channels,
+                                    float candidate_norm_sq = __builtin_huge_valf()) {
+  const double u = 1.0 / 16777216.0;
+  const double query_norm = sqrt(static_cast<double>(query_norm_sq));
+  const double near = query_norm + sqrt(static_cast<double>(winner_distance));
+  const double largest = sqrt(static_cast<double>(candidate_norm_sq));
+  const double reach = query_norm + (largest < near ? largest : near);
+  return static_cast<float>(2.0 * static_cast<double>(channels + 4) * u * reach * reach);
+}
+
+// A cheaper bound, without square roots: (a + min(b, a + c))^2 <= 2 a^2 + 2 min(b^2, 2 a^2 + 2 c^2), so this is at
+// least selection_error_bound (about twice it at most), computed in float (an overflow gives +inf).
+CFBI_HD float selection_error_bound_fast(float query_norm_sq, float winner_distance, int64_t channels,
+                                         float candidate_norm_sq = __builtin_huge_valf()) {
+  const float near = 2.0f * query_norm_sq + 2.0f * winner_distance;
+  const float reach_sq = 2.0f * query_norm_sq + 2.0f * (candidate_norm_sq < near ? candidate_norm_sq : near);
+  // 1 + 2^-10 covers this float evaluation's own rounding where the inequality is tight (a = min(b, a + c)).
+  return 2.0009765625f * static_cast<float>(channels + 4) * (1.0f / 16777216.0f) * reach_sq;
+}
+
+// Whether the dot-product selection's winner (computed value best) is the exact-distance winner for certain: every
+// other candidate's computed value (the smallest is second; +inf when there is none) lies more than two bounds
+// above. A NaN or infinite bound or value is never certain (the caller then scans with exact distances), except a
+// missing second candidate with a finite bound.
+CFBI_HD bool selection_is_certain(float best, float second, float bound) {
+  if (!(best - best == 0.0f)) return false;  // NaN or infinite
+  return second - best > 2.0f * bound;
+}
+
+// Whether a (query, label) of the dot-product selection must be scanned again with exact distances: the cheap bound
+// first (it almost always settles it, the gap being far above the rounding), the sharper one only when it does not.
+CFBI_HD bool selection_needs_exact_scan(float best, float second, float query_norm_sq, float winner_distance,
+                                        int64_t channels, float candidate_norm_sq = __builtin_huge_valf()) {
+  if (selection_is_certain(best, second,
+                           selection_error_bound_fast(query_norm_sq, winner_distance, channels, candidate_norm_sq))) {
+    return false;
+  }
+  return !selection_is_certain(best, second,
+                               selection_error_bound(query_norm_sq, winner_distance, channels, candidate_norm_sq));
+}
+
 // ceil(n / d) for n >= 0, d >= 1, without the overflow of n + d - 1.
 CFBI_HD int64_t ceil_div(int64_t n, int64_t d) { return n == 0 ? 0 : (n - 1) / d + 1; }
 

@@ -508,3 +508,112 @@ def test_cuda_matches_the_original(fn: str) -> None:
     for got, want in zip(gradients(ours, [query, other]), gradients(theirs, cpu)):
         differs = ~torch.isclose(got.cpu(), want, rtol=1e-4, atol=1e-4)
         assert differs.double().mean().item() <= NEAR_TIE_FRACTION
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The argument types of the authors' network
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _integer_kinds(value: int, cuda: bool = False) -> list:
+    """value as each integer type the authors' network passes: a Python int, numpy integers and 0-d integer
+    tensors (theirs come from batch tensors, e.g. obj_num = obj_nums[n], on the CPU or on the GPU)."""
+    import numpy as np
+
+    kinds = [
+        value,
+        np.int64(value),
+        np.int32(value),
+        torch.tensor(value),
+        torch.tensor([value, 0], dtype=torch.int32)[0],
+    ]
+    if cuda:
+        kinds.append(torch.tensor(value, device="cuda"))
+    return kinds
+
+
+def _network_step(obj_num, atrous_rate, min_pixels, windows, ori_size, flag) -> list[torch.Tensor]:
+    """One frame of the authors' CFBI+ head as it calls the matching functions (networks/cfbi/cfbip.py; README,
+    "Using cfbi_ops in a CFBI-based codebase"): keyword arguments, channels-last embeddings, one-hot labels over
+    torch.arange(0, obj_num + 1), dis_bias = cat([bg_bias, fg_bias.expand(obj_num, ...)]), ori_size from a
+    tensor's size(), then foreground2background(dis, obj_num + 1)."""
+    g = generator(71)
+    height, width, channels = 9, 10, 6
+    current, previous, ref = (frame(height, width, channels, torch.float32, g) for _ in range(3))
+    index = random_labels((height, width), 3, g)
+    labels = (index.unsqueeze(-1) == torch.arange(0, obj_num + 1).view(1, 1, -1)).float()
+    bg_bias, fg_bias = torch.full((1, 1, 1, 1), 0.2), torch.full((1, 1, 1, 1), -0.3)
+    dis_bias = torch.cat([bg_bias, fg_bias.expand(obj_num, -1, -1, -1)], dim=0)
+    global_fg = compat.global_matching(
+        reference_embeddings=ref,
+        query_embeddings=current,
+        reference_labels=labels.clone(),
+        n_chunks=flag + 19,
+        dis_bias=dis_bias,
+        ori_size=ori_size,
+        atrous_rate=atrous_rate,
+        use_float16=flag,
+        atrous_obj_pixel_num=min_pixels,
+    )
+    eval_fg = compat.global_matching_for_eval(
+        all_reference_embeddings=[ref, previous],
+        query_embeddings=current,
+        all_reference_labels=[labels.clone(), labels.clone()],
+        n_chunks=flag + 19,
+        dis_bias=dis_bias,
+        ori_size=ori_size,
+        atrous_rate=atrous_rate,
+        use_float16=flag,
+        atrous_obj_pixel_num=min_pixels,
+    )
+    local_fg = compat.local_matching(
+        prev_frame_embedding=previous,
+        query_embedding=current,
+        prev_frame_labels=labels,
+        multi_local_distance=windows,
+        dis_bias=dis_bias,
+        ori_size=ori_size,
+        atrous_rate=atrous_rate,
+        use_float16=flag,
+        allow_downsample=flag,
+        allow_parallel=flag,
+    )
+    out = []
+    for dis in (global_fg, eval_fg, local_fg):
+        dis = dis[0].permute(2, 3, 0, 1)  # [L, K, H', W'], as their head arranges it
+        out += [dis, compat.foreground2background(dis, obj_num + 1)]
+    return out
+
+
+@pytest.mark.parametrize("cuda", [False, pytest.param(True, marks=requires_cuda)])
+def test_argument_types_of_the_authors_network(cuda: bool) -> None:
+    """Their network stopped at the first frame: obj_num is a 0-d integer tensor there, and compat refused it
+    (issue 21). Every integer argument accepts ints, numpy integers and 0-d integer tensors (CPU or CUDA), every
+    flag bools, numpy bools and 0-d tensors, ori_size a torch.Size or tensor elements; the results are those of
+    plain ints."""
+    import numpy as np
+
+    want = _network_step(3, 2, 1, [2, 4], (9, 10), True)
+    flags = [np.bool_(True), torch.tensor(True), 1]
+    for obj_num, rate, min_pixels, window, flag in zip(
+        _integer_kinds(3, cuda),
+        _integer_kinds(2, cuda),
+        _integer_kinds(1, cuda),
+        _integer_kinds(4, cuda),
+        flags * 3,
+    ):
+        size = torch.zeros(1, 1, 9, 10).size()[2:]
+        got = _network_step(obj_num, rate, min_pixels, [2, window], size, flag)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), f"{type(obj_num).__name__} / {type(flag).__name__}"
+    sizes = torch.tensor([9, 10])
+    got = _network_step(3, 2, 1, [2, 4], (sizes[0], sizes[1]), True)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_non_integers_are_still_refused() -> None:
+    dis = torch.zeros(3, 1, 4, 4)
+    for bad in (True, 2.0, torch.tensor(2.0), torch.tensor([2]), torch.tensor(True), "2"):
+        with pytest.raises(ValueError, match="obj_num"):
+            compat.foreground2background(dis, bad)

@@ -14,8 +14,15 @@ CXX = shutil.which("g++") or shutil.which("c++")
 
 
 @pytest.mark.skipif(CXX is None, reason="needs a C++ compiler")
-def test_selection_key_orders_like_the_tie_rule(tmp_path: Path) -> None:
-    binary = tmp_path / "selection_key_test"
+@pytest.mark.parametrize(
+    "program",
+    [
+        "selection_key_test",  # selection_key orders like the tie rule
+        "selection_bound_test",  # the rounding bound of the float32 selection holds (issue 21)
+    ],
+)
+def test_matching_header(tmp_path: Path, program: str) -> None:
+    binary = tmp_path / program
     subprocess.run(
         [
             CXX,
@@ -25,7 +32,7 @@ def test_selection_key_orders_like_the_tie_rule(tmp_path: Path) -> None:
             "-Wextra",
             "-Werror",
             f"-I{ROOT / 'csrc'}",
-            str(ROOT / "tests" / "cpp" / "selection_key_test.cpp"),
+            str(ROOT / "tests" / "cpp" / f"{program}.cpp"),
             "-o",
             str(binary),
         ],

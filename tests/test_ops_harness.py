@@ -92,6 +92,9 @@ class Case:
     bg_bias: float = 0.2
     sigma: float = 0.1  # embeddings: sigma * randn + offset
     offset: float = 0.0  # the same constant added to query and candidates (||q - r|| unchanged)
+    outlier: float = 0.0  # when set: one element (drawn from the seed) of outlier_in takes this value
+    outlier_in: str = "reference"  # "query" or "reference" (the candidates)
+    infinite: float = 0.0  # fraction of candidate elements set to +inf or -inf (random signs)
 
     @property
     def id(self) -> str:
@@ -121,7 +124,7 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     Hr, Wr = case.Hr or case.H, case.Wr or case.W
 
     def rand(*shape):
-        return (case.sigma * torch.randn(*shape, generator=g, dtype=torch.float64) + case.offset).to(dtype)
+        return case.sigma * torch.randn(*shape, generator=g, dtype=torch.float64) + case.offset
 
     query = rand(case.B, case.C, case.H, case.W)
     if case.op == "global":
@@ -130,6 +133,14 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
     else:
         cand = rand(case.B, case.C, case.H, case.W)
         label_shape = (case.B, case.H, case.W)
+    target = query if case.outlier_in == "query" else cand
+    if case.outlier and target.numel():
+        target.view(-1)[(case.seed * 7919 + 13) % target.numel()] = case.outlier
+    if case.infinite:
+        u = torch.rand(cand.shape, generator=g, dtype=torch.float64)
+        signs = torch.where(torch.rand(cand.shape, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+        cand = torch.where(u < case.infinite, signs * math.inf, cand)
+    query, cand = query.to(dtype), cand.to(dtype)
     if case.skew is None:
         labels = torch.randint(0, case.L, label_shape, generator=g)
     else:
@@ -185,7 +196,7 @@ def call(case: Case, x: dict, backend: str | None = None) -> tuple[torch.Tensor,
 
 # ------------------------------------------------------------------------------------------------ the oracle
 def _score(d: float, b: float) -> float:
-    return 1.0 - 2.0 / (1.0 + math.exp(d + b))
+    return 1.0 - 2.0 / (1.0 + math.exp(min(d + b, 700.0)))  # exp(700) is already 1 in float64; beyond, it overflows
 
 
 def _pixel_outputs(best: list, fb: float, bb: float) -> tuple[list, list]:
@@ -304,6 +315,26 @@ CASES = [
     # A common offset of query and candidates (C = 64, sigma = 0.05): the float32 global selection must not cancel.
     *[Case("global", C=64, H=5, W=6, T=2, Hr=6, Wr=7, L=3, sigma=0.05, offset=o) for o in (3.0, 10.0, 100.0, 1000.0)],
     Case("local", C=64, H=6, W=7, L=3, windows=(2, 4), sigma=0.05, offset=1000.0),
+    # One outlier element (issue 21): it moves the float32 selection's centre for every pixel, and its rounding bound
+    # must send the pixels concerned to exact distances (the outlier itself saturates the scores it reaches).
+    *[
+        Case("global", C=8, H=12, W=12, L=3, outlier=v, outlier_in=where)
+        for where in ("reference", "query")
+        for v in (1e2, 1e4, 1e6, 1e30)
+    ],
+    *[Case("global", C=16, H=9, W=10, T=2, Hr=8, Wr=8, L=4, atrous=2, outlier=v) for v in (-1e10, 1e20)],
+    *[
+        Case("local", C=8, H=9, W=10, L=3, windows=(2, 4), outlier=v, outlier_in=w)
+        for v, w in ((1e6, "reference"), (1e30, "query"))
+    ],
+    # +-inf candidates: exact distances (inf), never the NaN of the expanded form (issue 21, the reference backend).
+    Case("global", C=4, H=7, W=9, L=3, infinite=0.05),
+    Case("global", B=2, C=6, H=5, W=6, T=2, Hr=5, Wr=5, L=4, atrous=2, infinite=0.02),
+    Case("local", C=4, H=7, W=9, L=3, windows=(1, 3), infinite=0.05),
+    # A query of height 0 (or width 0): an empty result of the right shape, on every backend.
+    Case("global", C=4, H=0, W=5, Hr=4, Wr=4, L=3),
+    Case("global", C=4, H=3, W=0, Hr=4, Wr=4, L=2, T=2),
+    Case("local", C=4, H=0, W=5, L=3, windows=(1, 2)),
 ]
 CASES = [Case(**{**asdict(c), "seed": i}) for i, c in enumerate(CASES)]
 
@@ -580,3 +611,125 @@ def test_16bit_equals_float32_on_rounded_values(backend: Backend, case: Case, ch
         else:
             problem = check_16bit(case, dtype)
         assert problem is None, f"{backend.name}: {problem}"
+
+
+# ------------------------------------------------------------------------------------------------ second derivatives
+DOUBLE_BACKWARD_CASES = [c for c in CASES if c.B * c.H * c.W <= 50 and not (c.outlier or c.infinite)][:5]
+_NO_AUTOGRAD = "runs the raw ops without autograd; the double backward is the Python code every backend shares"
+
+
+@pytest.mark.parametrize("case", DOUBLE_BACKWARD_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.run is not None], ids=lambda b: b.name)
+def test_gradgradcheck(backend: Backend, case: Case, single_thread_module):
+    """Second derivatives (create_graph=True) are those of finite differences on every backend: through the compiled
+    ops they came out as silent zeros (issue 21)."""
+    if backend.skip or backend.name == "cuda-emulation":
+        pytest.skip(backend.skip or _NO_AUTOGRAD)
+    keys = ("query", "candidates", "fg_bias", "bg_bias")
+    x = _leaves(case, torch.float64, backend.device)
+    which = "reference" if backend.name == "reference" else "compiled"
+
+    def fn(*t):
+        return call(case, dict(x, **dict(zip(keys, t))), which)
+
+    # Slow mode: fast mode's random projections disagree with itself on L = 1, where bg is fg (also on the reference).
+    assert torch.autograd.gradgradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case", DOUBLE_BACKWARD_CASES[:2] + [c for c in DOUBLE_BACKWARD_CASES if c.op == "local"][:2], ids=lambda c: c.id
+)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.compiled and b.run is not None], ids=lambda b: b.name)
+def test_double_backward_of_the_function_classes(backend: Backend, case: Case, single_thread_module):
+    """d|grad|^2 / d inputs through GlobalMatchFunction / LocalMatchFunction.apply and the public function equal the
+    reference's (float64); the raw backward ops, differentiated again, raise instead of giving zeros."""
+    if backend.skip:
+        pytest.skip(backend.skip)
+    keys = ("query", "candidates", "fg_bias", "bg_bias")
+    results = []
+    for which in ("function", "compiled", "reference"):
+        x = _leaves(case, torch.float64, backend.device)
+        if which == "function" and case.op == "global":
+            fg, bg = cfbi_ops.GlobalMatchFunction.apply(
+                x["query"],
+                x["candidates"],
+                x["labels"],
+                case.L,
+                x["fg_bias"],
+                x["bg_bias"],
+                case.atrous,
+                case.min_pixels,
+            )
+        elif which == "function":
+            fg, bg = cfbi_ops.LocalMatchFunction.apply(
+                x["query"],
+                x["candidates"],
+                x["labels"],
+                case.L,
+                x["fg_bias"],
+                x["bg_bias"],
+                case.windows,
+                case.atrous,
+            )
+        else:
+            fg, bg = call(case, x, which)
+        w = torch.linspace(-1, 1, fg.numel(), dtype=torch.float64, device=fg.device).reshape(fg.shape)
+        grads = torch.autograd.grad(
+            (fg * fg * w).sum() + (bg * w.flip(-1)).sum(), [x[k] for k in keys], create_graph=True
+        )
+        penalty = sum((g * g).sum() for g in grads)
+        results.append(torch.autograd.grad(penalty, [x[k] for k in keys]))
+    assert any(g.abs().max() > 0 for g in results[2]), "the case has no second derivative to compare"
+    for got in results[:2]:
+        for a, b in zip(got, results[2]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    x = _leaves(case, torch.float64, backend.device)
+    op, backward, args = _raw_args(case, x)
+    fg, bg, argmin = op(*args)
+    grads = backward(torch.ones_like(fg), torch.ones_like(bg), fg, argmin, args[0], args[1], args[4], args[5])
+    with pytest.raises(RuntimeError, match="no derivative"):
+        torch.autograd.grad(grads[0].sum(), [x["query"]])
+
+
+# ------------------------------------------------------------------------------------------------ the shared contract
+@pytest.mark.parametrize("case", [c for c in CASES if not c.offset][::2], ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.name in ("reference", "cpu")], ids=lambda b: b.name)
+def test_16bit_computed_in_float32(backend: Backend, case: Case, single_thread_module):
+    """float16 / bfloat16 inputs are computed in float32 on every backend (the reference computed in 16 bits, issue
+    21): the public result on 16-bit inputs is the float32 result on the same rounded values, rounded to the input
+    dtype, bit for bit."""
+    if backend.skip:
+        pytest.skip(backend.skip)
+    for dtype in HALF_DTYPES:
+        x = inputs(case, dtype, backend.device)
+        fg, bg = backend.run(case, x)
+        want = backend.run(case, {k: (v.float() if v.is_floating_point() else v) for k, v in x.items()})
+        for name, a, b in (("fg", fg, want[0]), ("bg", bg, want[1])):
+            assert a.dtype == dtype, f"{backend.name}: {name} is {a.dtype}"
+            assert torch.equal(a, b.to(dtype)), (
+                f"{backend.name} {dtype} {name}: {(a.float() - b).abs().max().item():.3g} from float32"
+            )
+
+
+# Outputs that no allocator can serve: the error names the argument that sized them, on every backend.
+UNALLOCATABLE = [
+    ("global", dict(num_labels=2**31 - 1), "num_labels"),
+    ("local", dict(num_labels=2**31 - 1), "num_labels"),
+    ("local", dict(windows=[1] * 10**5), "num_labels|windows"),
+]
+
+
+@pytest.mark.parametrize("op, args, name", UNALLOCATABLE, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.run is not None], ids=lambda b: b.name)
+def test_unallocatable_outputs_name_the_argument(backend: Backend, op: str, args: dict, name: str):
+    if backend.skip or backend.name == "cuda-emulation":
+        pytest.skip(backend.skip or "the emulation's raw ops are checked by tools/cuda_emulation")
+    which = "reference" if backend.name == "reference" else "compiled"
+    q = torch.zeros(1, 1, 512, 512, device=backend.device)
+    lab = torch.zeros(1, 512, 512, dtype=torch.long, device=backend.device)
+    num_labels = args.get("num_labels", 3)
+    with pytest.raises(RuntimeError, match=f"({name}).*cannot be allocated"):
+        if op == "global":
+            cfbi_ops.global_match(q, q, lab, num_labels, 0.0, 0.0, backend=which)
+        else:
+            cfbi_ops.local_match(q, q, lab, num_labels, 0.0, 0.0, windows=args.get("windows", (1,)), backend=which)

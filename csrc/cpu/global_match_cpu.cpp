@@ -115,8 +115,10 @@ void global_match_exact(const scalar_t* query, const scalar_t* reference, const 
 
 // float32, float16, bfloat16 (computed in float32: 16-bit values are converted as they are packed and as the
 // query tiles are filled): the search is a blocked GEMM-like pass (||q'||^2 + ||r'||^2 - 2 q'.r' over candidate
-// blocks that stay in cache, with a running min per label; q', r' centred on the candidates' mean, see
-// selection_centre), then the exact distance to each selected candidate from the values as given.
+// blocks that stay in cache, with a running min and second min per label; q', r' centred on the candidates' mean,
+// see selection_centre), then the exact distance to each selected candidate from the values as given. Where the
+// gap between the two smallest values does not exceed twice the rounding bound (selection_is_certain; an outlier
+// that moves the centre, a near-tie), the label is scanned again for that query with exact distances.
 template <typename In>
 void global_match_batch_simd(const In* query, const In* reference, const int64_t* labels, const GlobalProblem& pb,
                              float fg_bias, float bg_bias, In* fg, In* bg, int32_t* argmin) {
@@ -142,7 +144,8 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
   const SimdKernels& simd = simd_kernels();
   const int64_t kLanes = simd.lanes;
   // Pack every label's candidates (centred) into whole blocks of kLanes; padding lanes have an infinite norm.
-  // `exact` keeps each candidate's values as given, contiguous, for the recomputation of the winner.
+  // `exact` keeps each candidate's values as given, in the same layout, for the recomputation of the winner and the
+  // exact scans. `label_norm` is the largest centred squared norm of each label (for selection_error_bound).
   std::vector<int64_t> label_blocks(num_labels + 1, 0);
   for (int64_t l = 0; l < num_labels; ++l) {
     label_blocks[l + 1] = label_blocks[l] + (buckets.start[l + 1] - buckets.start[l] + kLanes - 1) / kLanes;
@@ -151,6 +154,7 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
   std::vector<float> packed(slots * channels, 0.0f), exact(slots * channels, 0.0f);
   std::vector<float> packed_norms(slots, std::numeric_limits<float>::infinity());
   std::vector<int64_t> packed_index(slots, kNoCandidate);
+  std::vector<float> label_norm(num_labels, 0.0f);
   for (int64_t l = 0; l < num_labels; ++l) {
     for (int64_t k = buckets.start[l]; k < buckets.start[l + 1]; ++k) {
       const int64_t slot = label_blocks[l] * kLanes + (k - buckets.start[l]);
@@ -160,17 +164,21 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
       for (int64_t c = 0; c < channels; ++c) {
         const float value = static_cast<float>(r[c * view.stride()]), centred = value - centre[c];
         packed[(block * channels + c) * kLanes + lane] = centred;
-        exact[slot * channels + c] = value;
+        exact[(block * channels + c) * kLanes + lane] = value;
         norm += centred * centred;
       }
       packed_norms[slot] = norm;
+      label_norm[l] = std::max(label_norm[l], norm);
       packed_index[slot] = buckets.index[k];
     }
   }
+  auto exact_at = [&](int64_t slot) {  // channel c at [c * kLanes]
+    return exact.data() + ((slot / kLanes) * channels) * kLanes + slot % kLanes;
+  };
   const int64_t tiles = (pb.pixels + kQueryTile - 1) / kQueryTile;
   at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(kQueryTile * channels), centred(kQueryTile * channels), centred_norms(kQueryTile);
-    std::vector<float> dist(kQueryTile);
+    std::vector<float> dist(kQueryTile), second(kQueryTile);
     std::vector<int64_t> pos(kQueryTile);
     std::vector<float> best_dist(num_labels * kQueryTile);
     std::vector<int64_t> best_index(num_labels * kQueryTile);
@@ -191,14 +199,23 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
       }
       for (int64_t l = 0; l < num_labels; ++l) {
         simd.global_tile_min(centred.data(), centred_norms.data(), packed.data(), packed_norms.data(),
-                             label_blocks[l], label_blocks[l + 1], channels, dist.data(), pos.data());
+                             label_blocks[l], label_blocks[l + 1], channels, dist.data(), pos.data(), second.data());
+        const int64_t first_slot = label_blocks[l] * kLanes;
+        const int64_t label_count = buckets.start[l + 1] - buckets.start[l];
         for (int64_t i = 0; i < count; ++i) {
-          const int64_t index = pos[i] < 0 ? kNoCandidate : packed_index[pos[i]];
-          best_index[i * num_labels + l] = index;
-          best_dist[i * num_labels + l] =
-              index < 0 ? 0.0f
-                        : squared_distance<float, float>(tile.data() + i * channels, 1,
-                                                         exact.data() + pos[i] * channels, 1, channels);
+          const float* q = tile.data() + i * channels;
+          int64_t winner = pos[i];
+          float winner_dist = winner < 0 ? 0.0f : squared_distance<float, float>(q, 1, exact_at(winner), kLanes, channels);
+          // Where rounding could have picked the wrong candidate (selection_is_certain), or picked none of an
+          // existing label (values whose products overflow), the label is scanned with exact distances.
+          if (label_count > 0 && (winner < 0 || selection_needs_exact_scan(dist[i], second[i], centred_norms[i],
+                                                                            winner_dist, channels, label_norm[l]))) {
+            simd.global_exact_min(q, exact.data(), label_blocks[l], label_blocks[l + 1], first_slot + label_count,
+                                  channels, &winner_dist, &winner);
+            if (winner >= 0) winner_dist = squared_distance<float, float>(q, 1, exact_at(winner), kLanes, channels);
+          }
+          best_index[i * num_labels + l] = winner < 0 ? kNoCandidate : packed_index[winner];
+          best_dist[i * num_labels + l] = winner < 0 ? 0.0f : winner_dist;
         }
       }
       for (int64_t i = 0; i < count; ++i) {

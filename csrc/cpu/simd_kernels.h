@@ -16,12 +16,13 @@ static inline vfloat load(const float* p) {
 
 static void global_tile_min(const float* queries, const float* query_norms, const float* packed,
                             const float* packed_norms, int64_t block_begin, int64_t block_end, int64_t channels,
-                            float* best_dist, int64_t* best_pos) {
+                            float* best_dist, int64_t* best_pos, float* second_dist) {
   const float inf = __builtin_inff();
-  vfloat best[kQueryTile];
+  vfloat best[kQueryTile], second[kQueryTile];
   vint best_lane_pos[kQueryTile];
   for (int64_t i = 0; i < kQueryTile; ++i) {
     best[i] = vfloat{} + inf;
+    second[i] = vfloat{} + inf;
     best_lane_pos[i] = vint{} - 1;
   }
   vint lane_ids;
@@ -38,24 +39,70 @@ static void global_tile_min(const float* queries, const float* query_norms, cons
     for (int64_t i = 0; i < kQueryTile; ++i) {
       const vfloat d = (norms + query_norms[i]) - 2.0f * acc[i];
       const vint better = d < best[i];  // strict: a lane keeps its earliest (lowest) position on ties
+      // The lane's second smallest value, for the rounding test (selection_is_certain): min(second, max(d, best)).
+      const vfloat loser = better ? best[i] : d;
+      second[i] = loser < second[i] ? loser : second[i];
       best[i] = better ? d : best[i];
       best_lane_pos[i] = better ? pos : best_lane_pos[i];
     }
   }
   for (int64_t i = 0; i < kQueryTile; ++i) {
-    float d = inf;
+    // s: the second smallest over the lanes (every lane's second, and the best of every lane but the winner's).
+    float d = inf, s = inf;
     int64_t p = -1;
     for (int64_t lane = 0; lane < kLanes; ++lane) {
       const int64_t lp = best_lane_pos[i][lane];
       if (lp < 0) continue;
-      if (p < 0 || best[i][lane] < d || (best[i][lane] == d && lp < p)) {
-        d = best[i][lane];
+      const float value = best[i][lane];
+      s = second[i][lane] < s ? second[i][lane] : s;
+      if (p < 0 || value < d || (value == d && lp < p)) {
+        s = d < s ? d : s;
+        d = value;
         p = lp;
+      } else {
+        s = value < s ? value : s;
       }
     }
     best_dist[i] = d;
     best_pos[i] = p;
+    second_dist[i] = s;
   }
+}
+
+// Exact squared distances (q - r)^2 summed channel by channel, of one query against the packed blocks
+// [block_begin, block_end) of the values as given (layout of `packed`); positions >= limit are padding. The smallest
+// and its position (lowest on ties; -1 when there is none).
+static void global_exact_min(const float* query, const float* exact, int64_t block_begin, int64_t block_end,
+                             int64_t limit, int64_t channels, float* best_dist, int64_t* best_pos) {
+  const float inf = __builtin_inff();
+  vfloat best = vfloat{} + inf;
+  vint best_lane_pos = vint{} - 1;
+  vint lane_ids;
+  for (int64_t lane = 0; lane < kLanes; ++lane) lane_ids[lane] = static_cast<int32_t>(lane);
+  for (int64_t block = block_begin; block < block_end; ++block) {
+    const float* cand = exact + block * channels * kLanes;
+    vfloat acc = {};
+    for (int64_t c = 0; c < channels; ++c) {
+      const vfloat diff = query[c] - load(cand + c * kLanes);
+      acc += diff * diff;
+    }
+    const vint pos = lane_ids + static_cast<int32_t>(block * kLanes);
+    const vint take = (pos < static_cast<int32_t>(limit)) & ((acc < best) | (best_lane_pos < 0));
+    best = take ? acc : best;
+    best_lane_pos = take ? pos : best_lane_pos;
+  }
+  float d = inf;
+  int64_t p = -1;
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    const int64_t lp = best_lane_pos[lane];
+    if (lp < 0) continue;
+    if (p < 0 || best[lane] < d || (best[lane] == d && lp < p)) {
+      d = best[lane];
+      p = lp;
+    }
+  }
+  *best_dist = d;
+  *best_pos = p;
 }
 
 static inline void store(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof(v)); }
@@ -123,4 +170,5 @@ static void local_ring_update(const float* dist, const int32_t* labels, int64_t 
   }
 }
 
-static const SimdKernels kernels = {CFBI_SIMD_NAME, kLanes, &global_tile_min, &local_row_distances, &local_ring_update};
+static const SimdKernels kernels = {CFBI_SIMD_NAME,       kLanes,           &global_tile_min, &local_row_distances,
+                                    &local_ring_update, &global_exact_min};

@@ -396,8 +396,8 @@ __global__ void __launch_bounds__(kQueries)
                         const int32_t* __restrict__ bucket_start, const float* __restrict__ centre,
                         int64_t pixels, int64_t channels, int64_t capacity, int64_t num_labels,
                         int64_t blocks_per_batch,
-                        unsigned long long* __restrict__ keys, acc_t<T>* __restrict__ dist,
-                        int32_t* __restrict__ argmin) {
+                        unsigned long long* __restrict__ keys, unsigned long long* __restrict__ second_keys,
+                        acc_t<T>* __restrict__ dist, int32_t* __restrict__ argmin) {
   using A = acc_t<T>;
   constexpr int kTile = kTileCandidates<T>;
   alignas(128) __shared__ unsigned char smem[kSharedBytes<T>];
@@ -418,12 +418,18 @@ __global__ void __launch_bounds__(kQueries)
   const int64_t out = b * num_labels * pixels + p;  // label l at out + l * pixels
 
   int64_t current = -1;  // label of the running minimum (the same in every thread)
-  A best = A(0);
-  int64_t best_index = kNoCandidate;
+  A best = A(0), second = A(0);
+  int64_t best_index = kNoCandidate, second_index = kNoCandidate;
   auto flush = [&]() {
     if (current < 0 || !active) return;
     if constexpr (kDotForm<T>) {
-      atomicMin(&keys[out + current * pixels], selection_key(best, best_index));
+      // The two smallest keys over the splits, for the rounding test of finish_kernel: a key that does not stay
+      // the minimum (it loses, or a later one displaces it) goes to second_keys, so that ends as the second
+      // smallest of all.
+      const unsigned long long key = selection_key(best, best_index);
+      const unsigned long long old = atomicMin(&keys[out + current * pixels], key);
+      atomicMin(&second_keys[out + current * pixels], key < old ? old : key);
+      if (second_index >= 0) atomicMin(&second_keys[out + current * pixels], selection_key(second, second_index));
     } else {
       dist[out + current * pixels] = best;
       argmin[out + current * pixels] = static_cast<int32_t>(best_index);
@@ -456,42 +462,110 @@ __global__ void __launch_bounds__(kQueries)
         current = label;
         best = score;
         best_index = index;
+        second_index = kNoCandidate;
       } else if (is_better(score, index, best, best_index)) {
+        second = best;
+        second_index = best_index;
         best = score;
         best_index = index;
+      } else if (kDotForm<T> && is_better(score, index, second, second_index)) {
+        second = score;
+        second_index = index;
       }
     }
   }
   flush();
 }
 
-// One thread per query pixel: the exact distance of every label's winner, then fg, bg and argmin.
+// One thread per query pixel: the exact distance of every label's winner, then fg, bg and argmin. Where the
+// dot-product selection may have been decided by rounding (selection_is_certain, from the two smallest keys), the
+// label's bucket is scanned again with exact distances by the whole block, one such (pixel, label) at a time, so that
+// a rare rescan costs the block M_l / kFinishThreads distances per thread instead of one thread M_l.
+constexpr int kFinishThreads = 256;
+
 template <typename T>
-__global__ void finish_kernel(const T* __restrict__ query, const T* __restrict__ reference,
-                              const unsigned long long* __restrict__ keys, int64_t batch, int64_t pixels,
-                              int64_t channels, int64_t frame_pixels, int64_t frames, int64_t num_labels,
-                              const acc_t<T>* __restrict__ fg_bias, const acc_t<T>* __restrict__ bg_bias,
-                              acc_t<T>* __restrict__ dist, T* __restrict__ fg, T* __restrict__ bg,
-                              int32_t* __restrict__ argmin) {
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_kernel(const T* __restrict__ query, const T* __restrict__ reference,
+                  const unsigned long long* __restrict__ keys, const unsigned long long* __restrict__ second_keys,
+                  const int32_t* __restrict__ sorted_index, const int32_t* __restrict__ bucket_start,
+                  const float* __restrict__ centre, int64_t capacity, int64_t batch, int64_t pixels,
+                  int64_t channels, int64_t frame_pixels, int64_t frames, int64_t num_labels,
+                  const acc_t<T>* __restrict__ fg_bias, const acc_t<T>* __restrict__ bg_bias,
+                  acc_t<T>* __restrict__ dist, T* __restrict__ fg, T* __restrict__ bg,
+                  int32_t* __restrict__ argmin) {
   using A = acc_t<T>;
-  for (int64_t i = global_thread_index(); i < batch * pixels; i += grid_thread_count()) {
-    const int64_t b = i / pixels, p = i % pixels;
+  __shared__ int pending_count;
+  __shared__ int pending[kFinishThreads];
+  __shared__ unsigned long long rescan_key;
+  // Every thread of the block runs the same iterations (the rescans synchronise the block).
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x; first < batch * pixels;
+       first += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = first + threadIdx.x;
+    const bool active = i < batch * pixels;
+    const int64_t b = active ? i / pixels : 0, p = active ? i % pixels : 0;
     const int64_t out = b * num_labels * pixels + p;
     if constexpr (kDotForm<T>) {
+      const T* q = query + b * channels * pixels + p;
+      // ||q'||^2 of the query as the selection saw it (centred as staged for float32, raw for 16-bit).
+      float query_norm = 0.0f;
+      for (int64_t c = 0; active && c < channels; ++c) {
+        const float value = static_cast<float>(q[c * pixels]);
+        query_norm = add_square(
+            query_norm, centre == nullptr ? value : static_cast<float>(static_cast<T>(value - centre[b * channels + c])));
+      }
+      // reference [B, T, C, Hr, Wr]: candidate index = t * Hr * Wr + yx.
+      auto candidate = [&](int64_t batch_index, int64_t index) {
+        return reference + ((batch_index * frames + index / frame_pixels) * channels) * frame_pixels +
+               index % frame_pixels;
+      };
       for (int64_t l = 0; l < num_labels; ++l) {
-        const unsigned long long key = keys[out + l * pixels];
-        if (key == kNoSelectionKey) {
+        if (threadIdx.x == 0) pending_count = 0;
+        __syncthreads();
+        const unsigned long long key = active ? keys[out + l * pixels] : kNoSelectionKey;
+        if (key != kNoSelectionKey) {
+          const int64_t index = selection_key_index(key);
+          const A best = squared_distance<T, A>(q, pixels, candidate(b, index), frame_pixels, channels);
+          dist[out + l * pixels] = best;
+          argmin[out + l * pixels] = static_cast<int32_t>(index);
+          if (selection_needs_exact_scan(selection_key_score(key), selection_key_score(second_keys[out + l * pixels]),
+                                         query_norm, static_cast<float>(best), channels)) {
+            pending[atomicAdd(&pending_count, 1)] = threadIdx.x;
+          }
+        } else if (active) {
           argmin[out + l * pixels] = kNoCandidate;
-          continue;
         }
-        const int64_t index = selection_key_index(key);
-        // reference [B, T, C, Hr, Wr]: candidate index = t * Hr * Wr + yx.
-        const T* r = reference + ((b * frames + index / frame_pixels) * channels) * frame_pixels + index % frame_pixels;
-        dist[out + l * pixels] = squared_distance<T, A>(query + b * channels * pixels + p, pixels, r, frame_pixels,
-                                                        channels);
-        argmin[out + l * pixels] = static_cast<int32_t>(index);
+        __syncthreads();
+        const int count = pending_count;
+        for (int e = 0; e < count; ++e) {
+          // The pixel of thread pending[e], label l: every thread takes a share of the bucket.
+          const int64_t ti = first + pending[e];
+          const int64_t tb = ti / pixels, tp = ti % pixels;
+          const T* tq = query + tb * channels * pixels + tp;
+          if (threadIdx.x == 0) rescan_key = kNoSelectionKey;
+          __syncthreads();
+          const int32_t* bucket = bucket_start + tb * (num_labels + 1);
+          A local = A(0);
+          int64_t local_index = kNoCandidate;
+          for (int64_t k = bucket[l] + threadIdx.x; k < bucket[l + 1]; k += blockDim.x) {
+            const int64_t j = sorted_index[tb * capacity + k];
+            const A d = squared_distance<T, A>(tq, pixels, candidate(tb, j), frame_pixels, channels);
+            if (is_better(d, j, local, local_index)) {  // buckets are not in index order: the full tie rule
+              local = d;
+              local_index = j;
+            }
+          }
+          if (local_index >= 0) atomicMin(&rescan_key, selection_key(static_cast<float>(local), local_index));
+          __syncthreads();
+          if (static_cast<int>(threadIdx.x) == pending[e]) {
+            const int64_t index = selection_key_index(rescan_key);
+            dist[out + l * pixels] = squared_distance<T, A>(q, pixels, candidate(b, index), frame_pixels, channels);
+            argmin[out + l * pixels] = static_cast<int32_t>(index);
+          }
+          __syncthreads();
+        }
       }
     }
+    if (!active) continue;
     write_pixel_scores_strided<T, A, int32_t>(dist + out, argmin + out, pixels, num_labels, *fg_bias, *bg_bias,
                                               fg + out, bg + out, argmin + out, pixels);
   }
@@ -567,9 +641,10 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
     }
   }
 
-  // Selections start empty: all-ones keys, or argmin -1 where float64 stores its minima directly.
+  // Selections start empty: all-ones keys (best and second), or argmin -1 where float64 stores its minima directly.
   const int64_t entries = a.batch * L * a.pixels;
-  err = kDotForm<T> ? cudaMemsetAsync(a.keys, 0xff, sizeof(unsigned long long) * entries, stream)
+  unsigned long long* second_keys = kDotForm<T> ? a.keys + entries : nullptr;
+  err = kDotForm<T> ? cudaMemsetAsync(a.keys, 0xff, 2 * sizeof(unsigned long long) * entries, stream)
                     : cudaMemsetAsync(a.argmin, 0xff, sizeof(int32_t) * entries, stream);
   if (err != cudaSuccess) return err;
   const int64_t blocks_per_batch = (a.pixels + kQueries - 1) / kQueries;
@@ -580,12 +655,13 @@ cudaError_t run_global_match(const GlobalMatchArgs& a, cudaStream_t stream) {
     global_match_kernel<T><<<grid, kQueries, 0, stream>>>(
         static_cast<const T*>(a.query), static_cast<const T*>(a.packed), static_cast<const A*>(a.norms),
         a.sorted_index, a.sorted_label, a.bucket_start, kCentred<T> ? a.centre : nullptr, a.pixels, a.channels,
-        a.capacity, L, blocks_per_batch, a.keys,
+        a.capacity, L, blocks_per_batch, a.keys, second_keys,
         static_cast<A*>(a.dist), a.argmin);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  finish_kernel<T><<<grid_stride_blocks(a.batch * a.pixels, kThreads), kThreads, 0, stream>>>(
-      static_cast<const T*>(a.query), static_cast<const T*>(a.reference), a.keys, a.batch, a.pixels, a.channels,
+  finish_kernel<T><<<grid_stride_blocks(a.batch * a.pixels, kFinishThreads), kFinishThreads, 0, stream>>>(
+      static_cast<const T*>(a.query), static_cast<const T*>(a.reference), a.keys, second_keys, a.sorted_index,
+      a.bucket_start, kCentred<T> ? a.centre : nullptr, a.capacity, a.batch, a.pixels, a.channels,
       frame_pixels, a.frames, L, static_cast<const A*>(a.fg_bias), static_cast<const A*>(a.bg_bias),
       static_cast<A*>(a.dist), static_cast<T*>(a.fg), static_cast<T*>(a.bg), a.argmin);
   return cudaGetLastError();

@@ -38,7 +38,8 @@ struct GlobalMatchArgs {
   void* packed;            // [B, C, cap] of dtype: kept candidates in label order (first bucket_start[b][L])
   void* norms;             // [B, cap] acc: squared norm of each packed candidate (centred for float32)
   float* centre;           // [B, C]: selection_centre of each channel; float32 only, else may be null
-  unsigned long long* keys;  // [B, L, N]: per-label selection keys; unused (may be null) for float64
+  unsigned long long* keys;  // [2, B, L, N]: per-label smallest and second smallest selection keys; unused (may be
+                             // null) for float64
   void* dist;              // [B, L, N] acc: per-label minimum distance
   // Outputs [B, L, N]:
   void* fg;

@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cuda(
   const bool keyed = query.scalar_type() != at::kDouble;  // float64 stores its minima without keys
   const bool centred = query.scalar_type() == at::kFloat;  // float32 centres its selection
   at::Tensor centre = at::empty({centred ? batch * channels : 0}, query.options().dtype(at::kFloat));
-  at::Tensor keys = at::empty({keyed ? batch * num_labels * pixels : 0}, query.options().dtype(at::kLong));
+  at::Tensor keys = at::empty({keyed ? 2 * batch * num_labels * pixels : 0}, query.options().dtype(at::kLong));
   at::Tensor dist = at::empty({batch * num_labels * pixels}, query.options().dtype(acc));
 
   cuda::GlobalMatchArgs args{};

@@ -323,7 +323,8 @@ def compare(lib: str) -> int:
     helpers = ops_py[ops_py.index("def _global_backward") : ops_py.index("if HAS_EXTENSION:")]
     code = (
         "from __future__ import annotations\nimport torch\nfrom torch import Tensor\n"
-        "from cfbi_ops import _validate\nfrom cfbi_ops.ops import _grad_or_zeros\n" + helpers + block
+        "from cfbi_ops import _validate\n"
+        "from cfbi_ops.ops import _differentiable_backward, _double_backward_wanted, _grad_or_zeros\n" + helpers + block
     )
     exec(code.replace("cfbi::", "cfbi_emu::").replace("torch.ops.cfbi.", "torch.ops.cfbi_emu."), {})
     import test_ops_registration as reg

@@ -62,7 +62,8 @@ TORCH_TARGET = ("TORCH_TARGET_VERSION", "0x020a000000000000")
 
 
 def _extensions():
-    cxx_flags = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"]
+    # Hidden visibility: the stable ABI's types are hidden, and only PyInit_* (PyMODINIT_FUNC) is exported.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"]
     include_dirs = [os.path.abspath("csrc")]
     cpu = CppExtension(
         name="cfbi_ops._C",
@@ -78,7 +79,7 @@ def _extensions():
         raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME or put nvcc on PATH")
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
-    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fvisibility=hidden"]
     cuda = CUDAExtension(
         name="cfbi_ops._C_cuda",
         sources=["csrc/python_module_cuda.cpp"]

@@ -15,7 +15,7 @@
 #define CFBI_STRING_(a) #a
 #define CFBI_STRING(a) CFBI_STRING_(a)
 
-extern "C" PyObject* CFBI_CONCAT(PyInit_, CFBI_PY_MODULE)(void) {
+PyMODINIT_FUNC CFBI_CONCAT(PyInit_, CFBI_PY_MODULE)(void) {
   static struct PyModuleDef module = {
       PyModuleDef_HEAD_INIT, CFBI_STRING(CFBI_PY_MODULE), nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module);

@@ -22,25 +22,28 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/check_wheel.XXXXXX")
 "$PYTHON" -m venv "$WORK/venv"
 PY=$WORK/venv/bin/python
 export PIP_CONSTRAINT=$WORK/no-constraints.txt PIP_DISABLE_PIP_VERSION_CHECK=1
-"$PY" -m pip install -q "$TORCH_SPEC" numpy pytest hypothesis Pillow tqdm
-"$PY" -m pip install -q --no-deps "$WHEEL"
+pip_install() {  # quiet unless it fails
+  "$PY" -m pip install -q "$@" > "$WORK/pip.log" 2>&1 || { grep -v '^WARNING: Location' "$WORK/pip.log" | tail -n 20; exit 1; }
+}
+pip_install "$TORCH_SPEC" numpy pytest hypothesis Pillow tqdm
+pip_install --no-deps "$WHEEL"
 
-# No compiler: the PATH holds the environment's bin and a folder of the few tools the tests call.
-mkdir -p "$WORK/tools"
+# The tests, without the package sources beside them.
+mkdir -p "$WORK/run" "$WORK/tools"
+cp -r "$ROOT/tests" "$WORK/run/tests"
+cd "$WORK/run"
+
+# No compiler while the tests run: the PATH holds the environment's bin and a folder of the few tools they call.
 for tool in sh bash env uname nm c++filt cat; do
   path=$(command -v "$tool" || true)
   [ -n "$path" ] && ln -s "$path" "$WORK/tools/$tool"
 done
+SAVED_PATH=$PATH
 export PATH=$WORK/venv/bin:$WORK/tools
 for compiler in cc gcc g++ c++ clang nvcc; do
   if command -v "$compiler" > /dev/null; then echo "check_wheel: $compiler is on the PATH" >&2; exit 2; fi
 done
 unset CUDA_HOME
-
-# The tests, without the package sources beside them.
-mkdir -p "$WORK/run"
-cp -r "$ROOT/tests" "$WORK/run/tests"
-cd "$WORK/run"
 "$PY" - <<'PY'
 import os, sys
 import torch
@@ -53,9 +56,13 @@ print("check_wheel: backends", cfbi_ops.loaded_backends())
 PY
 export CFBI_FUZZ_CASES=${CFBI_FUZZ_CASES:-150}
 status=0
-"$PY" -m pytest -q -p no:cacheprovider tests/test_ops_harness.py tests/test_ops_edges.py tests/test_compat.py \
+"$PY" -m pytest -q -rs -p no:cacheprovider tests/test_ops_harness.py tests/test_ops_edges.py tests/test_compat.py \
   tests/test_ops_errors.py tests/test_ops_fuzz.py tests/test_stable_abi.py > "$WORK/pytest.log" 2>&1 || status=$?
-tail -n 15 "$WORK/pytest.log"
+export PATH=$SAVED_PATH
+grep -vE '^SKIPPED' "$WORK/pytest.log" | tail -n 12
+echo "check_wheel: skipped, by reason:"
+sed -nE 's/^SKIPPED \[([0-9]+)\] [^:]+:[0-9]+: (.*)/\1 \2/p' "$WORK/pytest.log" |
+  awk '{n = $1; $1 = ""; count[$0] += n} END {for (r in count) printf "  %4d%s\n", count[r], r}'
 summary=$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$WORK/pytest.log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
 version=$("$PY" -c 'import torch; print(torch.__version__)')
 echo "check_wheel: $(basename "$WHEEL") on torch $version: ${summary:-no summary (exit $status)}"

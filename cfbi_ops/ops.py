@@ -95,16 +95,9 @@ def _global_backward(
     grad_fg: Tensor | None,
     grad_bg: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    det = torch.are_deterministic_algorithms_enabled()  # the CUDA backward sorts instead of adding atomically
     gq, gr, gfb, gbb = torch.ops.cfbi.global_match_backward(
-        _grad_or_zeros(grad_fg, fg),
-        _grad_or_zeros(grad_bg, fg),
-        fg,
-        argmin,
-        query,
-        reference_,
-        fg_bias,
-        bg_bias,
-        torch.are_deterministic_algorithms_enabled(),
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias, det
     )
     return gq, gr, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
@@ -119,16 +112,9 @@ def _local_backward(
     grad_fg: Tensor | None,
     grad_bg: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    det = torch.are_deterministic_algorithms_enabled()
     gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(
-        _grad_or_zeros(grad_fg, fg),
-        _grad_or_zeros(grad_bg, fg),
-        fg,
-        argmin,
-        query,
-        previous,
-        fg_bias,
-        bg_bias,
-        torch.are_deterministic_algorithms_enabled(),
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias, det
     )
     return gq, gp, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
@@ -149,15 +135,11 @@ if HAS_EXTENSION:
 
     # The kernels return each gradient in the layout of its input (as empty_like).
     @torch.library.register_fake("cfbi::global_match_backward")
-    def _global_match_backward_fake(
-        grad_fg, grad_bg, fg, argmin, query, reference_, fg_bias, bg_bias, deterministic=False
-    ):
+    def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_, fg_bias, bg_bias, _det=False):
         return torch.empty_like(query), torch.empty_like(reference_), query.new_empty(1), query.new_empty(1)
 
     @torch.library.register_fake("cfbi::local_match_backward")
-    def _local_match_backward_fake(
-        grad_fg, grad_bg, fg, argmin, query, previous, fg_bias, bg_bias, deterministic=False
-    ):
+    def _local_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, previous, fg_bias, bg_bias, _det=False):
         return torch.empty_like(query), torch.empty_like(previous), query.new_empty(1), query.new_empty(1)
 
     def _setup_context(ctx, inputs, output):

@@ -11,9 +11,11 @@ run on the plain-PyTorch implementation in ``cfbi_ops.reference``; importing war
 from . import compat, reference
 from .ops import (
     BACKENDS,
+    CUDA_KERNELS_ERROR,
     DEFAULT_BACKEND,
     DEFAULT_WINDOWS,
     EXTENSION_ERROR,
+    HAS_CUDA_KERNELS,
     HAS_EXTENSION,
     GlobalMatchFunction,
     LocalMatchFunction,
@@ -24,16 +26,30 @@ from .ops import (
 
 __all__ = [
     "BACKENDS",
+    "CUDA_KERNELS_ERROR",
     "DEFAULT_BACKEND",
     "DEFAULT_WINDOWS",
     "EXTENSION_ERROR",
+    "HAS_CUDA_KERNELS",
     "HAS_EXTENSION",
     "GlobalMatchFunction",
     "LocalMatchFunction",
     "compat",
     "global_match",
+    "loaded_backends",
     "local_match",
     "reference",
     "resolve_backend",
 ]
 __version__ = "0.1.0"
+
+
+def loaded_backends() -> dict[str, str]:
+    """What this installation runs on, one line each: {"torch": ..., "cpu": ..., "cuda": ...}.
+
+    ``python -c "import cfbi_ops; print(cfbi_ops.loaded_backends())"`` checks an installed wheel.
+    """
+    import torch
+
+    cpu = f"compiled ({torch.ops.cfbi.cpu_isa()})" if HAS_EXTENSION else f"reference only: {EXTENSION_ERROR}"
+    return {"torch": torch.__version__, "cpu": cpu, "cuda": "compiled" if HAS_CUDA_KERNELS else str(CUDA_KERNELS_ERROR)}

@@ -37,6 +37,11 @@ except ImportError as error:  # exercised with the import blocked (tests/test_op
         stacklevel=2,
     )
 
+# The CUDA kernels live in their own library, loaded where torch has CUDA (cfbi_ops/_libraries.py).
+from ._libraries import load_cuda_kernels  # noqa: E402
+
+HAS_CUDA_KERNELS, CUDA_KERNELS_ERROR = load_cuda_kernels(HAS_EXTENSION)
+
 DEFAULT_WINDOWS = (4, 8, 12, 16, 20, 24)
 BACKENDS = ("auto", "compiled", "reference")
 _logger = logging.getLogger("cfbi_ops")
@@ -152,8 +157,9 @@ def _global_backward(
         candidates = reference_.transpose(1, 2).reshape(batch, channels, frames * height * width)  # order (t, y, x)
         gq, gc, gfb, gbb = _differentiable_backward(query, candidates, fg, argmin, fg_bias, bg_bias, grad_fg, grad_bg)
         return gq, gc.reshape(batch, channels, frames, height, width).transpose(1, 2), gfb, gbb
+    det = torch.are_deterministic_algorithms_enabled()  # the CUDA backward sorts instead of adding atomically
     gq, gr, gfb, gbb = torch.ops.cfbi.global_match_backward(
-        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, reference_, fg_bias, bg_bias, det
     )
     return gq, gr, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
@@ -172,8 +178,9 @@ def _local_backward(
         candidates = previous.reshape(previous.shape[0], previous.shape[1], previous.shape[2] * previous.shape[3])
         gq, gc, gfb, gbb = _differentiable_backward(query, candidates, fg, argmin, fg_bias, bg_bias, grad_fg, grad_bg)
         return gq, gc.reshape(previous.shape), gfb, gbb
+    det = torch.are_deterministic_algorithms_enabled()
     gq, gp, gfb, gbb = torch.ops.cfbi.local_match_backward(
-        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias
+        _grad_or_zeros(grad_fg, fg), _grad_or_zeros(grad_bg, fg), fg, argmin, query, previous, fg_bias, bg_bias, det
     )
     return gq, gp, gfb.reshape(fg_bias.shape).to(fg_bias.dtype), gbb.reshape(bg_bias.shape).to(bg_bias.dtype)
 
@@ -201,11 +208,11 @@ if HAS_EXTENSION:
 
     # The kernels return each gradient in the layout of its input (as empty_like).
     @torch.library.register_fake("cfbi::global_match_backward")
-    def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_, fg_bias, bg_bias):
+    def _global_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, reference_, fg_bias, bg_bias, _det=False):
         return torch.empty_like(query), torch.empty_like(reference_), query.new_empty(1), query.new_empty(1)
 
     @torch.library.register_fake("cfbi::local_match_backward")
-    def _local_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, previous, fg_bias, bg_bias):
+    def _local_match_backward_fake(grad_fg, grad_bg, fg, argmin, query, previous, fg_bias, bg_bias, _det=False):
         return torch.empty_like(query), torch.empty_like(previous), query.new_empty(1), query.new_empty(1)
 
     def _setup_context(ctx, inputs, output):

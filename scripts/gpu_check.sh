@@ -4,11 +4,15 @@
 #
 #   bash scripts/gpu_check.sh --results DIR            # from the repository root, on the GPU machine
 #   bash scripts/gpu_check.sh --results DIR --dry-run  # the same stages on the CPU with tiny sizes (CI)
+#   bash scripts/gpu_check.sh --results DIR --dist dist  # use a prebuilt wheel from dist/ instead of compiling
 #
 # Stages (each time-boxed; the whole run ends within --budget seconds, 470 by default):
 #   env        the machine's Python, torch, GPU, nvcc, ninja, compute-sanitizer and optional packages
 #   build      setup.py build_ext --inplace for the visible GPU's architecture only (scripts/parallel_build.py
-#              compiles in parallel processes when ninja is missing); never downloads anything
+#              compiles in parallel processes when ninja is missing); never downloads anything. With --dist DIR
+#              holding a wheel of scripts/build_wheels.sh for the machine's CUDA major (cfbi-*+cu<major>-*.whl) and
+#              a torch >= 2.10, that wheel is installed into a target folder (pip --no-deps --target) and its
+#              libraries are used in place of the build (its Python files must equal the checkout's)
 #   tests      pytest tests/ -k "cuda and not emulation": every test marked `cuda` or named after CUDA
 #   sanitizer  compute-sanitizer memcheck / racecheck / synccheck on tests/cuda_sanitizer_case.py (run
 #              alongside the tests; without the tool the driver runs bare)
@@ -19,16 +23,17 @@
 set -uo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
-RESULTS="" DRY_RUN=0 BUDGET=470
+RESULTS="" DRY_RUN=0 BUDGET=470 DIST=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --results) RESULTS=${2:-}; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --budget) BUDGET=${2:-}; shift 2 ;;
+    --dist) DIST=${2:-}; shift 2 ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -156,6 +161,9 @@ print("optional packages missing (tests needing them skip or fail): " + (", ".jo
 with open(env_file, "w") as f:
     f.write(f"HAS_CUDA={int(cuda)}\nARCH={arch}\nSLUG={shlex.quote(slug)}\nGPU_NAME={shlex.quote(gpu)}\n")
     f.write(f"MISSING={shlex.quote(' '.join(missing))}\n")
+    # A prebuilt wheel (--dist) serves torch >= 2.10 (the stable ABI it targets) of its CUDA major.
+    release = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    f.write(f"CUDA_MAJOR={(torch.version.cuda or '').split('.')[0]}\nTORCH_STABLE={int(release >= (2, 10))}\n")
 if not cuda and not dry_run:
     sys.exit("no CUDA device visible: nothing to check (use --dry-run on a CPU machine)")
 PY
@@ -174,7 +182,23 @@ grep -q "^env"$'\t'"pass" "$STATUS_FILE" && ENV_OK=1
 # ---- build -----------------------------------------------------------------------------------------------
 BUILD_OK=0
 if [ "$ENV_OK" -eq 1 ]; then
-  if [ "$DRY_RUN" -eq 1 ]; then
+  WHEEL=""
+  if [ -n "$DIST" ] && [ -n "${CUDA_MAJOR:-}" ] && [ "${TORCH_STABLE:-0}" -eq 1 ]; then
+    WHEEL=$(ls "$DIST"/cfbi-*+cu"$CUDA_MAJOR"-cp3*-abi3-*.whl 2> /dev/null | sort | tail -n 1)
+  fi
+  if [ -n "$DIST" ] && [ -z "$WHEEL" ]; then
+    echo "--dist $DIST: no wheel for CUDA ${CUDA_MAJOR:-none} and torch >= 2.10; compiling instead" >> "$BUILD_LOG"
+  fi
+  if [ -n "$WHEEL" ] && [ "$DRY_RUN" -eq 1 ]; then
+    echo "dry run: would install $WHEEL (pip --no-deps --target) and use its libraries" >> "$BUILD_LOG"
+    BUILD_CMD=(true)
+  elif [ -n "$WHEEL" ]; then
+    # The wheel's libraries replace an in-place build; the Python files must be the checkout's own.
+    BUILD_CMD=(bash -c 'set -e; "$1" -m pip install -q --no-deps --no-index --target "$2/wheel" "$3"
+      for f in "$2"/wheel/cfbi_ops/*.py; do cmp "$f" "cfbi_ops/$(basename "$f")"; done
+      cp "$2"/wheel/cfbi_ops/_C*.so cfbi_ops/ && echo "libraries of $(basename "$3"):" && ls cfbi_ops/_C*.so' \
+      _ "$PY" "$WORK" "$WHEEL")
+  elif [ "$DRY_RUN" -eq 1 ]; then
     # No compile in a dry run (the CPU build of this checkout is used): show the command and check the import.
     echo "dry run: would run FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<GPU arch> MAX_JOBS=$JOBS" \
       "$PY scripts/parallel_build.py --jobs $JOBS build_ext --inplace" >> "$BUILD_LOG"
@@ -198,6 +222,7 @@ PY
   if [ "$BUILD_RC" -eq 0 ] && [ "$RC" -eq 0 ]; then
     BUILD_OK=1
     NOTE="arch ${ARCH:-none}, $(command -v ninja > /dev/null && echo ninja || echo 'no ninja: parallel processes')"
+    [ -n "$WHEEL" ] && NOTE="wheel $(basename "$WHEEL"), no compile"
     [ "$DRY_RUN" -eq 1 ] && NOTE="dry run: no compile, existing extension loads"
     record build pass "$BUILD_TIME" "$NOTE"
   elif [ "$BUILD_RC" -eq 124 ]; then

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import cfbi_ops
+from tests.test_stable_abi import forbidden_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 CMAKE = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
@@ -56,3 +57,7 @@ def test_cmake_build_runs_example(tmp_path: Path) -> None:
     )
     assert "global fg [1, 3, 30, 40]" in out and "local fg [1, 3, 3, 30, 40]" in out
     assert sums == pytest.approx([fg.sum().item(), local_fg.sum().item()], rel=1e-5)
+    # The library is stable ABI too: no C++ symbol of libtorch imported.
+    library = tmp_path / "libcfbi_ops.so"
+    if shutil.which("nm") and shutil.which("c++filt"):
+        assert forbidden_imports(library) == []

@@ -45,8 +45,13 @@ def _env() -> dict[str, str]:
 def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
     results = tmp_path / "results"
     before = sorted(os.listdir(ROOT / "benchmarks" / "results"))
+    # --dist: a wheel named for torch's CUDA major is picked instead of a build (a dry run only names it).
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    major = (torch.version.cuda or "0").split(".")[0]
+    (dist / f"cfbi-0.1.0+cu{major}-cp310-abi3-linux_x86_64.whl").write_bytes(b"")
     proc = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--dry-run", "--results", str(results)],
+        ["bash", "scripts/gpu_check.sh", "--dry-run", "--results", str(results), "--dist", str(dist)],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -77,6 +82,11 @@ def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
     assert "test_cuda.py::test_backward_parity" in tests and "test_inference.py::test_cuda_matches_cpu" in tests
     assert "test_cuda_emulation" not in tests and "test_gpu_check" not in tests
     assert "main: " in summary and "compile: " in summary
+    build_log = (results / "env-build.log").read_text()
+    if torch.version.cuda is not None:
+        assert f"would install {dist}/cfbi-0.1.0+cu{major}-cp310-abi3-linux_x86_64.whl" in build_log, build_log
+    else:
+        assert "no wheel for CUDA none" in build_log, build_log
     assert sorted(os.listdir(ROOT / "benchmarks" / "results")) == before  # a dry run writes nothing there
 
 

@@ -1,9 +1,7 @@
 // Backward of both matching ops on CPU. Gradients flow through the argmin candidate only.
 #include "backward_cpu.h"
 
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -28,7 +26,7 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
 
   // 1. d loss / d (min distance + bias) of every output entry.
   std::vector<A> coef(batch * per_batch);
-  at::parallel_for(0, batch * plane, 256, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, batch * plane, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / plane, offset = b * per_batch + i % plane;
       if constexpr (std::is_same_v<scalar_t, A>) {
@@ -46,7 +44,7 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
 
   // 2. Bias gradients: one sequential sum per (b, l) row, rows added in order.
   std::vector<A> row_sums(batch * num_labels);
-  at::parallel_for(0, batch * num_labels, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, batch * num_labels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       A sum = A(0);
       for (int64_t i = 0; i < plane; ++i) sum += coef[row * plane + i];
@@ -61,7 +59,7 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
   *grad_bg_bias = static_cast<scalar_t>(bg_sum);
 
   // 3. Query gradient: each query pixel gathers from its selected candidates (d/dq ||q - r||^2 = 2 (q - r)).
-  at::parallel_for(0, batch * pixels, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, batch * pixels, 16, [&](int64_t begin, int64_t end) {
     std::vector<A> grad(channels);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / pixels, p = i % pixels;
@@ -87,7 +85,7 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
   //    reads coef and argmin once for kChannelBlock channels.
   constexpr int64_t kChannelBlock = 8;
   const int64_t channel_blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, batch * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, batch * channel_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> grad(kChannelBlock * num_candidates);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / channel_blocks, c0 = (i % channel_blocks) * kChannelBlock;
@@ -116,26 +114,28 @@ void backward_kernel(const scalar_t* grad_fg, const scalar_t* grad_bg, const sca
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu(
-    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& candidates, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> matching_backward_cpu(const Tensor& grad_fg, const Tensor& grad_bg,
+                                                                 const Tensor& fg, const Tensor& argmin,
+                                                                 const Tensor& query, const Tensor& candidates,
+                                                                 const Tensor& fg_bias, const Tensor& bg_bias) {
   const BackwardProblem pb = prepare_backward(grad_fg, grad_bg, fg, argmin, query, candidates);
   if (pb.empty) return pb.gradients();
   // 16-bit embeddings are converted to float32 once: the gradient loops read every one of them per selected entry.
-  const bool wide = pb.query.scalar_type() == at::kHalf || pb.query.scalar_type() == at::kBFloat16;
-  const at::Tensor query_f = wide ? pb.query.to(at::kFloat) : at::Tensor();
-  const at::Tensor candidates_f = wide ? pb.candidates.to(at::kFloat) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "matching_backward_cpu", [&] {
+  const bool wide = pb.query.scalar_type() == ScalarType::Half || pb.query.scalar_type() == ScalarType::BFloat16;
+  const Tensor query_f = wide ? to_dtype(pb.query, ScalarType::Float) : pb.query;
+  const Tensor candidates_f = wide ? to_dtype(pb.candidates, ScalarType::Float) : pb.candidates;
+  CFBI_DISPATCH_FLOATING_AND_HALF(query.scalar_type(), "matching_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     using E = std::conditional_t<std::is_same_v<acc_t<scalar_t>, float>, float, scalar_t>;
-    backward_kernel<scalar_t, E>(pb.grad_fg.data_ptr<scalar_t>(), pb.grad_bg.data_ptr<scalar_t>(),
-                              pb.fg.data_ptr<scalar_t>(), pb.argmin.data_ptr<int32_t>(),
-                              (wide ? query_f : pb.query).data_ptr<E>(),
-                              (wide ? candidates_f : pb.candidates).data_ptr<E>(), pb.batch,
-                              pb.num_labels, pb.windows, pb.pixels, pb.channels, pb.num_candidates,
-                              fg_bias.item<A>(), bg_bias.item<A>(), pb.grad_query.data_ptr<scalar_t>(),
-                              pb.grad_candidates.data_ptr<scalar_t>(),
-                              pb.grad_fg_bias.data_ptr<scalar_t>(), pb.grad_bg_bias.data_ptr<scalar_t>());
+    backward_kernel<scalar_t, E>(pb.grad_fg.const_data_ptr<scalar_t>(), pb.grad_bg.const_data_ptr<scalar_t>(),
+                                 pb.fg.const_data_ptr<scalar_t>(), pb.argmin.const_data_ptr<int32_t>(),
+                                 query_f.const_data_ptr<E>(), candidates_f.const_data_ptr<E>(), pb.batch,
+                                 pb.num_labels, pb.windows, pb.pixels, pb.channels, pb.num_candidates,
+                                 host_scalar<A>(fg_bias), host_scalar<A>(bg_bias),
+                                 pb.grad_query.mutable_data_ptr<scalar_t>(),
+                                 pb.grad_candidates.mutable_data_ptr<scalar_t>(),
+                                 pb.grad_fg_bias.mutable_data_ptr<scalar_t>(),
+                                 pb.grad_bg_bias.mutable_data_ptr<scalar_t>());
   });
   return pb.gradients();
 }

@@ -1,7 +1,8 @@
 #pragma once
 
-#include <ATen/core/Tensor.h>
 #include <tuple>
+
+#include "../checks.h"
 
 namespace cfbi {
 
@@ -10,9 +11,9 @@ namespace cfbi {
 // query [B, C, H, W]; candidates [B, C, M].
 // Returns grad_query [B, C, H, W], grad_candidates [B, C, M], grad_fg_bias [1], grad_bg_bias [1].
 // Deterministic and independent of the number of threads.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> matching_backward_cpu(
-    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& candidates, const at::Tensor& fg_bias,
-    const at::Tensor& bg_bias);
+std::tuple<Tensor, Tensor, Tensor, Tensor> matching_backward_cpu(const Tensor& grad_fg, const Tensor& grad_bg,
+                                                                 const Tensor& fg, const Tensor& argmin,
+                                                                 const Tensor& query, const Tensor& candidates,
+                                                                 const Tensor& fg_bias, const Tensor& bg_bias);
 
 }  // namespace cfbi

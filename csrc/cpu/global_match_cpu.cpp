@@ -1,8 +1,6 @@
 // CPU forward of cfbi::global_match: per-object nearest neighbour over label-bucketed candidates.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <limits>
@@ -88,7 +86,7 @@ void global_match_exact(const scalar_t* query, const scalar_t* reference, const 
     const scalar_t* r = view.at(reference, buckets.index[k]);
     for (int64_t c = 0; c < channels; ++c) candidates[k * channels + c] = r[c * view.stride()];
   }
-  at::parallel_for(0, pb.pixels, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, pb.pixels, 16, [&](int64_t begin, int64_t end) {
     std::vector<A> best_dist(num_labels);
     std::vector<int64_t> best_index(num_labels);
     std::vector<scalar_t> q(channels);
@@ -176,7 +174,7 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
     return exact.data() + ((slot / kLanes) * channels) * kLanes + slot % kLanes;
   };
   const int64_t tiles = (pb.pixels + kQueryTile - 1) / kQueryTile;
-  at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(kQueryTile * channels), centred(kQueryTile * channels), centred_norms(kQueryTile);
     std::vector<float> dist(kQueryTile), second(kQueryTile);
     std::vector<int64_t> pos(kQueryTile);
@@ -227,38 +225,40 @@ void global_match_batch_simd(const In* query, const In* reference, const int64_t
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
-    const at::Tensor& query, const at::Tensor& reference, const at::Tensor& ref_labels, int64_t num_labels,
-    const at::Tensor& fg_bias, const at::Tensor& bg_bias, int64_t atrous, int64_t atrous_min_pixels) {
+std::tuple<Tensor, Tensor, Tensor> global_match_cpu(const Tensor& query, const Tensor& reference,
+                                                    const Tensor& ref_labels, int64_t num_labels,
+                                                    const Tensor& fg_bias, const Tensor& bg_bias, int64_t atrous,
+                                                    int64_t atrous_min_pixels) {
   check_global_args(query, reference, ref_labels, num_labels, fg_bias, bg_bias, atrous, atrous_min_pixels);
   const int64_t batch = query.size(0), channels = query.size(1);
   const int64_t pixels = query.size(2) * query.size(3);
   const int64_t frames = reference.size(1), ref_height = reference.size(3), ref_width = reference.size(4);
-  const at::Tensor query_c = query.contiguous(), reference_c = reference.contiguous();
-  const at::Tensor labels = ref_labels.to(at::kLong).contiguous();
+  const Tensor query_c = dense(query), reference_c = dense(reference);
+  const Tensor labels = dense(to_dtype(ref_labels, ScalarType::Long));
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, query.size(2), query.size(3)};
-  at::Tensor fg = empty_output(out_sizes, query.options(), num_labels);
-  at::Tensor bg = empty_output(out_sizes, query.options(), num_labels);
-  at::Tensor argmin = empty_output(out_sizes, query.options().dtype(at::kInt), num_labels);
+  Tensor fg = empty_output(out_sizes, query.scalar_type(), query, num_labels);
+  Tensor bg = empty_output(out_sizes, query.scalar_type(), query, num_labels);
+  Tensor argmin = empty_output(out_sizes, ScalarType::Int, query, num_labels);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "global_match_cpu", [&] {
+  CFBI_DISPATCH_FLOATING_AND_HALF(query.scalar_type(), "global_match_cpu", [&] {
     using A = acc_t<scalar_t>;
-    const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
+    const A fg_b = host_scalar<A>(fg_bias), bg_b = host_scalar<A>(bg_bias);
     const int64_t ref_pixels = frames * ref_height * ref_width;
     const GlobalProblem problem{pixels, channels, frames, ref_height, ref_width, num_labels, atrous,
                                 atrous_min_pixels};
+    const scalar_t* query_data = query_c.const_data_ptr<scalar_t>();
+    const scalar_t* reference_data = reference_c.const_data_ptr<scalar_t>();
     // float64, and non-finite embeddings of any dtype, take the exact scan, which applies the NaN rule (the
     // GEMM-like pass would skip NaN distances and turn inf into NaN).
     const bool exact = std::is_same_v<scalar_t, double> ||
-                       (query_c.numel() + reference_c.numel() > 0 &&
-                        !(at::isfinite(query_c).all().item<bool>() && at::isfinite(reference_c).all().item<bool>()));
+                       !(all_finite(query_data, query_c.numel()) && all_finite(reference_data, reference_c.numel()));
     for (int64_t b = 0; b < batch; ++b) {
-      const scalar_t* q = query_c.data_ptr<scalar_t>() + b * pixels * channels;
-      const scalar_t* r = reference_c.data_ptr<scalar_t>() + b * ref_pixels * channels;
-      const int64_t* l = labels.data_ptr<int64_t>() + b * ref_pixels;
-      scalar_t* fg_b_out = fg.data_ptr<scalar_t>() + b * num_labels * pixels;
-      scalar_t* bg_b_out = bg.data_ptr<scalar_t>() + b * num_labels * pixels;
-      int32_t* argmin_b = argmin.data_ptr<int32_t>() + b * num_labels * pixels;
+      const scalar_t* q = query_data + b * pixels * channels;
+      const scalar_t* r = reference_data + b * ref_pixels * channels;
+      const int64_t* l = labels.const_data_ptr<int64_t>() + b * ref_pixels;
+      scalar_t* fg_b_out = fg.mutable_data_ptr<scalar_t>() + b * num_labels * pixels;
+      scalar_t* bg_b_out = bg.mutable_data_ptr<scalar_t>() + b * num_labels * pixels;
+      int32_t* argmin_b = argmin.mutable_data_ptr<int32_t>() + b * num_labels * pixels;
       if (exact) {
         global_match_exact<scalar_t>(q, r, l, problem, fg_b, bg_b, fg_b_out, bg_b_out, argmin_b);
       } else if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -269,36 +269,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_match_cpu(
   return {fg, bg, argmin};
 }
 
-at::Tensor global_reference_as_candidates(const at::Tensor& reference) {
-  // [B, T, C, Hr, Wr] -> [B, C, T * Hr * Wr], the candidate order of the argmin indices.
-  return reference.transpose(1, 2).reshape(
-      {reference.size(0), reference.size(2), reference.size(1) * reference.size(3) * reference.size(4)});
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_match_backward_cpu(
-    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& reference, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
-  TORCH_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
-  const at::Tensor candidates = global_reference_as_candidates(reference);
+std::tuple<Tensor, Tensor, Tensor, Tensor> global_match_backward_cpu(
+    const Tensor& grad_fg, const Tensor& grad_bg, const Tensor& fg, const Tensor& argmin, const Tensor& query,
+    const Tensor& reference, const Tensor& fg_bias, const Tensor& bg_bias, bool /*deterministic: always*/) {
+  CFBI_CHECK(reference.dim() == 5, "reference must be [B, T, C, Hr, Wr]");
+  const Tensor candidates = global_reference_as_candidates(reference);
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_argmin_range(argmin, candidates);
   check_bias(fg_bias, "fg_bias", query);
   check_bias(bg_bias, "bg_bias", query);
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
       matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates, fg_bias, bg_bias);
-  const int64_t batch = reference.size(0), frames = reference.size(1), channels = reference.size(2);
-  at::Tensor grad_reference =
-      grad_candidates.reshape({batch, channels, frames, reference.size(3), reference.size(4)})
-          .transpose(1, 2)
-          .contiguous();
+  const Tensor grad_reference = candidates_as_global_reference(grad_candidates, reference);
   return {like_input(grad_query, query), like_input(grad_reference, reference), grad_fg_bias, grad_bg_bias};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cfbi, CPU, m) {
-  m.impl("global_match", &global_match_cpu);
-  m.impl("global_match_backward", &global_match_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(cfbi, CPU, m) {
+  m.impl("global_match", TORCH_BOX(&global_match_cpu));
+  m.impl("global_match_backward", TORCH_BOX(&global_match_backward_cpu));
 }
 
 }  // namespace cfbi

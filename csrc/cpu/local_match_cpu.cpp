@@ -1,10 +1,8 @@
 // CPU forward of cfbi::local_match: nearest neighbour of each label inside nested windows of the
 // previous frame. The largest window is scanned once; each offset updates the minimum of its ring
 // (Chebyshev radius in atrous steps) and the windows are prefix minima over the rings.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <limits>
@@ -30,7 +28,7 @@ void local_match_batch(const scalar_t* query_cl, const scalar_t* previous_cl, co
   const int64_t num_windows = static_cast<int64_t>(radii.size());
   const int64_t max_radius = *std::max_element(radii.begin(), radii.end());
   const int64_t rings = max_radius + 1;
-  at::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
     std::vector<A> ring_dist(num_labels * rings);
     std::vector<int64_t> ring_index(num_labels * rings);
     std::vector<A> window_dist(num_labels);
@@ -113,7 +111,7 @@ void local_match_batch_float(const In* query, const In* previous, const int64_t*
           }
         }
       }
-      at::parallel_for(0, sub_h, 1, [&](int64_t begin, int64_t end) {
+      torch::stable::parallel_for(0, sub_h, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> dist(span * vec_w);
         // [label][ring][x]: the best candidate of each (label, ring) for every query pixel x of the row.
         std::vector<float> ring_dist(num_labels * rings * vec_w);
@@ -168,79 +166,78 @@ void local_match_batch_float(const In* query, const In* previous, const int64_t*
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> local_match_cpu(const at::Tensor& query, const at::Tensor& previous,
-                                                               const at::Tensor& prev_labels, int64_t num_labels,
-                                                               const at::Tensor& fg_bias, const at::Tensor& bg_bias,
-                                                               c10::IntArrayRef windows, int64_t atrous) {
+std::tuple<Tensor, Tensor, Tensor> local_match_cpu(const Tensor& query, const Tensor& previous,
+                                                   const Tensor& prev_labels, int64_t num_labels,
+                                                   const Tensor& fg_bias, const Tensor& bg_bias,
+                                                   std::vector<int64_t> windows, int64_t atrous) {
   check_local_args(query, previous, prev_labels, num_labels, fg_bias, bg_bias, windows, atrous);
   const int64_t batch = query.size(0), channels = query.size(1);
   const int64_t height = query.size(2), width = query.size(3), pixels = height * width;
   const int64_t num_windows = static_cast<int64_t>(windows.size());
   std::vector<int64_t> radii;
   for (const int64_t w : windows) radii.push_back(frame_window_radius(w, atrous, height, width));
-  const at::Tensor labels = prev_labels.to(at::kLong).contiguous();
+  const Tensor labels = dense(to_dtype(prev_labels, ScalarType::Long));
   const auto out_sizes = std::vector<int64_t>{batch, num_labels, num_windows, height, width};
-  at::Tensor fg = empty_output(out_sizes, query.options(), num_labels);
-  at::Tensor bg = empty_output(out_sizes, query.options(), num_labels);
-  at::Tensor argmin = empty_output(out_sizes, query.options().dtype(at::kInt), num_labels);
+  Tensor fg = empty_output(out_sizes, query.scalar_type(), query, num_labels);
+  Tensor bg = empty_output(out_sizes, query.scalar_type(), query, num_labels);
+  Tensor argmin = empty_output(out_sizes, ScalarType::Int, query, num_labels);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "local_match_cpu", [&] {
+  CFBI_DISPATCH_FLOATING_AND_HALF(query.scalar_type(), "local_match_cpu", [&] {
     using A = acc_t<scalar_t>;
-    const A fg_b = fg_bias.item<A>(), bg_b = bg_bias.item<A>();
+    const A fg_b = host_scalar<A>(fg_bias), bg_b = host_scalar<A>(bg_bias);
     const int64_t out_batch = num_labels * num_windows * pixels;
+    const Tensor query_c = dense(query), previous_c = dense(previous);
     // Non-finite embeddings take the exact scan below, which applies the NaN rule of matching.h.
-    const bool finite = query.numel() == 0 || (at::isfinite(query).all().item<bool>() &&
-                                               at::isfinite(previous).all().item<bool>());
+    const bool finite = all_finite(query_c.const_data_ptr<scalar_t>(), query_c.numel()) &&
+                        all_finite(previous_c.const_data_ptr<scalar_t>(), previous_c.numel());
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (finite) {
-        const at::Tensor query_c = query.contiguous(), previous_c = previous.contiguous();
         for (int64_t b = 0; b < batch; ++b) {
-          local_match_batch_float<scalar_t>(query_c.data_ptr<scalar_t>() + b * channels * pixels,
-                                            previous_c.data_ptr<scalar_t>() + b * channels * pixels,
-                                            labels.data_ptr<int64_t>() + b * pixels, height, width, channels,
+          local_match_batch_float<scalar_t>(query_c.const_data_ptr<scalar_t>() + b * channels * pixels,
+                                            previous_c.const_data_ptr<scalar_t>() + b * channels * pixels,
+                                            labels.const_data_ptr<int64_t>() + b * pixels, height, width, channels,
                                             num_labels, radii, atrous, fg_b, bg_b,
-                                            fg.data_ptr<scalar_t>() + b * out_batch,
-                                            bg.data_ptr<scalar_t>() + b * out_batch,
-                                            argmin.data_ptr<int32_t>() + b * out_batch);
+                                            fg.mutable_data_ptr<scalar_t>() + b * out_batch,
+                                            bg.mutable_data_ptr<scalar_t>() + b * out_batch,
+                                            argmin.mutable_data_ptr<int32_t>() + b * out_batch);
         }
         return;
       }
     }
-    const at::Tensor query_cl = query.permute({0, 2, 3, 1}).contiguous();
-    const at::Tensor previous_cl = previous.permute({0, 2, 3, 1}).contiguous();
+    const Tensor query_cl = dense(torch::stable::permute(query, {0, 2, 3, 1}));
+    const Tensor previous_cl = dense(torch::stable::permute(previous, {0, 2, 3, 1}));
     for (int64_t b = 0; b < batch; ++b) {
-      local_match_batch<scalar_t>(query_cl.data_ptr<scalar_t>() + b * pixels * channels,
-                                  previous_cl.data_ptr<scalar_t>() + b * pixels * channels,
-                                  labels.data_ptr<int64_t>() + b * pixels, height, width, channels, num_labels,
-                                  radii, atrous, fg_b, bg_b, fg.data_ptr<scalar_t>() + b * out_batch,
-                                  bg.data_ptr<scalar_t>() + b * out_batch,
-                                  argmin.data_ptr<int32_t>() + b * out_batch);
+      local_match_batch<scalar_t>(query_cl.const_data_ptr<scalar_t>() + b * pixels * channels,
+                                  previous_cl.const_data_ptr<scalar_t>() + b * pixels * channels,
+                                  labels.const_data_ptr<int64_t>() + b * pixels, height, width, channels, num_labels,
+                                  radii, atrous, fg_b, bg_b, fg.mutable_data_ptr<scalar_t>() + b * out_batch,
+                                  bg.mutable_data_ptr<scalar_t>() + b * out_batch,
+                                  argmin.mutable_data_ptr<int32_t>() + b * out_batch);
     }
   });
   return {fg, bg, argmin};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_match_backward_cpu(
-    const at::Tensor& grad_fg, const at::Tensor& grad_bg, const at::Tensor& fg, const at::Tensor& argmin,
-    const at::Tensor& query, const at::Tensor& previous, const at::Tensor& fg_bias, const at::Tensor& bg_bias) {
-  TORCH_CHECK(previous.sizes() == query.sizes(), "previous must have the shape of query");
-  const at::Tensor candidates =
-      previous.reshape({previous.size(0), previous.size(1), previous.size(2) * previous.size(3)});
+std::tuple<Tensor, Tensor, Tensor, Tensor> local_match_backward_cpu(
+    const Tensor& grad_fg, const Tensor& grad_bg, const Tensor& fg, const Tensor& argmin, const Tensor& query,
+    const Tensor& previous, const Tensor& fg_bias, const Tensor& bg_bias, bool /*deterministic: always*/) {
+  CFBI_CHECK(same_sizes(previous, query), "previous must have the shape of query");
+  const Tensor candidates = reshaped(previous, {previous.size(0), previous.size(1), previous.size(2) * previous.size(3)});
   check_backward_args(grad_fg, grad_bg, fg, argmin, query, candidates);
   check_argmin_range(argmin, candidates);
   check_bias(fg_bias, "fg_bias", query);
   check_bias(bg_bias, "bg_bias", query);
   auto [grad_query, grad_candidates, grad_fg_bias, grad_bg_bias] =
       matching_backward_cpu(grad_fg, grad_bg, fg, argmin, query, candidates, fg_bias, bg_bias);
-  return {like_input(grad_query, query), like_input(grad_candidates.view(previous.sizes()), previous), grad_fg_bias,
-          grad_bg_bias};
+  return {like_input(grad_query, query), like_input(torch::stable::view(grad_candidates, previous.sizes()), previous),
+          grad_fg_bias, grad_bg_bias};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cfbi, CPU, m) {
-  m.impl("local_match", &local_match_cpu);
-  m.impl("local_match_backward", &local_match_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(cfbi, CPU, m) {
+  m.impl("local_match", TORCH_BOX(&local_match_cpu));
+  m.impl("local_match_backward", TORCH_BOX(&local_match_backward_cpu));
 }
 
 }  // namespace cfbi

@@ -5,11 +5,11 @@
 
 The .cu files and csrc/cuda/matching_cuda.cpp are copied with two mechanical rewrites (kernel<<<cfg>>>(args)
 becomes ::emu::launch(kernel, cfg)(args); extern __shared__ arrays become the launch's buffer) and built by
-g++ against the headers in include/, which emulate the CUDA runtime, cuda_fp16/bf16, cub's radix sort and the
-c10/cuda helpers. The ops are registered as cfbi_emu:: with the schemas of csrc/ops.cpp and compared with the
-cfbi:: CPU kernels: forward values and argmin, both backward paths (atomic, deterministic), degenerate sizes,
-and opcheck / torch.compile through the CUDA registration code. A development aid for machines without a
-GPU; the tests in tests/test_cuda.py on a real device remain the reference.
+g++ against the headers in include/, which emulate the CUDA runtime, cuda_fp16/bf16, cub's radix sort and
+csrc/cuda/cuda_context.h (device guard, current stream). The ops are registered as cfbi_emu:: with the schemas
+of csrc/ops.cpp and compared with the cfbi:: CPU kernels: forward values and argmin, both backward paths
+(atomic, deterministic), degenerate sizes, and opcheck / torch.compile through the CUDA registration code. A
+development aid for machines without a GPU; the tests in tests/test_cuda.py on a real device remain the reference.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def generate() -> Path:
     defs = ["".join(re.findall(r'"([^"]*)"', call)) for call in re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", ops)]
     defs = [d for d in defs if re.match(r"(global|local)_match(_backward)?\(", d)]
     assert len(defs) == 4, defs
-    schemas = "TORCH_LIBRARY(cfbi_emu, m) {\n" + "".join(f'  m.def("{d}");\n' for d in defs) + "}\n"
+    schemas = "STABLE_TORCH_LIBRARY(cfbi_emu, m) {\n" + "".join(f'  m.def("{d}");\n' for d in defs) + "}\n"
     for path in sorted((ROOT / "csrc" / "cuda").iterdir()):
         text = path.read_text()
         if path.suffix == ".cu":
@@ -54,9 +54,11 @@ def generate() -> Path:
             (src / "cuda" / (path.stem + "_cu.cpp")).write_text(text)
         elif path.suffix == ".cpp":
             text = text.replace(".is_cuda()", ".is_cpu()")
-            text = text.replace("TORCH_LIBRARY_IMPL(cfbi, CUDA, m)", schemas + "\nTORCH_LIBRARY_IMPL(cfbi_emu, CPU, m)")
+            text = text.replace(
+                "STABLE_TORCH_LIBRARY_IMPL(cfbi, CUDA, m)", schemas + "\nSTABLE_TORCH_LIBRARY_IMPL(cfbi_emu, CPU, m)"
+            )
             (src / "cuda" / path.name).write_text(text)
-        else:
+        elif path.name != "cuda_context.h":  # replaced by include/cuda_context.h
             shutil.copy(path, src / "cuda" / path.name)
     return src
 
@@ -65,7 +67,7 @@ def build(asan: bool) -> str:
     from torch.utils.cpp_extension import load
 
     src = generate()
-    flags = ["-O1", "-std=c++20", "-Wno-unknown-pragmas"]
+    flags = ["-O1", "-std=c++20", "-Wno-unknown-pragmas", "-DTORCH_TARGET_VERSION=0x020a000000000000"]
     ldflags = []
     if asan:
         flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
@@ -140,11 +142,7 @@ def compare(lib: str) -> int:
         grad_bg = torch.randn(fwd[0].shape, generator=g).to(dtype)
         expected = getattr(ops_cpu, fn)(grad_fg, grad_bg, fwd[0], fwd[2], *args)
         for deterministic in (False, True):
-            torch.use_deterministic_algorithms(deterministic)
-            try:
-                got = getattr(ops_emu, fn)(grad_fg, grad_bg, fwd[0], fwd[2], *args)
-            finally:
-                torch.use_deterministic_algorithms(False)
+            got = getattr(ops_emu, fn)(grad_fg, grad_bg, fwd[0], fwd[2], *args, deterministic)
             tol = 1e-5 if dtype in (torch.float32, torch.float64) else 3e-2
             for name, a, b in zip(("query", "candidates", "fg_bias", "bg_bias"), got, expected):
                 check.close(f"{tag} {fn} det={deterministic} {name}", a, b, exact=False, tol=tol)

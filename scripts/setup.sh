@@ -8,6 +8,9 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 mkdir -p build
+# An extension built by an older checkout (before the abi3 libraries, e.g. _C.cpython-311-*.so) would shadow the
+# new _C.abi3.so: Python prefers the interpreter-specific name.
+rm -f cfbi_ops/_C*.so
 log=build/pip-build.log
 if ! .venv/bin/python -m pip install --no-build-isolation -v -e . > "$log" 2>&1; then
   tail -n 60 "$log"

@@ -642,17 +642,27 @@ def gpu_targets(rows: list[dict], cases: list[str]) -> list[dict]:
     return out
 
 
+def model_label(args: dict, row: dict | None = None) -> str:
+    """What a model run (or one of its rows) measured: AMP, or its precision variant (e.g. bfloat16+compile)."""
+    if args.get("amp"):
+        return "AMP"
+    if row is not None and "variant" in row:
+        return row["variant"]
+    return "+".join(args.get("variants") or ["float32"])
+
+
 def model_targets(model: list[dict]) -> list[dict]:
-    """Frames per second of each model row; float32 rows against the issue's target."""
+    """Frames per second of each model row; every row against the issue's target, AMP excepted."""
     out = []
     for run in model:
         for row in run["rows"]:
             fps = 1.0 / row["median"]
+            label = model_label(run["args"], row)
             name = (
                 f"model {row['config']} {run['args']['height']}x{run['args']['width']} "
-                f"{run['args']['objects']} objects {'AMP' if run['args']['amp'] else 'float32'} frames/s"
+                f"{run['args']['objects']} objects {label} frames/s"
             )
-            if run["args"]["amp"]:
+            if label == "AMP":
                 out.append(_target(name, fps, None, None))
             else:
                 out.append(_target(name, fps, f">= {TARGET_FPS:g}", fps >= TARGET_FPS))
@@ -687,7 +697,7 @@ def render_gpu_markdown(data: dict) -> str:
         a = run["args"]
         lines += [
             "",
-            f"## Model per-frame time ({'AMP' if a['amp'] else 'float32'})",
+            f"## Model per-frame time ({model_label(a)})",
             "",
             f"`VideoSegmenter.step` on a {a['height']}x{a['width']} frame, {a['objects']} objects, "
             f"{a['warmup']} warm-up and {a['frames']} timed frames, random weights "

@@ -17,7 +17,8 @@
 #   sanitizer  compute-sanitizer memcheck / racecheck / synccheck on tests/cuda_sanitizer_case.py (run
 #              alongside the tests; without the tool the driver runs bare)
 #   benchmark  python -m benchmarks.compare --device cuda -> benchmarks/results/cuda-<gpu>.{md,json}
-#   model      python -m benchmarks.model_speed: ResNet-101 CFBI+ at 480p, float32 and AMP, added to the same files
+#   model      python -m benchmarks.model_speed: ResNet-101 CFBI+ at 480p, float32, AMP and bfloat16 + torch.compile,
+#              added to the same files
 # Results (at most 8 files of at most 16 MiB) go to DIR as each stage ends: env-build.log, tests.log,
 # sanitizer.log, benchmark.log, the benchmark .md and .json, summary.txt. Exit status 0 when every stage passed.
 set -uo pipefail
@@ -336,28 +337,31 @@ if [ "$DRY_RUN" -eq 1 ]; then
   STEM=$WORK/dry-run-gpu-table DEVICE=cpu
   COMPARE_ARGS=(--device cpu --protocol gpu --cases tiny --labels 2 4 --quick)
   MODEL_ARGS=(--configs small --height 60 --width 70 --frames 1 --warmup 0 --device cpu)
+  FAST_VARIANT=bfloat16  # the dry run checks the plumbing without minutes of compiling
 else
   STEM=$ROOT/benchmarks/results/${SLUG:-cuda-unknown} DEVICE=cuda
   COMPARE_ARGS=(--device cuda --cases s4 s8 s16 s4-480p --labels 2 4 11 --repeats 20 --budget 1)
   MODEL_ARGS=(--configs resnet101 --height 480 --width 854 --objects 2 --frames 30 --warmup 5 --device cuda)
+  FAST_VARIANT=bfloat16+compile
 fi
 if [ "$BUILD_OK" -eq 1 ]; then
   timed "$BENCH_LOG" "$(budget 120 60)" "$PY" -m benchmarks.compare "${COMPARE_ARGS[@]}" --out "$STEM"
   if [ "$RC" -eq 0 ]; then record benchmark pass "$ELAPSED" "$(basename "$STEM").{md,json}"
   else record benchmark fail "$ELAPSED" "$([ "$RC" -eq 124 ] && echo 'timed out' || echo "exit status $RC")"; fi
   MODEL_STATUS=pass MODEL_TIME=0 MODEL_NOTE=""
-  for precision in float32 amp; do
+  for precision in float32 amp fast; do
     extra=() reserve=30
-    [ "$precision" = amp ] && extra=(--amp) reserve=10
+    [ "$precision" = amp ] && extra=(--amp) reserve=20
+    [ "$precision" = fast ] && extra=(--variants "$FAST_VARIANT") reserve=10
     timed "$BENCH_LOG" "$(budget 60 "$reserve")" "$PY" -m benchmarks.model_speed "${MODEL_ARGS[@]}" "${extra[@]}" \
       --output "$WORK/model-$precision.md" --json "$WORK/model-$precision.json"
     MODEL_TIME=$((MODEL_TIME + ELAPSED))
     [ "$RC" -eq 0 ] || { MODEL_STATUS=fail; MODEL_NOTE="$MODEL_NOTE $precision: exit status $RC;"; }
   done
   timed "$BENCH_LOG" 60 "$PY" -m benchmarks.compare --add-model "$WORK/model-float32.json" "$WORK/model-amp.json" \
-    --out "$STEM"
+    "$WORK/model-fast.json" --out "$STEM"
   [ "$RC" -eq 0 ] || { MODEL_STATUS=fail; MODEL_NOTE="$MODEL_NOTE not added to the table;"; }
-  record model "$MODEL_STATUS" "$MODEL_TIME" "${MODEL_NOTE:-float32 and AMP added to $(basename "$STEM").md}"
+  record model "$MODEL_STATUS" "$MODEL_TIME" "${MODEL_NOTE:-float32, AMP and $FAST_VARIANT added to $(basename "$STEM").md}"
 else
   record benchmark skip 0 "no build"
   record model skip 0 "no build"

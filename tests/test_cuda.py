@@ -370,7 +370,7 @@ def _op_args(op, dtype, layout, requires_grad=True):
     fg, _, argmin = forward(*detached)
     grad_fg = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype).cuda()
     grad_bg = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype).cuda()
-    return (grad_fg, grad_bg, fg, argmin, detached[0], detached[1])
+    return (grad_fg, grad_bg, fg, argmin, detached[0], detached[1], detached[4], detached[5])  # + fg / bg bias
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

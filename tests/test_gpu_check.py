@@ -73,8 +73,9 @@ def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
         for dtype in compare.GPU_DTYPES:
             assert (op, dtype, "fwd+bwd", "cfbi_ops") in kinds and (op, dtype, "fwd", "torch.mm") in kinds
         assert (op, "float32", "fwd", "torch.mm-tf32") in kinds and (op, "float32", "fwd", "naive") in kinds
-    assert [run["args"]["amp"] for run in table["model"]] == [False, True]
-    assert "## Model per-frame time (AMP)" in (results / "dry-run-gpu-table.md").read_text()
+    assert [compare.model_label(run["args"]) for run in table["model"]] == ["float32", "AMP", "bfloat16"]
+    page = (results / "dry-run-gpu-table.md").read_text()
+    assert "## Model per-frame time (AMP)" in page and "## Model per-frame time (bfloat16)" in page
     # The sanitizer driver ran every case; the CUDA tests were selected and skipped (no GPU here).
     sanitizer = (results / "sanitizer.log").read_text()
     assert "ok: " in sanitizer and "deterministic bfloat16 local: row state in global memory" in sanitizer

@@ -11,14 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from cfbi_model.build import load_model, shipped_weights
-from cfbi_model.config import ClipConfig, TrainConfig
+from cfbi_model.config import TrainConfig
 from cfbi_model.data.synthetic import SyntheticConfig, render_video
 from cfbi_model.inference.segmenter import VideoSegmenter
 from cfbi_model.modeling import attention
 from cfbi_model.training.trainer import Trainer
 
+DATA_SEED = 1  # of conftest's data_root fixture
 PROB_TOLERANCE = 1e-3
 LABEL_AGREEMENT = 0.999
 
@@ -152,23 +154,11 @@ def test_the_oracle_catches_the_old_attention_bug(models, clip, monkeypatch):
     assert worst > PROB_TOLERANCE, f"{clip}: the old complement went unnoticed ({worst:.3g})"
 
 
-def test_a_float64_training_step(tmp_path):
+def test_a_float64_training_step(data_root, tmp_path):
     from cfbi_model.data.datasets import davis_videos
-    from cfbi_model.data.synthetic import write_synthetic_davis
 
-    write_synthetic_davis(tmp_path / "data", num_train=2, num_val=1, seed=1, config=SyntheticConfig(72, 96, (6, 6)))
-    config = TrainConfig(
-        model="small",
-        steps=1,
-        batch_size=2,
-        warmup_steps=0,
-        clip=ClipConfig(num_current=2, max_gap=2, crop_size=(65, 65), short_edge=None),
-        num_workers=0,
-        checkpoint_every=0,
-        amp=False,
-        dtype="float64",
-    )
-    trainer = Trainer(config, davis_videos(tmp_path / "data", "train"), str(tmp_path / "run"), progress=False)
+    config = tiny_config(steps=1, batch_size=2, warmup_steps=0, dtype="float64")
+    trainer = Trainer(config, davis_videos(data_root, "train"), str(tmp_path / "run"), progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     assert all(p.dtype == torch.float64 for p in trainer.model.parameters())

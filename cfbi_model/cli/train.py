@@ -163,11 +163,9 @@ def run(args: argparse.Namespace) -> int:
             if args.val_sequences:
                 val = val[: args.val_sequences]
         # Every frame's and mask's size from its header, now: a bad file ends the run before its first step.
-        checked = check_sizes([v for source in sources for v in source])
+        check_sizes([v for source in sources for v in source])
     except DataError as error:
         return _error(str(error))
-    if rank == 0:
-        print(f"cfbi train: {checked} training frames checked", file=sys.stderr)
     if args.resume and not os.path.exists(os.path.join(args.out, "checkpoint.pth")):
         return _error(f"--resume: no checkpoint in {args.out} (a mistyped --out?); leave out --resume to start a run")
     try:

@@ -24,6 +24,13 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
+def _in_float32(op, query: Tensor, candidates: Tensor, labels: Tensor, num_labels: int, fg_bias, bg_bias, **options):
+    """`op` (global_match / local_match) on 16-bit inputs computed in float32, outputs back in the input dtype."""
+    wide = _wide(query.dtype)
+    fg, bg = op(query.to(wide), candidates.to(wide), labels, num_labels, fg_bias.to(wide), bg_bias.to(wide), **options)
+    return fg.to(query.dtype), bg.to(query.dtype)
+
+
 def _outputs_fit(shape: tuple, like: Tensor, what: str) -> None:
     """Allocates the outputs' worth of memory once, so that a size no allocator can serve fails here with a
     message naming the argument that sized it (as csrc/checks.h, empty_output), not deep inside."""
@@ -128,18 +135,8 @@ def global_match(
     batch, channels, height, width = query.shape
     _outputs_fit((batch, num_labels, height, width), query, f"num_labels = {num_labels}")
     if query.dtype in _HALF:
-        wide = _wide(query.dtype)
-        fg, bg = global_match(
-            query.to(wide),
-            reference.to(wide),
-            ref_labels,
-            num_labels,
-            fg_bias.to(wide),
-            bg_bias.to(wide),
-            atrous=atrous,
-            atrous_min_pixels=atrous_min_pixels,
-        )
-        return fg.to(query.dtype), bg.to(query.dtype)
+        options = dict(atrous=atrous, atrous_min_pixels=atrous_min_pixels)
+        return _in_float32(global_match, query, reference, ref_labels, num_labels, fg_bias, bg_bias, **options)
     fgs = []
     for b in range(batch):
         # Explicit sizes: with C = 0 a -1 would be ambiguous.
@@ -221,18 +218,8 @@ def local_match(
         f"num_labels = {num_labels}, windows of length {len(windows)}",
     )
     if query.dtype in _HALF:
-        wide = _wide(query.dtype)
-        fg, bg = local_match(
-            query.to(wide),
-            previous.to(wide),
-            prev_labels,
-            num_labels,
-            fg_bias.to(wide),
-            bg_bias.to(wide),
-            windows=windows,
-            atrous=atrous,
-        )
-        return fg.to(query.dtype), bg.to(query.dtype)
+        options = dict(windows=windows, atrous=atrous)
+        return _in_float32(local_match, query, previous, prev_labels, num_labels, fg_bias, bg_bias, **options)
     # Radii clamped to the frame (docs/design.md, "The operators"): larger windows hold the same candidates.
     reach = max((max(height, width) - 1) // atrous, 0)
     radii = [min(w // atrous, reach) for w in windows]

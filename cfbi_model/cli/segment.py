@@ -148,15 +148,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace, name: str) -> None:
     """Before the run: OUT/<name> must be absent or an earlier output, and the overlay's folder writable."""
-    from ..inference.sinks import MARKER  # noqa: PLC0415
+    from ..inference.sinks import check_replaceable  # noqa: PLC0415
     from ..io.frames import MediaError  # noqa: PLC0415
 
-    folder = os.path.join(args.out, name)
-    if os.path.lexists(folder) and not os.path.isfile(os.path.join(folder, MARKER)):
-        kind = "a folder that cfbi did not write" if os.path.isdir(folder) else "not a folder"
-        raise MediaError(
-            f"output {folder!r} exists and is {kind}; refusing to replace it (choose another --out or --name)"
-        )
+    check_replaceable(os.path.join(args.out, name))
     if args.overlay:
         parent = os.path.dirname(os.path.abspath(args.overlay))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or os.path.isdir(args.overlay):

@@ -21,7 +21,7 @@ from ..config import InferenceConfig
 from ..data.layouts import DataError
 from ..inference.driver import load_annotations, run_video
 from ..inference.segmenter import FramePrediction, VideoSegmenter
-from ..inference.sinks import MARKER, MaskCollector, MaskFolderWriter
+from ..inference.sinks import MaskCollector, MaskFolderWriter, written_by_cfbi
 from ..io.frames import MediaError, image_size
 from ..io.source import Video, frame_size
 from . import metrics
@@ -72,7 +72,7 @@ def finished_videos(annotations_dir: str | os.PathLike) -> set[str]:
     path = Path(annotations_dir)
     if not path.is_dir():
         return set()
-    return {p.name for p in path.iterdir() if p.is_dir() and not p.name.endswith(".partial") and (p / MARKER).is_file()}
+    return {p.name for p in path.iterdir() if not p.name.endswith(".partial") and written_by_cfbi(p)}
 
 
 def _checked(video: Video) -> Video:

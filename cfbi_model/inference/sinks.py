@@ -30,7 +30,16 @@ from ..io.overlay import overlay as draw_overlay
 from ..io.video import OverlayWriter
 from .segmenter import FramePrediction
 
-__all__ = ["Sink", "MaskFolderWriter", "MaskCollector", "OverlaySink", "MARKER", "PARTIAL_SUFFIX"]
+__all__ = [
+    "Sink",
+    "MaskFolderWriter",
+    "MaskCollector",
+    "OverlaySink",
+    "MARKER",
+    "PARTIAL_SUFFIX",
+    "written_by_cfbi",
+    "check_replaceable",
+]
 
 # The file by which a mask folder says that this writer made it (and with which settings): only such a folder
 # is ever replaced or removed.
@@ -43,8 +52,22 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _ours(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
+def written_by_cfbi(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a mask folder this writer made (it holds the marker)."""
+    return Path(folder).is_dir() and (Path(folder) / MARKER).is_file()
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """MediaError (one line) unless `path` is absent or a folder this writer made: the one check of what may be
+    replaced, used by the writer and, before any work, by the commands."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()) or written_by_cfbi(path):
+        return
+    kind = "was not written by cfbi" if path.is_dir() else "is not a folder (not written by cfbi)"
+    raise MediaError(
+        f"{str(path)!r} exists and {kind}; no {MARKER} file: refusing to replace it (move it away or choose another "
+        "output folder or name)"
+    )
 
 
 def read_marker(folder: str | os.PathLike) -> dict | None:
@@ -80,11 +103,7 @@ class MaskFolderWriter:
         self.per_object = per_object
         self.scored = None if scored is None else set(scored)
         for existing in (self.folder, self.partial):
-            if (existing.exists() or existing.is_symlink()) and not (existing.is_dir() and _ours(existing)):
-                raise MediaError(
-                    f"{str(existing)!r} exists and was not written by cfbi (no {MARKER} file): refusing to replace it; "
-                    "move it away or choose another output folder or name"
-                )
+            check_replaceable(existing)
         try:
             if self.partial.exists():  # what an interrupted run of this writer left
                 shutil.rmtree(self.partial)
@@ -117,7 +136,7 @@ class MaskFolderWriter:
     def finish(self) -> None:
         """Rename the finished folder into place, replacing an older one only when this writer made it."""
         if self.folder.exists() or self.folder.is_symlink():
-            if not (self.folder.is_dir() and _ours(self.folder)):
+            if not written_by_cfbi(self.folder):
                 raise MediaError(
                     f"{str(self.folder)!r} appeared during the run and was not written by cfbi: the masks stay in "
                     f"{str(self.partial)!r}"

@@ -45,7 +45,8 @@ MAX_INT64 = 2**63 - 1
 
 
 def _positive_int(value: object, name: str, minimum: int, maximum: int = MAX_INT64) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # A SymInt is a size traced by torch.export / torch.compile (e.g. num_labels from a tensor's shape).
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise ValueError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -13,7 +13,7 @@ STABLE_TORCH_LIBRARY(cfbi, m) {
   // fg_bias, bg_bias: one element each.
   // Returns fg, bg [B, L, H, W] and argmin [B, L, H, W] (int32 index into T*Hr*Wr, -1 = none).
   m.def(
-      "global_match(Tensor query, Tensor reference, Tensor ref_labels, int num_labels, Tensor fg_bias, "
+      "global_match(Tensor query, Tensor reference, Tensor ref_labels, SymInt num_labels, Tensor fg_bias, "
       "Tensor bg_bias, int atrous, int atrous_min_pixels) -> (Tensor, Tensor, Tensor)");
   // Returns grad_query, grad_reference, grad_fg_bias [1], grad_bg_bias [1]. The biases of the forward call give
   // float16 / bfloat16 the slope of the score computed in float (the stored score is rounded). deterministic:
@@ -25,7 +25,7 @@ STABLE_TORCH_LIBRARY(cfbi, m) {
   // query, previous [B, C, H, W]; prev_labels [B, H, W] (integer); windows: K window sizes.
   // Returns fg, bg [B, L, K, H, W] and argmin [B, L, K, H, W] (int32 index into H*W, -1 = none).
   m.def(
-      "local_match(Tensor query, Tensor previous, Tensor prev_labels, int num_labels, Tensor fg_bias, "
+      "local_match(Tensor query, Tensor previous, Tensor prev_labels, SymInt num_labels, Tensor fg_bias, "
       "Tensor bg_bias, int[] windows, int atrous) -> (Tensor, Tensor, Tensor)");
   m.def(
       "local_match_backward(Tensor grad_fg, Tensor grad_bg, Tensor fg, Tensor argmin, Tensor query, "

@@ -42,8 +42,11 @@ def pooled_sums(embeddings: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tens
     """
     masks = masks.to(embeddings.dtype)
     complements = 1.0 - masks
-    pos_sum = torch.einsum("tchw,tlhw->lc", embeddings, masks)
-    neg_sum = torch.einsum("tchw,tlhw->lc", embeddings, complements)
+    # "tchw,tlhw->lc" as a batched matmul per frame, summed over frames. Not einsum: it treats any size of 1 as a
+    # broadcast, which a traced (exported) number of frames would have to rule out.
+    flat = embeddings.flatten(2).transpose(1, 2)  # [T, H W, C]
+    pos_sum = torch.bmm(masks.flatten(2), flat).sum(0)
+    neg_sum = torch.bmm(complements.flatten(2), flat).sum(0)
     pos_count = masks.sum(dim=(0, 2, 3)).unsqueeze(1)
     neg_count = complements.sum(dim=(0, 2, 3)).unsqueeze(1)
     return pos_sum, neg_sum, pos_count, neg_count

@@ -110,10 +110,12 @@ class CFBIPlus(nn.Module):
         """
         cfg = self.config
         batch = current.embeddings[0].shape[0]
-        labels_per_sample = [num_labels] * batch if isinstance(num_labels, int) else list(num_labels)
+        # A SymInt (a traced size, as cfbi_model.inference.export passes it) counts as an int.
+        single = isinstance(num_labels, (int, torch.SymInt))
+        labels_per_sample = [num_labels] * batch if single else list(num_labels)
         if len(labels_per_sample) != batch:
             raise ValueError(f"num_labels has {len(labels_per_sample)} entries for a batch of {batch}")
-        if any(not isinstance(n, int) or n < 1 for n in labels_per_sample):
+        if any(not isinstance(n, (int, torch.SymInt)) or n < 1 for n in labels_per_sample):
             raise ValueError(f"num_labels must be positive ints, got {num_labels}")
         for name, seq in (
             ("references", references),

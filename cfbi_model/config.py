@@ -27,6 +27,7 @@ __all__ = [
     "get_config",
     "config_names",
     "InferenceConfig",
+    "ExportBounds",
     "ClipConfig",
     "TrainConfig",
     "config_differences",
@@ -361,6 +362,42 @@ class InferenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- export
+# Network sizes are 16k + 1; k = 2 (33 px) is the smallest the exported packages take.
+MIN_GRID_STEPS = 2
+
+
+@dataclass(frozen=True)
+class ExportBounds:
+    """The ranges of the dynamic sizes of the packages of `cfbi export` (cfbi_model.inference.export); the hosts
+    check them.
+
+    Attributes:
+        max_side: longest frame side in pixels (frames are resized inside the encode package).
+        max_network_side: longest side of the network input (16k + 1; 1041 holds the default long-edge cap 1040).
+        max_objects: objects per video.
+        max_references: reference frames (the first annotated frame and each later annotated one).
+    """
+
+    max_side: int = field(default=4096, metadata={"help": "longest frame side (pixels)", "minimum": 1})
+    max_network_side: int = field(
+        default=1041, metadata={"help": "longest side of the network input (16k + 1, at least 33)", "minimum": 1}
+    )
+    max_objects: int = field(default=16, metadata={"help": "objects per video", "minimum": 1})
+    max_references: int = field(
+        default=16, metadata={"help": "reference frames (the annotated ones) per video", "minimum": 1}
+    )
+
+    def __post_init__(self) -> None:
+        smallest = 16 * MIN_GRID_STEPS + 1
+        if self.max_network_side < smallest or (self.max_network_side - 1) % 16:
+            raise ValueError(f"max_network_side must be 16k + 1 and at least {smallest}, got {self.max_network_side}")
+        if self.max_side < 17:
+            raise ValueError(f"max_side must be at least 17, got {self.max_side}")
+        if self.max_objects < 1 or self.max_references < 1:
+            raise ValueError(f"max_objects and max_references must be at least 1, got {self}")
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -1,6 +1,7 @@
 """`cfbi segment`: segment the objects of annotated frames through a video (frame folder or video file).
 
-    cfbi segment (--frames DIR | --video FILE) (--mask FIRST.png | --masks DIR) --out DIR --checkpoint PATH
+    cfbi segment (--frames DIR | --video FILE) (--mask FIRST.png | --masks DIR) --out DIR
+                 (--checkpoint PATH | --exported DIR)
                  [--name NAME] [--per-object] [--overlay FILE.mp4|.gif] [--threads N] [--device cpu|cuda]
                  [inference options] [--allow-random [--config NAME]]
 
@@ -65,6 +66,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="also write DIR/<name>/objects/<id>/<frame>.png (one 0/255 mask per object)",
     )
     parser.add_argument("--checkpoint", metavar="PATH", help="CFBI+ checkpoint (.pth)")
+    parser.add_argument(
+        "--exported",
+        metavar="DIR",
+        help="run the packages of `cfbi export` instead of a checkpoint (single scale, no flip; their own "
+        "inference settings)",
+    )
     add_config_argument(parser, "(default: the checkpoint's; resnet101 without a checkpoint)")
     parser.add_argument("--overlay", metavar="FILE", help="also write an overlay video (.mp4) or animation (.gif)")
     add_runtime_arguments(parser)
@@ -90,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from ..io.source import open_video  # noqa: PLC0415
 
     # Check everything that can be checked before the (slow) model is built and the first frame is written.
-    if args.checkpoint is None and not args.allow_random:
+    if args.exported is not None:
+        if args.checkpoint is not None or args.allow_random:
+            raise UsageError("--exported runs its packages: give no --checkpoint or --allow-random with it")
+        if tuple(args.scales) != (1.0,) or args.flip:
+            raise UsageError("--exported runs single-scale inference without flip (no --scales, --flip)")
+    elif args.checkpoint is None and not args.allow_random:
         raise UsageError(
             "no --checkpoint given; refusing to segment with random weights "
             "(pass --allow-random to do so anyway, e.g. for testing)"
@@ -116,7 +128,12 @@ def run(args: argparse.Namespace) -> int:
         raise MediaError(f"cannot create output folder {args.out!r}: {error}") from error
     _check_outputs(args, name)
 
-    if args.checkpoint is not None:
+    segmenter = model = None
+    if args.exported is not None:
+        from ..inference.exported import load_exported  # noqa: PLC0415
+
+        segmenter = load_exported(args.exported)
+    elif args.checkpoint is not None:
         model = load_model(args.checkpoint, config=args.config, device=device)
     else:
         print(
@@ -132,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             annotations,
             model=model,
             config=inference,
+            segmenter=segmenter,
             out=args.out,
             name=name,
             per_object=args.per_object,

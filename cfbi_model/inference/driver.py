@@ -195,6 +195,7 @@ def segment_video(
     model: Any = None,
     config: InferenceConfig | None = None,
     device: str | None = None,
+    segmenter: Any = None,
     out: str | os.PathLike | None = None,
     name: str | None = None,
     per_object: bool = False,
@@ -202,7 +203,7 @@ def segment_video(
     palette: list[int] | None = None,
     on_frame: Callable[[FramePrediction], None] | None = None,
 ) -> VideoResult:
-    """Segment a whole video with a checkpoint (or a loaded model) in one call.
+    """Segment a whole video with a checkpoint (or a loaded model, or an engine such as load_exported's) in one call.
 
     source: a frame folder, a video file, any iterable of RGB frames [H, W, 3] uint8, or a Video.
     annotations: a mask file or label map (first frame), a folder of masks named after the frames, or a dict
@@ -217,16 +218,18 @@ def segment_video(
     video = open_video(source)
     by_index, file_palette = load_annotations(annotations, video)
     palette = palette or file_palette
-    if model is None:
+    if segmenter is None and model is None:
         if checkpoint is None:
-            raise ValueError("segment_video needs a checkpoint or a model")
+            raise ValueError("segment_video needs a checkpoint, a model or a segmenter")
         model = load_model(checkpoint, device=device or default_device())
     writer = MaskFolderWriter(out, name or video.name, palette, per_object) if out is not None else None
     collector = MaskCollector() if writer is None else None
     sinks = [s for s in (writer, collector) if s is not None]
     if overlay is not None:
         sinks.append(OverlaySink(overlay, video.fps, palette))
-    result = run_video(VideoSegmenter(model, config), video, *sinks, annotations=by_index, on_frame=on_frame)
+    if segmenter is None:
+        segmenter = VideoSegmenter(model, config)
+    result = run_video(segmenter, video, *sinks, annotations=by_index, on_frame=on_frame)
     result.masks = collector.masks if collector is not None else None
     result.folder = writer.folder if writer is not None else None
     return result

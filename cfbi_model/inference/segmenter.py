@@ -44,7 +44,16 @@ from ..modeling.network import CFBIPlus, FrameFeatures
 from ..modeling.precision import accumulation_dtype, autocast, compute_dtype
 from ..modeling.preprocess import preprocess
 
-__all__ = ["VideoSegmenter", "StepResult", "FramePrediction", "LabelMap", "AnnotationError", "inference_size"]
+__all__ = [
+    "VideoSegmenter",
+    "StepResult",
+    "FramePrediction",
+    "LabelMap",
+    "AnnotationError",
+    "inference_size",
+    "apply_annotation",
+    "read_annotation",
+]
 
 MAX_OBJECT_ID = IGNORE_LABEL - 1  # 254: 255 marks ignored pixels
 
@@ -338,18 +347,8 @@ class VideoSegmenter:
         prediction = probs.argmax(dim=0)
 
         if annotation is not None:
-            annotated = (annotation > 0) & (annotation != IGNORE_LABEL)
-            contained = torch.unique(annotation[annotated])
-            # A contained object's predicted pixels outside its annotation become background: the annotation
-            # is its whole mask in this frame.
-            dropped = torch.isin(prediction, contained) & ~annotated
-            prediction = torch.where(annotated, annotation, torch.where(dropped, 0, prediction))
-            new_count = max(self.num_labels, _count_labels(annotation))
-            if new_count > self.num_labels:
-                probs = torch.cat([probs, probs.new_zeros((new_count - self.num_labels,) + probs.shape[1:])])
-            one_hot = one_hot_labels(prediction, new_count, probs.dtype)
-            probs = torch.where((annotated | dropped).unsqueeze(0), one_hot, probs)
-            self.num_labels = new_count
+            probs, prediction = apply_annotation(probs, prediction, annotation, self.num_labels)
+            self.num_labels = probs.shape[0]
 
         for aug, features in zip(self._augs, all_features):
             view_labels = prediction.flip(-1) if aug.flip else prediction
@@ -417,6 +416,24 @@ def compiled(model: CFBIPlus) -> tuple[Any, Any]:
         )
         model.__dict__["_cfbi_compiled"] = cached
     return cached
+
+
+def apply_annotation(probs: Tensor, prediction: Tensor, annotation: Tensor, num_labels: int) -> tuple[Tensor, Tensor]:
+    """A later frame's annotation (compact labels [H, W]) over the network's probs [L, H, W] and prediction [H, W]:
+    every object it contains takes exactly its annotated mask, the others keep their prediction. Returns probs
+    [L', H, W] (L' = L + the objects it brings; one-hot where the annotation decided) and the labels [H, W]."""
+    annotated = (annotation > 0) & (annotation != IGNORE_LABEL)
+    contained = torch.unique(annotation[annotated])
+    # A contained object's predicted pixels outside its annotation become background: the annotation is its whole
+    # mask in this frame.
+    dropped = torch.isin(prediction, contained) & ~annotated
+    prediction = torch.where(annotated, annotation, torch.where(dropped, 0, prediction))
+    new_count = max(num_labels, _count_labels(annotation))
+    if new_count > num_labels:
+        probs = torch.cat([probs, probs.new_zeros((new_count - num_labels,) + probs.shape[1:])])
+    one_hot = one_hot_labels(prediction, new_count, probs.dtype)
+    probs = torch.where((annotated | dropped).unsqueeze(0), one_hot, probs)
+    return probs, prediction
 
 
 def _count_labels(labels: Tensor) -> int:

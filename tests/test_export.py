@@ -1,0 +1,229 @@
+"""`cfbi export` (cfbi_model.inference.export): the AOTInductor packages against eager inference, their Python engine
+(load_exported, cfbi segment --exported), the C++ runner examples/cpp/segment_video, and the one-line errors a
+deployer meets. One export of the small model (module fixture) serves every test: compiling costs minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import BLOCK_EXTENSION_CODE, REPO_ROOT, requires_extension
+
+from cfbi_model import VideoSegmenter, build_model, load_exported
+from cfbi_model.build import save_model
+from cfbi_model.config import ExportBounds
+from cfbi_model.inference.export import ExportError, export_model
+from cfbi_model.io.masks import read_mask, write_mask
+
+pytestmark = requires_extension  # the packages call the compiled cfbi:: ops
+
+BOUNDS = ExportBounds(max_side=256, max_network_side=257, max_objects=4, max_references=4)
+ROOT = Path(REPO_ROOT)
+CMAKE = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
+
+
+def make_clip(height: int, width: int, objects: int, frames: int = 4, seed: int = 0) -> tuple[list, dict]:
+    """Frames (RGB uint8 [H, W, 3]) of blobs drifting over noise, with annotations {0: objects - 1 of them
+    (ids 3, 7, ...), 2: all of them}: the last object starts on frame 2, which also corrects the others."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (objects, 3))
+    yy, xx = np.mgrid[:height, :width]
+    centres = rng.uniform(0.25, 0.75, (objects, 2)) * (height, width)
+    clip, masks = [], []
+    for t in range(frames):
+        image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+        mask = np.zeros((height, width), np.uint8)
+        for k in range(objects):
+            cy, cx = centres[k] + 2.0 * t
+            blob = (yy - cy) ** 2 / (0.02 * height**2) + (xx - cx) ** 2 / (0.03 * width**2) < 1
+            image[blob] = colours[k]
+            mask[blob] = 3 + 4 * k
+        clip.append(image)
+        masks.append(mask)
+    first = np.where(masks[0] == 3 + 4 * (objects - 1), 0, masks[0]).astype(np.uint8)
+    return clip, {0: first, 2: masks[2]}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("small").eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("exported")
+    export_model(model, folder, bounds=BOUNDS)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "size, objects",
+    [((100, 140), 3), ((72, 120), 2)],  # the export traced 100x140 with 3 objects; 72x120 and 2 differ
+)
+def test_exported_equals_eager(model, exported, size, objects):
+    clip, annotations = make_clip(*size, objects)
+    eager, packaged = VideoSegmenter(model), load_exported(exported)
+    for index, frame in enumerate(clip):
+        want = eager.step(frame, annotations.get(index))
+        got = packaged.step(frame, annotations.get(index))
+        assert got.ids == want.ids and got.annotated == want.annotated
+        assert got.probs.shape == want.probs.shape
+        torch.testing.assert_close(got.probs, want.probs, atol=1e-4, rtol=0)
+        assert (got.labels == want.labels).mean() >= 0.999
+    assert packaged.num_references == eager.num_references == 2
+
+
+def test_manifest(exported):
+    manifest = json.loads((exported / "export.json").read_text())
+    assert manifest["torch_version"] == torch.__version__
+    assert manifest["max_objects"] == BOUNDS.max_objects and manifest["long_edge_cap"] == 1040
+    assert manifest["normalisation"]["channel_order"] == "BGR"
+    assert os.path.isfile(manifest["op_library"])
+
+
+def test_errors_are_one_line(model, exported, tmp_path):
+    # a package from another torch
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    manifest = json.loads((other / "export.json").read_text())
+    manifest["torch_version"] = "2.10.0"
+    (other / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=r"exported with torch 2\.10\.0, this is torch") as info:
+        load_exported(other)
+    assert "\n" not in str(info.value)
+
+    engine = load_exported(exported)
+    # a frame outside the bounds
+    big = np.zeros((BOUNDS.max_side + 1, 64, 3), np.uint8)
+    with pytest.raises(ExportError, match="take sides of 17..256") as info:
+        engine.step(big, np.zeros(big.shape[:2], np.uint8))
+    assert "\n" not in str(info.value)
+    # more objects than the bound
+    frame = np.zeros((64, 80, 3), np.uint8)
+    mask = np.zeros((64, 80), np.uint8)
+    mask[0, : BOUNDS.max_objects + 1] = np.arange(1, BOUNDS.max_objects + 2)
+    with pytest.raises(ExportError, match="brings the video to 5 objects; .* at most 4") as info:
+        engine.step(frame, mask)
+    assert "\n" not in str(info.value)
+
+
+def test_op_library_missing(exported):
+    code = BLOCK_EXTENSION_CODE + (
+        "import sys\nfrom cfbi_model import load_exported\n"
+        "from cfbi_model.inference.export import ExportError\n"
+        f"try:\n    load_exported({str(exported)!r})\n"
+        "except ExportError as e:\n    print(e)\n    sys.exit(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 3, result.stderr
+    message = result.stdout.strip()
+    assert "\n" not in message and "cfbi_ops op library is not loaded" in message
+
+
+def _write_pnm(path: Path, array: np.ndarray) -> None:
+    magic = b"P6" if array.ndim == 3 else b"P5"
+    path.write_bytes(magic + b"\n%d %d\n255\n" % (array.shape[1], array.shape[0]) + array.tobytes())
+
+
+def _read_pgm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    _, size, _, pixels = data.split(b"\n", 3)
+    width, height = map(int, size.split())
+    return np.frombuffer(pixels, np.uint8).reshape(height, width)
+
+
+@pytest.fixture(scope="module")
+def runner() -> tuple[Path, Path]:
+    """examples/cpp/segment_video and a Python-free op library, built with the project's CMake."""
+    if CMAKE is None:
+        pytest.skip("cmake not installed")
+    build = ROOT / "build" / "cmake-export-test"  # kept between runs: the op library rebuilds only what changed
+    site_packages = Path(torch.__file__).resolve().parents[1]
+    configure = [CMAKE, "-S", str(ROOT), "-B", str(build), "-DCFBI_WITH_CUDA=OFF", "-DCFBI_BUILD_EXAMPLE=OFF"]
+    configure.append(f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
+    if torch.version.cuda is not None:  # Torch's CMake config of a CUDA build looks for these (TOOLCHAIN.md).
+        nvrtc = site_packages / "nvidia" / "cu13" / "lib" / "libnvrtc.so.13"
+        toolkit = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+        configure += [f"-DCUDA_TOOLKIT_ROOT_DIR={toolkit}", f"-DCUDA_nvrtc_LIBRARY={nvrtc}"]
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0"),
+    )
+    subprocess.run(configure, check=True, env=env, capture_output=True)
+    built = subprocess.run(
+        [CMAKE, "--build", str(build), "-j", "2", "--target", "cfbi_ops", "segment_video"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return build / "segment_video", build / "libcfbi_ops.so"
+
+
+def test_cpp_runner_equals_cfbi_segment(model, exported, runner, tmp_path):
+    program, library = runner
+    clip, annotations = make_clip(72, 120, 2, frames=5, seed=1)
+    first = annotations[0]
+    (tmp_path / "png").mkdir()
+    (tmp_path / "ppm").mkdir()
+    for index, frame in enumerate(clip):
+        from PIL import Image  # noqa: PLC0415
+
+        Image.fromarray(frame).save(tmp_path / "png" / f"{index:05d}.png")
+        _write_pnm(tmp_path / "ppm" / f"{index:05d}.ppm", frame)
+    write_mask(tmp_path / "first.png", first, None)
+    _write_pnm(tmp_path / "first.pgm", first)
+    checkpoint = tmp_path / "model.pth"
+    save_model(model, checkpoint)
+
+    def cfbi(*args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        done = subprocess.run([sys.executable, "-m", "cfbi_model.cli", *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+
+    common = ["segment", "--frames", str(tmp_path / "png"), "--mask", str(tmp_path / "first.png"), "--quiet"]
+    cfbi(*common, "--out", str(tmp_path / "eager"), "--checkpoint", str(checkpoint), "--device", "cpu")
+    cfbi(*common, "--out", str(tmp_path / "exported"), "--exported", str(exported))
+    done = subprocess.run(
+        [
+            str(program),
+            "--package",
+            str(exported),
+            "--frames",
+            str(tmp_path / "ppm"),
+            "--mask",
+            str(tmp_path / "first.pgm"),
+        ]
+        + ["--out", str(tmp_path / "cpp"), "--ops", str(library)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    for index in range(len(clip)):
+        eager = read_mask(tmp_path / "eager" / "png" / f"{index:05d}.png")[0]
+        python = read_mask(tmp_path / "exported" / "png" / f"{index:05d}.png")[0]
+        cpp = _read_pgm(tmp_path / "cpp" / f"{index:05d}.pgm")
+        assert (python == eager).mean() >= 0.999 and (cpp == eager).mean() >= 0.999, index
+
+    # The runner's own errors are one line: another torch in the manifest, the op library missing.
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    manifest = json.loads((other / "export.json").read_text())
+    manifest["torch_version"] = "2.10.0"
+    (other / "export.json").write_text(json.dumps(manifest))
+    args = ["--frames", str(tmp_path / "ppm"), "--mask", str(tmp_path / "first.pgm"), "--out", str(tmp_path / "x")]
+    done = subprocess.run([str(program), "--package", str(other), *args], capture_output=True, text=True)
+    assert done.returncode == 1 and "exported with torch 2.10.0" in done.stderr and done.stderr.count("\n") == 1
+    missing = ["--ops", str(tmp_path / "nowhere.so")]
+    done = subprocess.run([str(program), "--package", str(exported), *args, *missing], capture_output=True, text=True)
+    assert done.returncode == 1 and "cannot load the op library" in done.stderr and done.stderr.count("\n") == 1

@@ -227,3 +227,15 @@ def test_cpp_runner_equals_cfbi_segment(model, exported, runner, tmp_path):
     missing = ["--ops", str(tmp_path / "nowhere.so")]
     done = subprocess.run([str(program), "--package", str(exported), *args, *missing], capture_output=True, text=True)
     assert done.returncode == 1 and "cannot load the op library" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    from cfbi_model.cli import main  # noqa: PLC0415
+
+    assert main(["export", "--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    checkpoint = tmp_path / "m.pth"
+    save_model(build_model("small"), checkpoint)
+    out = str(tmp_path / "o")
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", out, "--max-network-side", "40"]) == 2
+    assert "max_network_side must be 16k + 1" in capsys.readouterr().err

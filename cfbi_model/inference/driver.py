@@ -220,7 +220,7 @@ def segment_video(
     palette = palette or file_palette
     if segmenter is None and model is None:
         if checkpoint is None:
-            raise ValueError("segment_video needs a checkpoint, a model or a segmenter")
+            raise ValueError("segment_video needs a checkpoint or a model (or a segmenter)")
         model = load_model(checkpoint, device=device or default_device())
     writer = MaskFolderWriter(out, name or video.name, palette, per_object) if out is not None else None
     collector = MaskCollector() if writer is None else None

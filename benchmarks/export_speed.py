@@ -44,6 +44,7 @@ def _per_frame(engine, clip: list[np.ndarray], mask: np.ndarray) -> list[float]:
 
 def measure(name: str, size: tuple[int, int], frames: int, dtype: str) -> dict:
     from cfbi_model import VideoSegmenter, build_model, load_exported  # noqa: PLC0415
+    from cfbi_model.config import InferenceConfig  # noqa: PLC0415
     from cfbi_model.inference.export import export_model  # noqa: PLC0415
 
     torch.manual_seed(0)
@@ -52,7 +53,7 @@ def measure(name: str, size: tuple[int, int], frames: int, dtype: str) -> dict:
     eager = _per_frame(VideoSegmenter(model, precision=dtype), clip, mask)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        manifest = export_model(model, folder, dtype=dtype)
+        manifest = export_model(model, folder, config=InferenceConfig(precision=dtype))
         total = time.perf_counter() - start
         package_bytes = sum(os.path.getsize(os.path.join(folder, p)) for p in manifest["packages"].values())
         exported = _per_frame(load_exported(folder), clip, mask)

@@ -7,9 +7,11 @@ the score 1 - 2 / (1 + exp(d + b)) saturates to 1 (no gradient), which would hid
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -369,3 +371,32 @@ def data_root(request, tmp_path_factory):
     config = SyntheticConfig(height=72, width=96, num_frames=(8, 10), max_objects=2)
     write_synthetic_davis(root, num_train=3, num_val=1, seed=seed, config=config)
     return root
+
+
+CMAKE = shutil.which("cmake", path=os.path.dirname(sys.executable)) or shutil.which("cmake")
+
+
+@pytest.fixture(scope="session")
+def cmake_build(tmp_path_factory) -> Path:
+    """The project's CMake build for C++ users (CPU kernels, every example), configured against this torch and
+    built once per session: libcfbi_ops.so, match_example, segment_video (where libtorch has the AOTInductor
+    package loader)."""
+    if CMAKE is None:
+        pytest.skip("cmake not installed")
+    build = tmp_path_factory.mktemp("cmake")
+    site_packages = Path(torch.__file__).resolve().parents[1]
+    configure = [CMAKE, "-S", REPO_ROOT, "-B", str(build), "-DCFBI_WITH_CUDA=OFF"]
+    configure.append(f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
+    if torch.version.cuda is not None:  # Torch's CMake config of a CUDA build looks for these (TOOLCHAIN.md).
+        nvrtc = site_packages / "nvidia" / "cu13" / "lib" / "libnvrtc.so.13"
+        toolkit = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+        configure += [f"-DCUDA_TOOLKIT_ROOT_DIR={toolkit}", f"-DCUDA_nvrtc_LIBRARY={nvrtc}"]
+    env = dict(
+        os.environ,
+        PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0"),
+    )
+    for command in (configure, [CMAKE, "--build", str(build), "-j", "2"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return build

@@ -1,6 +1,6 @@
 """`cfbi export`: the model of a checkpoint as AOTInductor packages for deployment (cfbi_model.inference.export).
 
-    cfbi export --checkpoint model.pth --out DIR [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+    cfbi export --checkpoint model.pth --out DIR [--device cpu|cuda] [--dtype float32|bfloat16|float16|auto]
                 [--global-atrous N] [--min-matching-pixels N] [--max-long-edge PX] [bounds]
 
 Writes DIR/encode.pt2, DIR/segment.pt2 and DIR/export.json. Run them with `cfbi segment --exported DIR`,
@@ -41,8 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="compute precision (16-bit: the network under autocast, probabilities in float32)",
+        choices=InferenceConfig.__dataclass_fields__["precision"].metadata["choices"],
+        help="compute precision, as InferenceConfig.precision / cfbi segment --precision (16-bit: the network under "
+        "autocast, probabilities in float32; auto: bfloat16 where the export device computes it natively)",
     )
     inference = parser.add_argument_group("inference (defaults: cfbi_model.config.InferenceConfig)")
     for f in dataclasses.fields(InferenceConfig):
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--device cuda requested but CUDA is not available")
     try:
         bounds = ExportBounds(**given_config_values(args, ExportBounds))
-        config = InferenceConfig(**{name: getattr(args, name) for name in _INFERENCE_FIELDS})
+        config = InferenceConfig(precision=args.dtype, **{name: getattr(args, name) for name in _INFERENCE_FIELDS})
     except ValueError as error:
         raise UsageError(str(error)) from None
     model = load_model(args.checkpoint, config=args.config, device=args.device)
@@ -79,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         model,
         args.out,
         config=config,
-        dtype=args.dtype,
         bounds=bounds,
         log=lambda text: print(f"{_PROG}: {text}", file=sys.stderr),
     )

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..config import MIN_GRID_STEPS, ExportBounds, InferenceConfig
 from ..errors import InputError
 from ..modeling.network import CFBIPlus, FrameFeatures
-from ..modeling.precision import autocast
+from ..modeling.precision import autocast, compute_dtype
 from ..modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .segmenter import inference_size
 
@@ -119,25 +119,23 @@ def export_model(
     out: str | os.PathLike,
     *,
     config: InferenceConfig | None = None,
-    dtype: str = "float32",
     bounds: ExportBounds | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Export `model` (weights loaded, on the device the packages are for) to OUT/encode.pt2, OUT/segment.pt2 and
-    OUT/export.json; returns the manifest. dtype: the compute precision (float32; bfloat16 / float16 under autocast
-    as InferenceConfig.precision). config: the single-scale inference settings baked in (global_atrous,
-    min_matching_pixels) and the long-edge cap the host applies."""
+    OUT/export.json; returns the manifest. config: the single-scale inference settings baked in (global_atrous,
+    min_matching_pixels, precision: 16-bit under autocast as in VideoSegmenter, `auto` resolved for the export
+    device) and the long-edge cap the host applies."""
     config = config if config is not None else InferenceConfig()
     bounds = bounds if bounds is not None else ExportBounds()
     if config.scales != (1.0,) or config.flip:
         raise ValueError("only single-scale inference without flip can be exported (scales=(1.0,), flip=False)")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     say = log or (lambda _text: None)
     model = model.eval()
     parameter = next(model.parameters())
     device = parameter.device
-    compute_dtype = None if dtype == "float32" else getattr(torch, dtype)
+    compute = compute_dtype(config.precision, device)
+    dtype = "float32" if compute is None else str(compute).removeprefix("torch.")
     cfg = model.config
     embedding_dim = cfg.embedding_dim
     reference_channels = [embedding_dim, cfg.matching_dims[1], cfg.matching_dims[2]]
@@ -158,8 +156,8 @@ def export_model(
     net = inference_size(*frame_size, 1.0, None)  # (97, 145): kh = 6, kw = 9
     frame = torch.randint(0, 256, (*frame_size, 3), dtype=torch.uint8, device=device)
     grid = torch.empty((*net, 0), dtype=torch.uint8, device=device)
-    encoder = _Encode(model, compute_dtype, device.type).to(device)
-    segmenter = _Segment(model, config, compute_dtype, device.type)
+    encoder = _Encode(model, compute, device.type).to(device)
+    segmenter = _Segment(model, config, compute, device.type)
 
     started = time.perf_counter()
     # Size-oblivious tracing: a dynamic size is not specialised where it could be 1 (e.g. one object, L - 1 = 1),

@@ -159,7 +159,9 @@ int run(const Options& options) {
 
   // The op library first: the packages resolve the cfbi:: ops through the dispatcher when they run.
   const fs::path ops = options.ops.empty() ? fs::path(json_value(manifest, "op_library")) : options.ops;
-  if (dlopen(ops.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr)
+  // Lazy binding: the Python build of the library (cfbi_ops/_C*.so) refers to one Python function, in its module
+  // init, which is never called here; the CMake build refers to none.
+  if (dlopen(ops.c_str(), RTLD_LAZY | RTLD_GLOBAL) == nullptr)
     throw Error("cannot load the op library " + ops.string() + ": " + dlerror());
   for (const char* op : {"cfbi::global_match", "cfbi::local_match"})
     if (!c10::Dispatcher::singleton().findSchema({op, ""}).has_value())

@@ -209,3 +209,49 @@ def test_cli_export_errors(tmp_path, capsys):
     out = str(tmp_path / "o")
     assert main(["export", "--checkpoint", str(checkpoint), "--out", out, "--max-network-side", "40"]) == 2
     assert "max_network_side must be 16k + 1" in capsys.readouterr().err
+
+
+def test_cli_export_in_bfloat16_agrees_with_float32(tmp_path):
+    """`cfbi export --dtype bfloat16` of the shipped small weights: the packages run the network under autocast as
+    VideoSegmenter(precision="bfloat16") does, and agree with float32 eager inference as 16-bit inference must
+    (labels >= 99 %, test_precision.py); probabilities stay float32."""
+    from cfbi_model.build import load_model, shipped_weights  # noqa: PLC0415
+    from cfbi_model.cli import main  # noqa: PLC0415
+    from cfbi_model.data.synthetic import SyntheticConfig, render_video  # noqa: PLC0415
+
+    out = tmp_path / "bf16"
+    args = ["export", "--checkpoint", shipped_weights(), "--out", str(out), "--dtype", "bfloat16"]
+    assert main([*args, "--max-side", "128", "--max-network-side", "129", "--max-objects", "3"]) == 0
+    assert json.loads((out / "export.json").read_text())["dtype"] == "bfloat16"
+    frames, labels = render_video(5, SyntheticConfig(height=72, width=96, num_frames=(5, 5), max_objects=3))
+    float32, packaged = VideoSegmenter(load_model(shipped_weights())), load_exported(out)
+    agreement = []
+    for index, frame in enumerate(frames):
+        annotation = labels[0] if index == 0 else None
+        want, got = float32.step(frame, annotation), packaged.step(frame, annotation)
+        assert got.probs.dtype == torch.float32 and torch.isfinite(got.probs).all()
+        agreement.append((got.labels == want.labels).mean())
+    assert np.mean(agreement) >= 0.99, agreement
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        ExportBounds(max_side=17, max_network_side=33, max_objects=1, max_references=1),  # every size fixed
+        ExportBounds(max_side=64, max_network_side=97, max_objects=2, max_references=3),
+    ],
+)
+def test_any_bounds_trace(model, bounds, tmp_path, monkeypatch):
+    """The traces' example inputs come from the bounds: small or single-valued bounds export (the AOTInductor
+    compile, the same for every bound, is left out)."""
+    compiled = []
+
+    def compile_nothing(program: torch.export.ExportedProgram, package_path: str) -> None:
+        compiled.append(program)
+        Path(package_path).touch()
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_nothing)
+    export_model(model, tmp_path, bounds=bounds)
+    assert len(compiled) == 2
+    manifest = json.loads((tmp_path / "export.json").read_text())
+    assert (manifest["frame"]["max_side"], manifest["max_objects"]) == (bounds.max_side, bounds.max_objects)

@@ -41,7 +41,6 @@ from ..errors import InputError
 from ..modeling.network import CFBIPlus, FrameFeatures
 from ..modeling.precision import autocast, compute_dtype
 from ..modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .segmenter import inference_size
 
 __all__ = ["ExportBounds", "ExportError", "export_model", "MANIFEST", "FORMAT_VERSION"]
 
@@ -114,6 +113,11 @@ class _Segment(nn.Module):
         return probs, probs.argmax(dim=0)
 
 
+def _dim(name: str, low: int, high: int) -> Any:
+    """A dynamic size in [low, high], or the int itself where the bounds leave one value (a static size)."""
+    return low if low == high else torch.export.Dim(name, min=low, max=high)
+
+
 def export_model(
     model: CFBIPlus,
     out: str | os.PathLike,
@@ -142,18 +146,18 @@ def export_model(
 
     # Dynamic sizes. Network size h = 16 kh + 1; the grids of the three scales are 4 kh + 1, 2 kh + 1, kh + 1.
     max_steps = (bounds.max_network_side - 1) // 16
-    kh, kw = (
-        torch.export.Dim("kh", min=MIN_GRID_STEPS, max=max_steps),
-        torch.export.Dim("kw", min=MIN_GRID_STEPS, max=max_steps),
-    )
-    frame_h = torch.export.Dim("frame_h", min=17, max=bounds.max_side)
-    frame_w = torch.export.Dim("frame_w", min=17, max=bounds.max_side)
-    refs = torch.export.Dim("references", min=1, max=bounds.max_references)
-    labels_dim = torch.export.Dim("labels", min=2, max=bounds.max_objects + 1)
+    kh, kw = _dim("kh", MIN_GRID_STEPS, max_steps), _dim("kw", MIN_GRID_STEPS, max_steps)
+    frame_h, frame_w = _dim("frame_h", 17, bounds.max_side), _dim("frame_w", 17, bounds.max_side)
+    refs = _dim("references", 1, bounds.max_references)
+    labels_dim = _dim("labels", 2, bounds.max_objects + 1)
     grids = [(4 * kh + 1, 4 * kw + 1), (2 * kh + 1, 2 * kw + 1), (kh + 1, kw + 1)]
 
-    frame_size = (100, 140)
-    net = inference_size(*frame_size, 1.0, None)  # (97, 145): kh = 6, kw = 9
+    # Example inputs inside the bounds, two sides of different sizes where the bounds allow (equal examples could
+    # tie two dynamic sizes together).
+    frame_size = (max(17, min(100, bounds.max_side - 1)), min(140, bounds.max_side))
+    net_steps = (max(MIN_GRID_STEPS, min(6, max_steps - 1)), min(9, max_steps))
+    net = tuple(16 * k + 1 for k in net_steps)
+    num_labels, num_refs = min(4, bounds.max_objects + 1), min(2, bounds.max_references)
     frame = torch.randint(0, 256, (*frame_size, 3), dtype=torch.uint8, device=device)
     grid = torch.empty((*net, 0), dtype=torch.uint8, device=device)
     encoder = _Encode(model, compute, device.type).to(device)
@@ -170,7 +174,6 @@ def export_model(
             strict=False,
         )
         e4, e8, e16, low_level = encoder(frame, grid)
-        num_labels, num_refs = 4, 2
         generator = torch.Generator(device=device).manual_seed(0)
         labels = [torch.randint(0, num_labels, e.shape[-2:], generator=generator, device=device) for e in (e4, e8, e16)]
         references = tuple(torch.cat([e[:, :c]] * num_refs) for e, c in zip((e4, e8, e16), reference_channels))

@@ -97,6 +97,7 @@ def test_errors_are_one_line(model, exported, tmp_path):
     with pytest.raises(ExportError, match=r"exported with torch 2\.10\.0, this is torch") as info:
         load_exported(other)
     assert "\n" not in str(info.value)
+    assert load_exported(other, allow_other_torch=True).manifest["torch_version"] == "2.10.0"  # asked for: runs
 
     engine = load_exported(exported)
     # a frame outside the bounds
@@ -194,6 +195,9 @@ def test_cpp_runner_equals_cfbi_segment(model, exported, runner, cmake_build, tm
     args = ["--frames", str(tmp_path / "ppm"), "--mask", str(tmp_path / "first.pgm"), "--out", str(tmp_path / "x")]
     done = subprocess.run([str(program), "--package", str(other), *args], capture_output=True, text=True)
     assert done.returncode == 1 and "exported with torch 2.10.0" in done.stderr and done.stderr.count("\n") == 1
+    allowed = [str(program), "--package", str(other), *args, "--allow-other-torch"]
+    assert subprocess.run(allowed, capture_output=True, text=True).returncode == 0
+    cfbi(*common, "--out", str(tmp_path / "other-torch"), "--exported", str(other), "--allow-other-torch")
     missing = ["--ops", str(tmp_path / "nowhere.so")]
     done = subprocess.run([str(program), "--package", str(exported), *args, *missing], capture_output=True, text=True)
     assert done.returncode == 1 and "cannot load the op library" in done.stderr and done.stderr.count("\n") == 1
@@ -255,3 +259,12 @@ def test_any_bounds_trace(model, bounds, tmp_path, monkeypatch):
     assert len(compiled) == 2
     manifest = json.loads((tmp_path / "export.json").read_text())
     assert (manifest["frame"]["max_side"], manifest["max_objects"]) == (bounds.max_side, bounds.max_objects)
+
+
+def test_cli_segment_allow_other_torch_needs_exported(tmp_path, capsys):
+    from cfbi_model.cli import main  # noqa: PLC0415
+
+    (tmp_path / "frames").mkdir()
+    args = ["segment", "--frames", str(tmp_path / "frames"), "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path)]
+    assert main([*args, "--allow-random", "--allow-other-torch"]) == 2
+    assert "--allow-other-torch applies to --exported packages only" in capsys.readouterr().err

@@ -72,6 +72,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="run the packages of `cfbi export` instead of a checkpoint (single scale, no flip; their own "
         "inference settings)",
     )
+    parser.add_argument(
+        "--allow-other-torch",
+        action="store_true",
+        help="with --exported: run packages exported with another torch release (refused by default)",
+    )
     add_config_argument(parser, "(default: the checkpoint's; resnet101 without a checkpoint)")
     parser.add_argument("--overlay", metavar="FILE", help="also write an overlay video (.mp4) or animation (.gif)")
     add_runtime_arguments(parser)
@@ -102,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--exported runs its packages: give no --checkpoint or --allow-random with it")
         if tuple(args.scales) != (1.0,) or args.flip:
             raise UsageError("--exported runs single-scale inference without flip (no --scales, --flip)")
+    elif args.allow_other_torch:
+        raise UsageError("--allow-other-torch applies to --exported packages only")
     elif args.checkpoint is None and not args.allow_random:
         raise UsageError(
             "no --checkpoint given; refusing to segment with random weights "
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.exported is not None:
         from ..inference.exported import load_exported  # noqa: PLC0415
 
-        segmenter = load_exported(args.exported)
+        segmenter = load_exported(args.exported, allow_other_torch=args.allow_other_torch)
     elif args.checkpoint is not None:
         model = load_model(args.checkpoint, config=args.config, device=device)
     else:

@@ -39,8 +39,9 @@ def _release(version: str) -> str:
     return version.split("+")[0]
 
 
-def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """The export.json of an export folder, checked against this torch; ExportError (one line) otherwise."""
+def read_manifest(folder: str | os.PathLike, *, allow_other_torch: bool = False) -> dict[str, Any]:
+    """The export.json of an export folder, checked against this torch release unless allow_other_torch;
+    ExportError (one line) otherwise."""
     path = os.path.join(folder, MANIFEST)
     try:
         with open(path) as handle:
@@ -51,12 +52,13 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise ExportError(f"cannot read {path!r}: {error}") from None
     if manifest.get("format") != "cfbi-export" or manifest.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{path!r} is not a cfbi export of format version {FORMAT_VERSION}")
-    # AOTInductor packages hold code compiled against one torch; another one may not load them, or misread them.
+    # AOTInductor packages hold code compiled against one torch. Another release may load and run them (a 2.14.1
+    # package ran under 2.13.0 here, results equal), but nothing promises it: the caller opts in.
     exported_with = str(manifest.get("torch_version"))
-    if _release(exported_with) != _release(torch.__version__):
+    if _release(exported_with) != _release(torch.__version__) and not allow_other_torch:
         raise ExportError(
             f"{os.fspath(folder)!r} was exported with torch {exported_with}, this is torch {torch.__version__}: "
-            "export it again with this torch (cfbi export)"
+            "export it again with this torch (cfbi export), or allow another torch (--allow-other-torch)"
         )
     return manifest
 
@@ -72,18 +74,23 @@ def _require_ops() -> None:
         )
 
 
-def load_exported(folder: str | os.PathLike, *, device: str | torch.device | None = None) -> ExportedSegmenter:
+def load_exported(
+    folder: str | os.PathLike, *, device: str | torch.device | None = None, allow_other_torch: bool = False
+) -> ExportedSegmenter:
     """An ExportedSegmenter running the packages of `cfbi export` in `folder` (on the device they were exported
-    for, unless `device` says another of the same type, e.g. cuda:1)."""
-    return ExportedSegmenter(folder, device=device)
+    for, unless `device` says another of the same type, e.g. cuda:1). allow_other_torch: run packages exported
+    with another torch release (refused by default; a package that does not load is still an ExportError)."""
+    return ExportedSegmenter(folder, device=device, allow_other_torch=allow_other_torch)
 
 
 class ExportedSegmenter:
     """VideoSegmenter's step / reset / ids with the exported packages; see the module docstring."""
 
-    def __init__(self, folder: str | os.PathLike, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, *, device: str | torch.device | None = None, allow_other_torch: bool = False
+    ) -> None:
         self.folder = os.fspath(folder)
-        self.manifest = manifest = read_manifest(folder)
+        self.manifest = manifest = read_manifest(folder, allow_other_torch=allow_other_torch)
         _require_ops()
         self.device = torch.device(device if device is not None else manifest["device"])
         self.config = InferenceConfig(

@@ -3,7 +3,7 @@
 // label mask (binary PGM, P5: 0 background, 1..254 object ids, 255 ignored), runs the loop and writes one PGM label
 // mask per frame (object ids) to the output folder.
 //
-//   segment_video --package DIR --frames DIR --mask FIRST.pgm --out DIR [--ops LIBRARY]
+//   segment_video --package DIR --frames DIR --mask FIRST.pgm --out DIR [--ops LIBRARY] [--allow-other-torch]
 //
 // --ops: the op library (default: the "op_library" of DIR/export.json). The packages call cfbi::global_match and
 // cfbi::local_match through the dispatcher, so it must be loaded before them. The host side (the long-edge rule,
@@ -127,12 +127,17 @@ at::Tensor resize_labels(const at::Tensor& labels, const at::Tensor& embedding) 
 
 struct Options {
   fs::path package, frames, mask, out, ops;
+  bool allow_other_torch = false;
 };
 
 Options parse(int argc, char** argv) {
   Options options;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
+    if (flag == "--allow-other-torch") {
+      options.allow_other_torch = true;
+      continue;
+    }
     if (i + 1 >= argc) throw Error("missing value after " + flag);
     const fs::path value = argv[++i];
     if (flag == "--package") options.package = value;
@@ -143,7 +148,8 @@ Options parse(int argc, char** argv) {
     else throw Error("unknown option " + flag);
   }
   if (options.package.empty() || options.frames.empty() || options.mask.empty() || options.out.empty())
-    throw Error("usage: segment_video --package DIR --frames DIR --mask FIRST.pgm --out DIR [--ops LIBRARY]");
+    throw Error("usage: segment_video --package DIR --frames DIR --mask FIRST.pgm --out DIR [--ops LIBRARY] "
+                "[--allow-other-torch]");
   return options;
 }
 
@@ -152,9 +158,10 @@ int run(const Options& options) {
   const std::string exported_with = json_value(manifest, "torch_version");
   const std::string here = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                            std::to_string(TORCH_VERSION_PATCH);
-  if (exported_with.substr(0, exported_with.find('+')) != here)
+  // Another torch release may run the packages (nothing promises it): only when asked.
+  if (exported_with.substr(0, exported_with.find('+')) != here && !options.allow_other_torch)
     throw Error(options.package.string() + " was exported with torch " + exported_with + ", this libtorch is " +
-                here + ": export it again with this torch");
+                here + ": export it again with this torch, or pass --allow-other-torch");
   if (json_value(manifest, "device") != "cpu") throw Error("this runner runs CPU packages (export with --device cpu)");
 
   // The op library first: the packages resolve the cfbi:: ops through the dispatcher when they run.

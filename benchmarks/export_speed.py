@@ -1,7 +1,7 @@
 """Per-frame time of the packages of `cfbi export` against eager inference, the compile time and the package size.
 
-    python -m benchmarks.export_speed [--configs small resnet101] [--size 480 854] [--frames 6] [--dtype float32]
-                                      [--out benchmarks/results/export.json]
+    python -m benchmarks.export_speed [--configs small resnet101] [--size 480 854] [--frames 6]
+                                      [--dtypes float32 bfloat16] [--out benchmarks/results/export.json]
 
 Random weights (speed does not depend on them), a generated clip with two objects, one annotated first frame;
 the first propagated frame of each engine is a warm-up and is not counted. Prints a Markdown table row per
@@ -47,6 +47,7 @@ def measure(name: str, size: tuple[int, int], frames: int, dtype: str) -> dict:
     from cfbi_model.config import InferenceConfig  # noqa: PLC0415
     from cfbi_model.inference.export import export_model  # noqa: PLC0415
 
+    load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     model = build_model(name).eval()
     clip, mask = _clip(*size, frames)
@@ -68,6 +69,8 @@ def measure(name: str, size: tuple[int, int], frames: int, dtype: str) -> dict:
         "total_export_s": round(total, 1),
         "package_mib": round(package_bytes / 2**20, 1),
         "frames_timed": len(exported),
+        "speedup": round(statistics.median(eager) / statistics.median(exported), 2),
+        "load_average_before": round(load_before, 1),
         "load_average_after": round(os.getloadavg()[0], 1),
     }
 
@@ -77,20 +80,27 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["small", "resnet101"])
     parser.add_argument("--size", nargs=2, type=int, default=[480, 854], metavar=("H", "W"))
     parser.add_argument("--frames", type=int, default=6)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"]
+    )
+    parser.add_argument("--out", default="benchmarks/results/export.json")
     args = parser.parse_args()
     results = {"machine": machine_info("cpu"), "rows": []}
-    print("| model | frame | dtype | eager ms/frame | exported ms/frame | trace s | compile s | packages MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | frame | dtype | eager ms/frame | exported ms/frame | eager / exported | trace s | compile s "
+        "| packages MiB | load before -> after |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.configs:
-        row = measure(name, tuple(args.size), args.frames, args.dtype)
-        results["rows"].append(row)
-        print(
-            f"| {name} | {row['size'][1]}x{row['size'][0]} | {row['dtype']} | {row['eager_ms']} | "
-            f"{row['exported_ms']} | {row['export_s']} | {row['compile_s']} | {row['package_mib']} |",
-            flush=True,
-        )
+        for dtype in args.dtypes:
+            row = measure(name, tuple(args.size), args.frames, dtype)
+            results["rows"].append(row)
+            print(
+                f"| {name} | {row['size'][1]}x{row['size'][0]} | {dtype} | {row['eager_ms']} | {row['exported_ms']} "
+                f"| {row['speedup']} | {row['export_s']} | {row['compile_s']} | {row['package_mib']} "
+                f"| {row['load_average_before']} -> {row['load_average_after']} |",
+                flush=True,
+            )
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=2)

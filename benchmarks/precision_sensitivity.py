@@ -1,10 +1,12 @@
 """Where 16-bit inference loses labels: each precision variant against float32 and against the float64 oracle.
 
     python -m benchmarks.precision_sensitivity [--configs resnet101 small] [--size 240 432] [--frames 5]
-                                               [--objects 3] [--out benchmarks/results/precision_sensitivity.json]
+                                               [--objects 3] [--checkpoint model.pth ...]
+                                               [--out benchmarks/results/precision_sensitivity.json]
 
 For each configuration (random weights from seed 0, as benchmarks.model_speed; `small` also with the shipped
-weights), one synthetic clip (benchmarks.model_speed.synthetic_clip) runs through VideoSegmenter as:
+weights) and each --checkpoint, one synthetic clip (benchmarks.model_speed.synthetic_clip) runs through
+VideoSegmenter as:
 
     float64                 the oracle (the model in float64)
     float32                 today's default
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", nargs=2, type=int, default=[240, 432], metavar=("H", "W"))
     parser.add_argument("--frames", type=int, default=5, help="propagated frames (after the annotated one)")
     parser.add_argument("--objects", type=int, default=3)
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="also measure these checkpoints' weights")
     parser.add_argument("--out", default="benchmarks/results/precision_sensitivity.json")
     args = parser.parse_args(argv)
     from cfbi_model.build import load_model, shipped_weights  # noqa: PLC0415
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [(f"{c} (random, seed 0)", make_model(c, torch.device("cpu"))) for c in args.configs]
     if "small" in args.configs:
         models.append(("small (shipped weights)", load_model(shipped_weights())))
+    models += [(os.path.basename(path), load_model(path)) for path in args.checkpoint]
     load_before = os.getloadavg()[0]
     rows = []
     print(

@@ -3,8 +3,8 @@
 - Cases: `Case` holds every argument that shapes a call (op, sizes, L, ignored labels, atrous, atrous_min_pixels,
   T reference frames, windows, input layout). `CASES` is the fixed list; tests/test_ops_fuzz.py draws `Case`s
   with hypothesis. To add a case, append a `Case(...)` to CASES.
-- Oracle: `oracle(case, inputs)`, an explicit brute force in float64 (Python loops over candidates and windows),
-  independent of cfbi_ops.reference.
+- Oracle: `oracle(case, inputs)`, an explicit brute force in float64 (every candidate's distance, numpy over
+  pixels and window offsets), independent of cfbi_ops.reference.
 - Backends: `BACKENDS`, each with a name, the dtypes it runs and how it runs a case (`run(case, inputs)` in this
   process, or `child_env` for a child interpreter, e.g. a CPU instruction set chosen with CFBI_CPU_ISA and checked
   with torch.ops.cfbi.cpu_isa()). To add an instruction set, add its name to CPU_ISAS (and the CPU flags it needs
@@ -195,69 +195,96 @@ def call(case: Case, x: dict, backend: str | None = None) -> tuple[torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------ the oracle
-def _score(d: float, b: float) -> float:
-    return 1.0 - 2.0 / (1.0 + math.exp(min(d + b, 700.0)))  # exp(700) is already 1 in float64; beyond, it overflows
+def _nearest_per_label(d: np.ndarray, labels: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest of the distances d [P, M] to candidates labelled `labels` [M] (all in [0, L)), per label:
+    [L, P], and whether each label has a candidate ([L, 1])."""
+    best = np.full((L, len(d)), np.inf)
+    found = np.zeros((L, 1), dtype=bool)
+    for label in np.unique(labels):
+        best[label] = d[:, labels == label].min(1)
+        found[label] = True
+    return best, found
 
 
-def _pixel_outputs(best: list, fb: float, bb: float) -> tuple[list, list]:
-    scores = [1.0 if d is None else _score(d, bb if i == 0 else fb) for i, d in enumerate(best)]
-    if len(scores) == 1:
-        return scores, scores
-    return scores, [min(s for j, s in enumerate(scores) if j != i) for i in range(len(scores))]
+def _outputs(best: np.ndarray, found: np.ndarray, fb: float, bb: float) -> tuple[np.ndarray, np.ndarray]:
+    """fg and bg [L, ...]: the score of each label's smallest distance (1 where the label has no candidate:
+    found [L, ...] is False), and the smallest score of the other labels (bg = fg when L == 1)."""
+    L = len(best)
+    bias = np.where(np.arange(L) == 0, bb, fb).reshape(L, *[1] * (best.ndim - 1))
+    # exp(700) is already 1 in the score, in float64; beyond, exp overflows.
+    fg = np.where(found, 1.0 - 2.0 / (1.0 + np.exp(np.minimum(best + bias, 700.0))), 1.0)
+    if L == 1:
+        return fg, fg
+    lowest, second = np.sort(fg, axis=0)[:2]
+    return fg, np.where(fg == lowest, second, lowest)
+
+
+def _global_candidates(case: Case, r: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings [M, C] and labels [M] of one batch entry's kept candidates (r [T, C, Hr, Wr], lab [T, Hr, Wr]):
+    labelled in [0, L), on the atrous grid of their frame, or of a label small enough in that frame."""
+    limit = case.min_pixels * case.atrous**2  # a Python int: no overflow for the fuzzer's huge values
+    embeddings, labels = [], []
+    for t in range(r.shape[0]):
+        valid = (lab[t] >= 0) & (lab[t] < case.L)
+        counts = np.bincount(lab[t][valid], minlength=case.L)
+        small = np.array([case.min_pixels > 0 and int(n) <= limit for n in counts])
+        ys, xs = np.indices(lab[t].shape)
+        on_grid = (ys % case.atrous == 0) & (xs % case.atrous == 0)
+        ys, xs = np.nonzero(valid & (on_grid | small[np.where(valid, lab[t], 0)]))
+        embeddings.append(r[t][:, ys, xs].T)
+        labels.append(lab[t][ys, xs])
+    return np.concatenate(embeddings), np.concatenate(labels)
+
+
+def _global_oracle(case: Case, q: np.ndarray, r: np.ndarray, lab: np.ndarray, fb: float, bb: float):
+    B, C, H, W = q.shape
+    fg, bg = np.empty((B, case.L, H, W)), np.empty((B, case.L, H, W))
+    for b in range(B):
+        cand, cand_labels = _global_candidates(case, r[b], lab[b])
+        pixels = q[b].reshape(C, H * W).T
+        d = ((pixels[:, None, :] - cand[None, :, :]) ** 2).sum(-1)  # [H * W, M]
+        fg_b, bg_b = _outputs(*_nearest_per_label(d, cand_labels, case.L), fb, bb)
+        fg[b], bg[b] = fg_b.reshape(case.L, H, W), bg_b.reshape(case.L, H, W)
+    return fg, bg
+
+
+def _local_oracle(case: Case, q: np.ndarray, r: np.ndarray, lab: np.ndarray, fb: float, bb: float):
+    """Every window as its offsets (i, j) * atrous, |i|, |j| <= window // atrous (a radius beyond the frame is the
+    frame): per offset, the distance of each pixel to the candidate that far from it, where that is in the frame."""
+    B, C, H, W = q.shape
+    L, K = case.L, len(case.windows)
+    fg, bg = np.empty((B, L, K, H, W)), np.empty((B, L, K, H, W))
+    label_axis = np.arange(L).reshape(L, 1, 1, 1)
+    for w, window in enumerate(case.windows):
+        best, found = np.full((L, B, H, W), np.inf), np.zeros((L, B, H, W), dtype=bool)
+        radius_y, radius_x = min(window // case.atrous, H), min(window // case.atrous, W)
+        for i, j in np.ndindex(2 * radius_y + 1, 2 * radius_x + 1):
+            dy, dx = (i - radius_y) * case.atrous, (j - radius_x) * case.atrous
+            ys, xs = slice(max(0, -dy), min(H, H - dy)), slice(max(0, -dx), min(W, W - dx))
+            if ys.start >= ys.stop or xs.start >= xs.stop:
+                continue  # no pixel has a candidate this far away in the frame
+            cys, cxs = slice(ys.start + dy, ys.stop + dy), slice(xs.start + dx, xs.stop + dx)
+            d = ((q[:, :, ys, xs] - r[:, :, cys, cxs]) ** 2).sum(1)  # [B, h, w]
+            of_label = lab[None, :, cys, cxs] == label_axis  # [L, B, h, w]
+            best[:, :, ys, xs] = np.minimum(best[:, :, ys, xs], np.where(of_label, d[None], np.inf))
+            found[:, :, ys, xs] |= of_label
+        fg_w, bg_w = _outputs(best, found, fb, bb)
+        fg[:, :, w], bg[:, :, w] = fg_w.transpose(1, 0, 2, 3), bg_w.transpose(1, 0, 2, 3)
+    return fg, bg
 
 
 def oracle(case: Case, x: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(fg, bg) in float64 by explicit loops: the candidate rules of docs/design.md ("The operators")."""
+    """(fg, bg) in float64 from the candidate rules of docs/design.md ("The operators"), every distance computed
+    (no selection shortcut)."""
     q = x["query"].detach().double().cpu().numpy()
     r = x["candidates"].detach().double().cpu().numpy()
     lab = x["labels"].long().cpu().numpy()
     fb, bb = float(x["fg_bias"]), float(x["bg_bias"])
-    B, C, H, W = q.shape
-    L = case.L
-    if case.op == "global":
-        if r.ndim == 4:
-            r, lab = r[:, None], lab[:, None]
-        T, Hr, Wr = r.shape[1], r.shape[3], r.shape[4]
-        fg, bg = np.empty((B, L, H, W)), np.empty((B, L, H, W))
-        for b in range(B):
-            cands = []  # (embedding, label) of every kept candidate
-            for t in range(T):
-                counts = np.bincount(lab[b, t][(lab[b, t] >= 0) & (lab[b, t] < L)].ravel(), minlength=L)
-                for y in range(Hr):
-                    for xx in range(Wr):
-                        label = lab[b, t, y, xx]
-                        if not 0 <= label < L:
-                            continue
-                        small = case.min_pixels > 0 and counts[label] <= case.min_pixels * case.atrous**2
-                        if (y % case.atrous == 0 and xx % case.atrous == 0) or small:
-                            cands.append((r[b, t, :, y, xx], label))
-            for y in range(H):
-                for xx in range(W):
-                    best = [None] * L
-                    for emb, label in cands:
-                        d = float(((q[b, :, y, xx] - emb) ** 2).sum())
-                        if best[label] is None or d < best[label]:
-                            best[label] = d
-                    fg[b, :, y, xx], bg[b, :, y, xx] = _pixel_outputs(best, fb, bb)
-        return fg, bg
-    K = len(case.windows)
-    fg, bg = np.empty((B, L, K, H, W)), np.empty((B, L, K, H, W))
-    for b in range(B):
-        for y in range(H):
-            for xx in range(W):
-                for w, window in enumerate(case.windows):
-                    k = window // case.atrous
-                    best = [None] * L
-                    for i in range(-min(k, H), min(k, H) + 1):
-                        for j in range(-min(k, W), min(k, W) + 1):
-                            yy, xj = y + i * case.atrous, xx + j * case.atrous
-                            if 0 <= yy < H and 0 <= xj < W and 0 <= lab[b, yy, xj] < L:
-                                d = float(((q[b, :, y, xx] - r[b, :, yy, xj]) ** 2).sum())
-                                label = lab[b, yy, xj]
-                                if best[label] is None or d < best[label]:
-                                    best[label] = d
-                    fg[b, :, w, y, xx], bg[b, :, w, y, xx] = _pixel_outputs(best, fb, bb)
-    return fg, bg
+    if case.op == "local":
+        return _local_oracle(case, q, r, lab, fb, bb)
+    if r.ndim == 4:
+        r, lab = r[:, None], lab[:, None]
+    return _global_oracle(case, q, r, lab, fb, bb)
 
 
 # ------------------------------------------------------------------------------------------------ the cases

@@ -270,10 +270,10 @@ def run_local(case: LocalCase, impl=None):
 
 
 def weighted_loss(fg: torch.Tensor, bg: torch.Tensor, seed: int = 123) -> torch.Tensor:
-    """Random upstream weights on both outputs (fixed by seed, independent of the outputs' values)."""
+    """Random upstream weights on both outputs (fixed by seed, independent of the outputs' values and device)."""
     g = generator(seed)
-    wf = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype)
-    wb = torch.randn(bg.shape, generator=g, dtype=torch.float64).to(bg.dtype)
+    wf = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg)
+    wb = torch.randn(bg.shape, generator=g, dtype=torch.float64).to(bg)
     return (fg * wf).sum() + (bg * wb).sum()
 
 

@@ -1,8 +1,9 @@
 """One harness for every backend of cfbi_ops: one case generator, one oracle, the backends as a list.
 
-- Cases: `Case` holds every argument that shapes a call (op, sizes, L, ignored labels, atrous, atrous_min_pixels,
-  T reference frames, windows, input layout). `CASES` is the fixed list; tests/test_ops_fuzz.py draws `Case`s
-  with hypothesis. To add a case, append a `Case(...)` to CASES.
+- Cases: `Case` (tests/conftest.py) holds every argument that shapes a call (op, sizes, L, ignored labels, atrous,
+  atrous_min_pixels, T reference frames, windows, input layout); `inputs` makes its tensors, `call` and `raw_args`
+  the public and raw calls. `CASES` is the fixed list; tests/test_ops_fuzz.py draws `Case`s with hypothesis. To
+  add a case, append a `Case(...)` to CASES.
 - Oracle: `oracle(case, inputs)`, an explicit brute force in float64 (every candidate's distance, numpy over
   pixels and window offsets), independent of cfbi_ops.reference.
 - Backends: `BACKENDS`, each with a name, the dtypes it runs and how it runs a case (`run(case, inputs)` in this
@@ -20,7 +21,6 @@ backward must equal the float32 backward (`check_16bit`).
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -30,7 +30,18 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import (
+    LEAVES,
+    REPO_ROOT,
+    Case,
+    backward_args,
+    call,
+    call_function_class,
+    first_and_second_derivatives,
+    inputs,
+    leaf_inputs,
+    raw_args,
+)
 
 import cfbi_ops
 
@@ -65,133 +76,6 @@ CPU_FLAGS = cpu_flags()
 def best_isa() -> str:
     """The build the library picks without CFBI_CPU_ISA: the widest one the CPU supports."""
     return next(isa for isa in ("avx512", "avx2", "portable") if ISA_FLAGS[isa] <= CPU_FLAGS)
-
-
-@dataclass(frozen=True)
-class Case:
-    op: str  # "global" or "local"
-    B: int = 1
-    C: int = 4
-    H: int = 6
-    W: int = 7
-    L: int = 3
-    atrous: int = 1
-    min_pixels: int = 0  # global only
-    T: int = 1  # global only: reference frames; T > 1 or ref_5d gives [B, T, C, Hr, Wr]
-    Hr: int | None = None
-    Wr: int | None = None
-    ref_5d: bool = False
-    windows: tuple = (4, 8)  # local only
-    layout: str = "contiguous"  # contiguous, channels_last, sliced, expanded
-    absent: tuple = ()  # labels that never occur
-    ignore: float = 0.1  # fraction of ignored pixels (255 and L + 1)
-    skew: float | None = None  # label l drawn with weight skew**l (objects of very different sizes)
-    label_dtype: str = "int64"
-    seed: int = 0
-    fg_bias: float = -0.3
-    bg_bias: float = 0.2
-    sigma: float = 0.1  # embeddings: sigma * randn + offset
-    offset: float = 0.0  # the same constant added to query and candidates (||q - r|| unchanged)
-    outlier: float = 0.0  # when set: one element (drawn from the seed) of outlier_in takes this value
-    outlier_in: str = "reference"  # "query" or "reference" (the candidates)
-    infinite: float = 0.0  # fraction of candidate elements set to +inf or -inf (random signs)
-
-    @property
-    def id(self) -> str:
-        d = asdict(self)
-        return "-".join(f"{k}{v}" for k, v in d.items() if v != Case.__dataclass_fields__[k].default or k == "op")
-
-
-def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """The same values in another memory layout."""
-    if layout == "channels_last" and not x.is_floating_point():
-        return x  # labels have no channel dimension
-    if layout == "channels_last" and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "channels_last":  # [B, T, C, H, W]: C innermost
-        return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    if layout == "sliced":  # every other element of a wider buffer
-        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
-        wide[..., ::2] = x
-        return wide[..., ::2]
-    return x  # contiguous; "expanded" views are made in inputs()
-
-
-def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict:
-    """The tensors of a case: embeddings sigma * randn + offset drawn in float64 (the same numbers for every dtype),
-    labels with ignored pixels; in the case's layout. With layout 'expanded' the batch entries are copies of entry 0."""
-    g = torch.Generator().manual_seed(case.seed)
-    Hr, Wr = case.Hr or case.H, case.Wr or case.W
-
-    def rand(*shape):
-        return case.sigma * torch.randn(*shape, generator=g, dtype=torch.float64) + case.offset
-
-    query = rand(case.B, case.C, case.H, case.W)
-    if case.op == "global":
-        cand = rand(case.B, case.T, case.C, Hr, Wr)
-        label_shape = (case.B, case.T, Hr, Wr)
-    else:
-        cand = rand(case.B, case.C, case.H, case.W)
-        label_shape = (case.B, case.H, case.W)
-    target = query if case.outlier_in == "query" else cand
-    if case.outlier and target.numel():
-        target.view(-1)[(case.seed * 7919 + 13) % target.numel()] = case.outlier
-    if case.infinite:
-        u = torch.rand(cand.shape, generator=g, dtype=torch.float64)
-        signs = torch.where(torch.rand(cand.shape, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
-        cand = torch.where(u < case.infinite, signs * math.inf, cand)
-    query, cand = query.to(dtype), cand.to(dtype)
-    if case.skew is None:
-        labels = torch.randint(0, case.L, label_shape, generator=g)
-    else:
-        weights = torch.tensor([case.skew**i for i in range(case.L)], dtype=torch.float64)
-        labels = torch.multinomial(weights, math.prod(label_shape), True, generator=g).reshape(label_shape)
-    u = torch.rand(label_shape, generator=g)
-    labels[u < case.ignore / 2] = IGNORED
-    labels[(u >= case.ignore / 2) & (u < case.ignore)] = case.L + 1
-    for label in case.absent:
-        labels[labels == label] = IGNORED
-    if case.layout == "expanded":  # batch entries sharing memory (batch stride 0)
-        query, cand = query[:1].expand_as(query), cand[:1].expand_as(cand)
-        labels = labels[:1].expand_as(labels).clone()
-    if case.op == "global" and not (case.ref_5d or case.T > 1):
-        cand, labels = cand[:, 0], labels[:, 0]
-    labels = labels.clamp(max=255).to(getattr(torch, case.label_dtype))
-    query, cand, labels = (_layout(x.to(device), case.layout) for x in (query, cand, labels))
-    return dict(
-        query=query,
-        candidates=cand,
-        labels=labels,
-        fg_bias=torch.full((1,), case.fg_bias, dtype=dtype, device=device),
-        bg_bias=torch.full((1,), case.bg_bias, dtype=dtype, device=device),
-    )
-
-
-def call(case: Case, x: dict, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The public function on a case's inputs (x from `inputs`)."""
-    if case.op == "global":
-        return cfbi_ops.global_match(
-            x["query"],
-            x["candidates"],
-            x["labels"],
-            case.L,
-            x["fg_bias"],
-            x["bg_bias"],
-            atrous=case.atrous,
-            atrous_min_pixels=case.min_pixels,
-            backend=backend,
-        )
-    return cfbi_ops.local_match(
-        x["query"],
-        x["candidates"],
-        x["labels"],
-        case.L,
-        x["fg_bias"],
-        x["bg_bias"],
-        windows=case.windows,
-        atrous=case.atrous,
-        backend=backend,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ the oracle
@@ -387,27 +271,17 @@ def _emulation_library() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _run_emulation(case: Case, x: dict):
+def _emulation_ops():
+    """torch.ops.cfbi_emu, the emulated CUDA kernels' raw ops, loaded on first use."""
     if not hasattr(torch.ops.cfbi_emu, "global_match"):
         torch.ops.load_library(_emulation_library())
-    if case.op == "global":
-        cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"][:, None]
-        labels = x["labels"] if x["labels"].dim() == 4 else x["labels"][:, None]
-        out = torch.ops.cfbi_emu.global_match(
-            x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels
-        )
-    else:
-        out = torch.ops.cfbi_emu.local_match(
-            x["query"],
-            x["candidates"],
-            x["labels"],
-            case.L,
-            x["fg_bias"],
-            x["bg_bias"],
-            list(case.windows),
-            case.atrous,
-        )
-    return out[0], out[1]
+    return torch.ops.cfbi_emu
+
+
+def _run_emulation(case: Case, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    forward, _, args = raw_args(case, x, _emulation_ops())
+    fg, bg, _ = forward(*args)
+    return fg, bg
 
 
 def _backends() -> list[Backend]:
@@ -534,54 +408,29 @@ def test_forward_equals_oracle(backend: Backend, case: Case, oracles, child_resu
 GRAD_CASES = [c for c in CASES if c.B * c.H * c.W <= 120][:8]
 
 
-def _leaves(case: Case, dtype, device):
-    x = inputs(case, dtype, device)
-    for k in ("query", "candidates", "fg_bias", "bg_bias"):
-        x[k] = x[k].detach().clone().requires_grad_()
-    return x
-
-
 @pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b.compiled and b.run is not None], ids=lambda b: b.name)
 def test_gradients_determinism_and_gradcheck(backend: Backend, case: Case, single_thread_module):
     """Gradients equal the reference's (float64); two calls are bit-identical; gradcheck passes."""
     if backend.skip:
         pytest.skip(backend.skip)
-    keys = ("query", "candidates", "fg_bias", "bg_bias")
     results = []
     for which in ("compiled", "compiled", "reference"):
-        x = _leaves(case, torch.float64, backend.device)
+        x = leaf_inputs(case, torch.float64, backend.device)
         fg, bg = call(case, x, which)
         w = torch.linspace(-1, 1, fg.numel(), dtype=torch.float64, device=fg.device).reshape(fg.shape)
-        grads = torch.autograd.grad((fg * w).sum() + (bg * w.flip(-1)).sum(), [x[k] for k in keys])
+        grads = torch.autograd.grad((fg * w).sum() + (bg * w.flip(-1)).sum(), [x[k] for k in LEAVES])
         results.append([fg, bg, *grads])
     for a, b in zip(results[0], results[1]):
         assert torch.equal(a, b), "two calls differ"
     for a, b in zip(results[0], results[2]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
-    x = _leaves(case, torch.float64, backend.device)
+    x = leaf_inputs(case, torch.float64, backend.device)
 
     def fn(*t):
-        return call(case, dict(x, **dict(zip(keys, t))), "compiled")
+        return call(case, dict(x, **dict(zip(LEAVES, t))), "compiled")
 
-    assert torch.autograd.gradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-6, fast_mode=True)
-
-
-def _raw_args(case: Case, x: dict) -> tuple:
-    """The raw torch.ops.cfbi forward op of a case, its backward op and the forward's arguments."""
-    if case.op == "global":
-        cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"].unsqueeze(1)
-        labels = x["labels"] if x["labels"].dim() == 4 else x["labels"].unsqueeze(1)
-        return (
-            torch.ops.cfbi.global_match,
-            torch.ops.cfbi.global_match_backward,
-            (x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels),
-        )
-    return (
-        torch.ops.cfbi.local_match,
-        torch.ops.cfbi.local_match_backward,
-        (x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"], list(case.windows), case.atrous),
-    )
+    assert torch.autograd.gradcheck(fn, [x[k] for k in LEAVES], eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.layout != "expanded"][::3], ids=lambda c: c.id)
@@ -589,7 +438,7 @@ def _raw_args(case: Case, x: dict) -> tuple:
 def test_opcheck(backend: Backend, case: Case, single_thread_module):
     if backend.skip:
         pytest.skip(backend.skip)
-    op, _, args = _raw_args(case, _leaves(case, torch.float32, backend.device))
+    op, _, args = raw_args(case, leaf_inputs(case, torch.float32, backend.device))
     torch.library.opcheck(op.default, args)
 
 
@@ -598,18 +447,18 @@ def check_16bit(case: Case, dtype: torch.dtype) -> str | None:
     same argmin; fg, bg and the backward's four gradients within ROUNDING[dtype] (relative to max(|value|, 1))
     and in the input dtype; public autograd gradients in the input dtype. Returns what differs, None if nothing."""
     x = inputs(case, dtype)
-    op, backward, args = _raw_args(case, x)
-    q, r, labels, L, fb, bb, *extra = args
+    op, backward, args = raw_args(case, x)
     fg, bg, arg = op(*args)
-    want = op(q.float(), r.float(), labels, L, fb.float(), bb.float(), *extra)
+    wide_args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    want = op(*wide_args)
     if not torch.equal(arg, want[2]):
         return f"{dtype}: argmin differs from float32 at {int((arg != want[2]).sum())} places"
     g = torch.Generator().manual_seed(case.seed)
     g_fg, g_bg = (torch.randn(fg.shape, generator=g).to(dtype) for _ in range(2))
-    grads = backward(g_fg, g_bg, fg, arg, q, r, fb, bb)
+    grads = backward(*backward_args(args, fg, arg, g_fg, g_bg))
     # The float32 backward given the rounded fg: rounded scores can tie and route a background gradient to another
     # label, as the 16-bit outputs say.
-    wide = backward(g_fg.float(), g_bg.float(), fg.float(), arg, q.float(), r.float(), fb.float(), bb.float())
+    wide = backward(*backward_args(wide_args, fg.float(), arg, g_fg.float(), g_bg.float()))
     names = ("fg", "bg", "grad_query", "grad_candidates", "grad_fg_bias", "grad_bg_bias")
     for name, a, b in zip(names, [fg, bg, *grads], [want[0], want[1], *wide]):
         if a.dtype != dtype:
@@ -617,9 +466,9 @@ def check_16bit(case: Case, dtype: torch.dtype) -> str | None:
         err = ((a.float() - b).abs() / b.abs().clamp(min=1)).max().item() if a.numel() else 0.0
         if not err <= ROUNDING[dtype]:
             return f"{dtype}: {name} {err:.3g} from float32 (allowed {ROUNDING[dtype]})"
-    leaves = _leaves(case, dtype, "cpu")
-    fg, bg = call(case, leaves, "compiled")
-    got = torch.autograd.grad(fg.sum() + bg.sum(), [leaves[k] for k in ("query", "candidates", "fg_bias", "bg_bias")])
+    x = leaf_inputs(case, dtype)
+    fg, bg = call(case, x, "compiled")
+    got = torch.autograd.grad(fg.sum() + bg.sum(), [x[k] for k in LEAVES])
     wrong = [str(t.dtype) for t in got if t.dtype != dtype]
     return f"{dtype}: autograd gradients in {wrong}" if wrong else None
 
@@ -652,15 +501,14 @@ def test_gradgradcheck(backend: Backend, case: Case, single_thread_module):
     ops they came out as silent zeros (issue 21)."""
     if backend.skip or backend.name == "cuda-emulation":
         pytest.skip(backend.skip or _NO_AUTOGRAD)
-    keys = ("query", "candidates", "fg_bias", "bg_bias")
-    x = _leaves(case, torch.float64, backend.device)
+    x = leaf_inputs(case, torch.float64, backend.device)
     which = "reference" if backend.name == "reference" else "compiled"
 
     def fn(*t):
-        return call(case, dict(x, **dict(zip(keys, t))), which)
+        return call(case, dict(x, **dict(zip(LEAVES, t))), which)
 
     # Slow mode: fast mode's random projections disagree with itself on L = 1, where bg is fg (also on the reference).
-    assert torch.autograd.gradgradcheck(fn, [x[k] for k in keys], eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradgradcheck(fn, [x[k] for k in LEAVES], eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -672,50 +520,27 @@ def test_double_backward_of_the_function_classes(backend: Backend, case: Case, s
     reference's (float64); the raw backward ops, differentiated again, raise instead of giving zeros."""
     if backend.skip:
         pytest.skip(backend.skip)
-    keys = ("query", "candidates", "fg_bias", "bg_bias")
-    results = []
-    for which in ("function", "compiled", "reference"):
-        x = _leaves(case, torch.float64, backend.device)
-        if which == "function" and case.op == "global":
-            fg, bg = cfbi_ops.GlobalMatchFunction.apply(
-                x["query"],
-                x["candidates"],
-                x["labels"],
-                case.L,
-                x["fg_bias"],
-                x["bg_bias"],
-                case.atrous,
-                case.min_pixels,
-            )
-        elif which == "function":
-            fg, bg = cfbi_ops.LocalMatchFunction.apply(
-                x["query"],
-                x["candidates"],
-                x["labels"],
-                case.L,
-                x["fg_bias"],
-                x["bg_bias"],
-                case.windows,
-                case.atrous,
-            )
-        else:
-            fg, bg = call(case, x, which)
-        w = torch.linspace(-1, 1, fg.numel(), dtype=torch.float64, device=fg.device).reshape(fg.shape)
-        grads = torch.autograd.grad(
-            (fg * fg * w).sum() + (bg * w.flip(-1)).sum(), [x[k] for k in keys], create_graph=True
-        )
-        penalty = sum((g * g).sum() for g in grads)
-        results.append(torch.autograd.grad(penalty, [x[k] for k in keys]))
-    assert any(g.abs().max() > 0 for g in results[2]), "the case has no second derivative to compare"
-    for got in results[:2]:
-        for a, b in zip(got, results[2]):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
-    x = _leaves(case, torch.float64, backend.device)
-    op, backward, args = _raw_args(case, x)
+    runs = {
+        "function": lambda x: call_function_class(case, x),
+        "compiled": lambda x: call(case, x, "compiled"),
+        "reference": lambda x: call(case, x, "reference"),
+    }
+    # First and second derivatives of each way to call the op.
+    results = {
+        k: first_and_second_derivatives(run, leaf_inputs(case, torch.float64, backend.device))
+        for k, run in runs.items()
+    }
+    second_of_reference = results["reference"][len(LEAVES) :]
+    assert any(g.abs().max() > 0 for g in second_of_reference), "the case has no second derivative to compare"
+    for which in ("function", "compiled"):
+        for a, b in zip(results[which], results["reference"]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m, w=which: f"{w}: {m}")
+    x = leaf_inputs(case, torch.float64, backend.device)
+    op, backward, args = raw_args(case, x)
     fg, bg, argmin = op(*args)
-    grads = backward(torch.ones_like(fg), torch.ones_like(bg), fg, argmin, args[0], args[1], args[4], args[5])
+    raw_grads = backward(*backward_args(args, fg, argmin, torch.ones_like(fg), torch.ones_like(bg)))
     with pytest.raises(RuntimeError, match="no derivative"):
-        torch.autograd.grad(grads[0].sum(), [x["query"]])
+        torch.autograd.grad(raw_grads[0].sum(), [x["query"]])
 
 
 # ------------------------------------------------------------------------------------------------ the shared contract

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import pytest
 import torch
@@ -118,160 +118,8 @@ def random_labels(
     return labels.to(dtype)
 
 
-def noncontiguous(t: torch.Tensor) -> torch.Tensor:
-    """A non-contiguous view holding the same values as t: every other element of a wider last dim,
-    viewed through a transposed buffer (so neither the channel nor the pixel stride is 1)."""
-    shape = list(t.shape)
-    wide = shape[:-1] + [2 * shape[-1]]
-    buf = torch.full(wide, 7, dtype=t.dtype)  # garbage in the gaps
-    buf = buf.transpose(-1, -2).contiguous().transpose(-1, -2)
-    view = buf[..., ::2]
-    view.copy_(t)
-    assert not view.is_contiguous()
-    return view
-
-
 def make_bias(value: float, dtype, shape=(1,), requires_grad: bool = True) -> torch.Tensor:
     return torch.full(shape, value, dtype=dtype).requires_grad_(requires_grad)
-
-
-@dataclass
-class GlobalCase:
-    query: torch.Tensor
-    reference: torch.Tensor  # [B, C, Hr, Wr] or [B, T, C, Hr, Wr]
-    labels: torch.Tensor
-    num_labels: int
-    fg_bias: torch.Tensor
-    bg_bias: torch.Tensor
-    atrous: int = 1
-    atrous_min_pixels: int = 0
-    absent: tuple = field(default_factory=tuple)
-
-    def kwargs(self):
-        return dict(atrous=self.atrous, atrous_min_pixels=self.atrous_min_pixels)
-
-    def leaves(self):
-        return [self.query, self.reference, self.fg_bias, self.bg_bias]
-
-
-@dataclass
-class LocalCase:
-    query: torch.Tensor
-    previous: torch.Tensor
-    labels: torch.Tensor
-    num_labels: int
-    fg_bias: torch.Tensor
-    bg_bias: torch.Tensor
-    windows: tuple = (4, 8, 12, 16, 20, 24)
-    atrous: int = 1
-    absent: tuple = field(default_factory=tuple)
-
-    def kwargs(self):
-        return dict(windows=self.windows, atrous=self.atrous)
-
-    def leaves(self):
-        return [self.query, self.previous, self.fg_bias, self.bg_bias]
-
-
-def make_global_case(
-    *,
-    B=1,
-    C=4,
-    H=6,
-    W=7,
-    T=1,
-    Hr=None,
-    Wr=None,
-    L=3,
-    atrous=1,
-    min_pixels=0,
-    absent=(),
-    dtype=torch.float64,
-    ref_5d=None,
-    noncontig=False,
-    label_dtype=torch.int64,
-    seed=0,
-    fg_bias=-0.3,
-    bg_bias=0.2,
-    bias_shape=(1,),
-    requires_grad=True,
-    skew=None,
-) -> GlobalCase:
-    Hr = H if Hr is None else Hr
-    Wr = W if Wr is None else Wr
-    ref_5d = (T > 1) if ref_5d is None else ref_5d
-    assert ref_5d or T == 1
-    g = generator(seed)
-    query = embeddings((B, C, H, W), dtype, g)
-    reference = embeddings((B, T, C, Hr, Wr), dtype, g)
-    labels = random_labels((B, T, Hr, Wr), L, g, absent=absent, dtype=label_dtype, skew=skew)
-    if not ref_5d:
-        reference, labels = reference[:, 0], labels[:, 0]
-    if noncontig:
-        query, reference, labels = noncontiguous(query), noncontiguous(reference), noncontiguous(labels)
-    query.requires_grad_(requires_grad)
-    reference.requires_grad_(requires_grad)
-    return GlobalCase(
-        query,
-        reference,
-        labels,
-        L,
-        make_bias(fg_bias, dtype, bias_shape, requires_grad),
-        make_bias(bg_bias, dtype, bias_shape, requires_grad),
-        atrous,
-        min_pixels,
-        tuple(absent),
-    )
-
-
-def make_local_case(
-    *,
-    B=1,
-    C=4,
-    H=6,
-    W=7,
-    L=3,
-    windows=(4, 8, 12, 16, 20, 24),
-    atrous=1,
-    absent=(),
-    dtype=torch.float64,
-    noncontig=False,
-    label_dtype=torch.int64,
-    seed=0,
-    fg_bias=-0.3,
-    bg_bias=0.2,
-    bias_shape=(1,),
-    requires_grad=True,
-) -> LocalCase:
-    g = generator(seed)
-    query = embeddings((B, C, H, W), dtype, g)
-    previous = embeddings((B, C, H, W), dtype, g)
-    labels = random_labels((B, H, W), L, g, absent=absent, dtype=label_dtype)
-    if noncontig:
-        query, previous, labels = noncontiguous(query), noncontiguous(previous), noncontiguous(labels)
-    query.requires_grad_(requires_grad)
-    previous.requires_grad_(requires_grad)
-    return LocalCase(
-        query,
-        previous,
-        labels,
-        L,
-        make_bias(fg_bias, dtype, bias_shape, requires_grad),
-        make_bias(bg_bias, dtype, bias_shape, requires_grad),
-        tuple(windows),
-        atrous,
-        tuple(absent),
-    )
-
-
-def run_global(case: GlobalCase, impl=None):
-    impl = cfbi_ops.global_match if impl is None else impl
-    return impl(case.query, case.reference, case.labels, case.num_labels, case.fg_bias, case.bg_bias, **case.kwargs())
-
-
-def run_local(case: LocalCase, impl=None):
-    impl = cfbi_ops.local_match if impl is None else impl
-    return impl(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias, **case.kwargs())
 
 
 # ------------------------------------------------------------------------------------------ op cases

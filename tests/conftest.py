@@ -6,11 +6,13 @@ the score 1 - 2 / (1 + exp(d + b)) saturates to 1 (no gradient), which would hid
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,9 @@ TOL = {
 GRAD_TOL = {
     torch.float32: dict(rtol=1e-4, atol=1e-4),
     torch.float64: dict(rtol=1e-9, atol=1e-10),
+    # Two kernels' 16-bit gradients (CUDA and CPU): the scores they start from may differ by one rounding.
+    torch.float16: dict(rtol=2e-2, atol=2e-3),
+    torch.bfloat16: dict(rtol=5e-2, atol=2e-2),
 }
 
 DTYPES = [torch.float32, torch.float64]
@@ -115,173 +120,208 @@ def random_labels(
     return labels.to(dtype)
 
 
-def noncontiguous(t: torch.Tensor) -> torch.Tensor:
-    """A non-contiguous view holding the same values as t: every other element of a wider last dim,
-    viewed through a transposed buffer (so neither the channel nor the pixel stride is 1)."""
-    shape = list(t.shape)
-    wide = shape[:-1] + [2 * shape[-1]]
-    buf = torch.full(wide, 7, dtype=t.dtype)  # garbage in the gaps
-    buf = buf.transpose(-1, -2).contiguous().transpose(-1, -2)
-    view = buf[..., ::2]
-    view.copy_(t)
-    assert not view.is_contiguous()
-    return view
-
-
 def make_bias(value: float, dtype, shape=(1,), requires_grad: bool = True) -> torch.Tensor:
     return torch.full(shape, value, dtype=dtype).requires_grad_(requires_grad)
 
 
-@dataclass
-class GlobalCase:
-    query: torch.Tensor
-    reference: torch.Tensor  # [B, C, Hr, Wr] or [B, T, C, Hr, Wr]
-    labels: torch.Tensor
-    num_labels: int
-    fg_bias: torch.Tensor
-    bg_bias: torch.Tensor
+# ------------------------------------------------------------------------------------------ op cases
+@dataclass(frozen=True)
+class Case:
+    """Every argument that shapes one call of an op; `inputs` makes its tensors. The op harness
+    (tests/test_ops_harness.py) keeps the shared list of cases, tests/test_ops_fuzz.py draws them."""
+
+    op: str  # "global" or "local"
+    B: int = 1
+    C: int = 4
+    H: int = 6
+    W: int = 7
+    L: int = 3
     atrous: int = 1
-    atrous_min_pixels: int = 0
-    absent: tuple = field(default_factory=tuple)
+    min_pixels: int = 0  # global only
+    T: int = 1  # global only: reference frames; T > 1 or ref_5d gives [B, T, C, Hr, Wr]
+    Hr: int | None = None
+    Wr: int | None = None
+    ref_5d: bool = False
+    windows: tuple = (4, 8)  # local only
+    layout: str = "contiguous"  # contiguous, channels_last, sliced, transposed, expanded
+    absent: tuple = ()  # labels that never occur
+    ignore: float = 0.1  # fraction of ignored pixels (255 and L + 1)
+    skew: float | None = None  # label l drawn with weight skew**l (objects of very different sizes)
+    label_dtype: str = "int64"
+    seed: int = 0
+    fg_bias: float = -0.3
+    bg_bias: float = 0.2
+    bias_shape: tuple = (1,)
+    sigma: float = 0.1  # embeddings: sigma * randn + offset
+    offset: float = 0.0  # the same constant added to query and candidates (||q - r|| unchanged)
+    integer: bool = False  # embeddings drawn from {-1, 0, 1}: exact in every dtype, so many exact ties
+    outlier: float = 0.0  # when set: one element (drawn from the seed) of outlier_in takes this value
+    outlier_in: str = "reference"  # "query" or "reference" (the candidates)
+    infinite: float = 0.0  # fraction of candidate elements set to +inf or -inf (random signs)
+    name: str = ""  # why a hand-made case exists; it replaces the list of fields in the id
 
-    def kwargs(self):
-        return dict(atrous=self.atrous, atrous_min_pixels=self.atrous_min_pixels)
-
-    def leaves(self):
-        return [self.query, self.reference, self.fg_bias, self.bg_bias]
-
-
-@dataclass
-class LocalCase:
-    query: torch.Tensor
-    previous: torch.Tensor
-    labels: torch.Tensor
-    num_labels: int
-    fg_bias: torch.Tensor
-    bg_bias: torch.Tensor
-    windows: tuple = (4, 8, 12, 16, 20, 24)
-    atrous: int = 1
-    absent: tuple = field(default_factory=tuple)
-
-    def kwargs(self):
-        return dict(windows=self.windows, atrous=self.atrous)
-
-    def leaves(self):
-        return [self.query, self.previous, self.fg_bias, self.bg_bias]
+    @property
+    def id(self) -> str:
+        if self.name:
+            return f"{self.op}-{self.name}"
+        d = asdict(self)
+        return "-".join(f"{k}{v}" for k, v in d.items() if v != Case.__dataclass_fields__[k].default or k == "op")
 
 
-def make_global_case(
-    *,
-    B=1,
-    C=4,
-    H=6,
-    W=7,
-    T=1,
-    Hr=None,
-    Wr=None,
-    L=3,
-    atrous=1,
-    min_pixels=0,
-    absent=(),
-    dtype=torch.float64,
-    ref_5d=None,
-    noncontig=False,
-    label_dtype=torch.int64,
-    seed=0,
-    fg_bias=-0.3,
-    bg_bias=0.2,
-    bias_shape=(1,),
-    requires_grad=True,
-    skew=None,
-) -> GlobalCase:
-    Hr = H if Hr is None else Hr
-    Wr = W if Wr is None else Wr
-    ref_5d = (T > 1) if ref_5d is None else ref_5d
-    assert ref_5d or T == 1
-    g = generator(seed)
-    query = embeddings((B, C, H, W), dtype, g)
-    reference = embeddings((B, T, C, Hr, Wr), dtype, g)
-    labels = random_labels((B, T, Hr, Wr), L, g, absent=absent, dtype=label_dtype, skew=skew)
-    if not ref_5d:
-        reference, labels = reference[:, 0], labels[:, 0]
-    if noncontig:
-        query, reference, labels = noncontiguous(query), noncontiguous(reference), noncontiguous(labels)
-    query.requires_grad_(requires_grad)
-    reference.requires_grad_(requires_grad)
-    return GlobalCase(
-        query,
-        reference,
-        labels,
-        L,
-        make_bias(fg_bias, dtype, bias_shape, requires_grad),
-        make_bias(bg_bias, dtype, bias_shape, requires_grad),
-        atrous,
-        min_pixels,
-        tuple(absent),
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout."""
+    if layout == "channels_last" and not x.is_floating_point():
+        return x  # labels have no channel dimension
+    if layout == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":  # [B, T, C, H, W]: C innermost
+        return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if layout == "sliced":  # every other element of a wider buffer
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    if layout == "transposed":  # every other column of a column-major buffer: no stride of the last two dims is 1
+        wide = torch.full((*x.shape[:-2], 2 * x.shape[-1], x.shape[-2]), 7, dtype=x.dtype, device=x.device)
+        view = wide.transpose(-1, -2)[..., ::2]
+        view.copy_(x)
+        return view
+    return x  # contiguous; "expanded" views are made in inputs()
+
+
+def _embeddings(case: Case, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    if case.integer:
+        return torch.randint(-1, 2, shape, generator=g).to(torch.float64)
+    return case.sigma * torch.randn(*shape, generator=g, dtype=torch.float64) + case.offset
+
+
+def _labels(case: Case, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    """Labels in [0, L) (skewed if asked), `case.ignore` of them ignored (255 or L + 1), none of `case.absent`."""
+    if case.skew is None or math.prod(shape) == 0:  # (multinomial cannot draw 0 samples)
+        labels = torch.randint(0, case.L, shape, generator=g)
+    else:
+        weights = torch.tensor([case.skew**i for i in range(case.L)], dtype=torch.float64)
+        labels = torch.multinomial(weights, math.prod(shape), True, generator=g).reshape(shape)
+    u = torch.rand(shape, generator=g)
+    labels[u < case.ignore / 2] = IGNORE
+    labels[(u >= case.ignore / 2) & (u < case.ignore)] = case.L + 1
+    for label in case.absent:
+        labels[labels == label] = IGNORE
+    return labels
+
+
+def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a case: embeddings drawn in float64 (the same numbers for every dtype), labels with ignored
+    pixels; in the case's layout. With layout 'expanded' the batch entries are copies of entry 0."""
+    g = torch.Generator().manual_seed(case.seed)
+    Hr = case.H if case.Hr is None else case.Hr
+    Wr = case.W if case.Wr is None else case.Wr
+    query = _embeddings(case, (case.B, case.C, case.H, case.W), g)
+    if case.op == "global":
+        cand = _embeddings(case, (case.B, case.T, case.C, Hr, Wr), g)
+        label_shape = (case.B, case.T, Hr, Wr)
+    else:
+        cand = _embeddings(case, (case.B, case.C, case.H, case.W), g)
+        label_shape = (case.B, case.H, case.W)
+    target = query if case.outlier_in == "query" else cand
+    if case.outlier and target.numel():
+        target.view(-1)[(case.seed * 7919 + 13) % target.numel()] = case.outlier
+    if case.infinite:
+        u = torch.rand(cand.shape, generator=g, dtype=torch.float64)
+        signs = torch.where(torch.rand(cand.shape, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+        cand = torch.where(u < case.infinite, signs * math.inf, cand)
+    query, cand = query.to(dtype), cand.to(dtype)
+    labels = _labels(case, label_shape, g)
+    if case.layout == "expanded":  # batch entries sharing memory (batch stride 0)
+        query, cand = query[:1].expand_as(query), cand[:1].expand_as(cand)
+        labels = labels[:1].expand_as(labels).clone()
+    if case.op == "global" and not (case.ref_5d or case.T > 1):
+        cand, labels = cand[:, 0], labels[:, 0]
+    labels = labels.clamp(max=255).to(getattr(torch, case.label_dtype))
+    query, cand, labels = (_layout(x.to(device), case.layout) for x in (query, cand, labels))
+    return dict(
+        query=query,
+        candidates=cand,
+        labels=labels,
+        fg_bias=torch.full(case.bias_shape, case.fg_bias, dtype=dtype, device=device),
+        bg_bias=torch.full(case.bias_shape, case.bg_bias, dtype=dtype, device=device),
     )
 
 
-def make_local_case(
-    *,
-    B=1,
-    C=4,
-    H=6,
-    W=7,
-    L=3,
-    windows=(4, 8, 12, 16, 20, 24),
-    atrous=1,
-    absent=(),
-    dtype=torch.float64,
-    noncontig=False,
-    label_dtype=torch.int64,
-    seed=0,
-    fg_bias=-0.3,
-    bg_bias=0.2,
-    bias_shape=(1,),
-    requires_grad=True,
-) -> LocalCase:
-    g = generator(seed)
-    query = embeddings((B, C, H, W), dtype, g)
-    previous = embeddings((B, C, H, W), dtype, g)
-    labels = random_labels((B, H, W), L, g, absent=absent, dtype=label_dtype)
-    if noncontig:
-        query, previous, labels = noncontiguous(query), noncontiguous(previous), noncontiguous(labels)
-    query.requires_grad_(requires_grad)
-    previous.requires_grad_(requires_grad)
-    return LocalCase(
-        query,
-        previous,
-        labels,
-        L,
-        make_bias(fg_bias, dtype, bias_shape, requires_grad),
-        make_bias(bg_bias, dtype, bias_shape, requires_grad),
-        tuple(windows),
-        atrous,
-        tuple(absent),
-    )
+# The inputs a loss can be differentiated against, in the order of the ops' arguments.
+LEAVES = ("query", "candidates", "fg_bias", "bg_bias")
 
 
-def run_global(case: GlobalCase, impl=None):
-    impl = cfbi_ops.global_match if impl is None else impl
-    return impl(case.query, case.reference, case.labels, case.num_labels, case.fg_bias, case.bg_bias, **case.kwargs())
+def leaf_inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """`inputs` with the LEAVES as fresh tensors that require grad."""
+    x = inputs(case, dtype, device)
+    return {k: v.detach().clone().requires_grad_() if k in LEAVES else v for k, v in x.items()}
 
 
-def run_local(case: LocalCase, impl=None):
-    impl = cfbi_ops.local_match if impl is None else impl
-    return impl(case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias, **case.kwargs())
+def public_args(case: Case, x: dict) -> tuple[Callable, dict, dict]:
+    """cfbi_ops.global_match or local_match for a case, its positional arguments by name and its keyword arguments."""
+    names = ("query", "candidates", "labels")
+    args = {**{k: x[k] for k in names}, "num_labels": case.L, "fg_bias": x["fg_bias"], "bg_bias": x["bg_bias"]}
+    if case.op == "global":
+        return cfbi_ops.global_match, args, dict(atrous=case.atrous, atrous_min_pixels=case.min_pixels)
+    return cfbi_ops.local_match, args, dict(windows=case.windows, atrous=case.atrous)
+
+
+def call(case: Case, x: dict, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public function on a case's inputs (x from `inputs`); backend None: the process default."""
+    fn, args, kwargs = public_args(case, x)
+    return fn(*args.values(), **kwargs, backend=backend)
+
+
+def call_function_class(case: Case, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """GlobalMatchFunction / LocalMatchFunction.apply on a case's inputs."""
+    args = [x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"]]
+    if case.op == "global":
+        return cfbi_ops.GlobalMatchFunction.apply(*args, case.atrous, case.min_pixels)
+    return cfbi_ops.LocalMatchFunction.apply(*args, case.windows, case.atrous)
+
+
+def raw_args(case: Case, x: dict, ops=None) -> tuple[Callable, Callable, list]:
+    """The raw forward op of a case (of torch.ops.cfbi, or of `ops`, e.g. torch.ops.cfbi_emu), its backward op
+    and the forward's arguments (the reference and its labels canonical: 5-D, 4-D)."""
+    ops = torch.ops.cfbi if ops is None else ops
+    if case.op == "global":
+        cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"].unsqueeze(1)
+        labels = x["labels"] if x["labels"].dim() == 4 else x["labels"].unsqueeze(1)
+        args = [x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels]
+        return ops.global_match, ops.global_match_backward, args
+    args = [x["query"], x["candidates"], x["labels"], case.L, x["fg_bias"], x["bg_bias"]]
+    return ops.local_match, ops.local_match_backward, [*args, list(case.windows), case.atrous]
+
+
+def backward_args(args: list, fg: torch.Tensor, argmin: torch.Tensor, grad_fg, grad_bg) -> list:
+    """The raw backward op's arguments after the forward op ran on `args` (from raw_args) and gave fg, argmin."""
+    return [grad_fg, grad_bg, fg, argmin, args[0], args[1], args[4], args[5]]
+
+
+def first_and_second_derivatives(run: Callable, x: dict) -> list[torch.Tensor]:
+    """With (fg, bg) = run(x): the gradients of a fixed loss w.r.t. x's LEAVES, then those of the squared norm of
+    these gradients (second derivatives, through create_graph=True). An input a loss does not reach gets zeros."""
+    leaves = [x[k] for k in LEAVES]
+    fg, bg = run(x)
+    w = torch.linspace(-1, 1, fg.numel(), dtype=fg.dtype, device=fg.device).reshape(fg.shape)
+    loss = (fg * fg * w).sum() + (bg * w.flip(-1)).sum()
+    first = grads(loss, leaves, create_graph=True)
+    penalty = sum((g * g).sum() for g in first)
+    second = grads(penalty, leaves) if penalty.requires_grad else [torch.zeros_like(t) for t in leaves]
+    return [g.detach() for g in first] + second
 
 
 def weighted_loss(fg: torch.Tensor, bg: torch.Tensor, seed: int = 123) -> torch.Tensor:
-    """Random upstream weights on both outputs (fixed by seed, independent of the outputs' values)."""
+    """Random upstream weights on both outputs (fixed by seed, independent of the outputs' values and device)."""
     g = generator(seed)
-    wf = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg.dtype)
-    wb = torch.randn(bg.shape, generator=g, dtype=torch.float64).to(bg.dtype)
+    wf = torch.randn(fg.shape, generator=g, dtype=torch.float64).to(fg)
+    wb = torch.randn(bg.shape, generator=g, dtype=torch.float64).to(bg)
     return (fg * wf).sum() + (bg * wb).sum()
 
 
-def grads(loss: torch.Tensor, leaves) -> list[torch.Tensor]:
+def grads(loss: torch.Tensor, leaves, create_graph: bool = False) -> list[torch.Tensor]:
     """Gradients of loss w.r.t. leaves; an input the loss does not reach gets an explicit zero."""
-    out = torch.autograd.grad(loss, leaves, allow_unused=True)
+    out = torch.autograd.grad(loss, leaves, allow_unused=True, create_graph=create_graph)
     return [torch.zeros_like(x) if gx is None else gx for x, gx in zip(leaves, out)]
 
 

@@ -1,6 +1,7 @@
 """The CUDA kernels' logic on the CPU: tools/cuda_emulation compiles csrc/cuda/*.cu with g++ (threads, shared
 memory, atomics, wmma and cub emulated) and compares every kernel variant with the CPU kernels. On machines
-without a GPU this is the only run the CUDA sources get; tests/test_cuda.py on a device stays the reference."""
+without a GPU this is the only run the CUDA sources get (besides the harness's cuda-emulation backend); the CUDA
+tests on a device stay the reference."""
 
 from __future__ import annotations
 

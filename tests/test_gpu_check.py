@@ -80,7 +80,10 @@ def test_dry_run_walks_every_stage(tmp_path: Path) -> None:
     sanitizer = (results / "sanitizer.log").read_text()
     assert "ok: " in sanitizer and "deterministic bfloat16 local: row state in global memory" in sanitizer
     tests = (results / "tests.log").read_text()
-    assert "test_cuda.py::test_backward_parity" in tests and "test_inference.py::test_cuda_matches_cpu" in tests
+    assert (
+        "test_ops_harness.py::test_gradients_equal_cpu_kernel[cuda-" in tests
+        and "test_inference.py::test_cuda_matches_cpu" in tests
+    )
     assert "test_cuda_emulation" not in tests and "test_gpu_check" not in tests
     assert "main: " in summary and "compile: " in summary
     build_log = (results / "env-build.log").read_text()

@@ -1,5 +1,6 @@
-"""Gradients of the ops: vs the reference's autograd, gradcheck, empty labels, the autograd.Function entry
-points, and determinism (repeat runs, thread counts, deterministic mode)."""
+"""Gradients of the ops: vs the reference's autograd, empty labels, the autograd.Function entry points, and
+determinism (repeat runs, thread counts, deterministic mode). gradcheck runs in the op harness
+(tests/test_ops_harness.py, on every backend)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import torch
 from conftest import (
     DTYPES,
     GRAD_TOL,
+    LEAVES,
     TOL,
+    Case,
+    call,
+    call_function_class,
     dtype_id,
     grads,
-    make_global_case,
-    make_local_case,
-    run_global,
-    run_local,
+    inputs,
+    leaf_inputs,
     weighted_loss,
 )
 
@@ -24,21 +27,44 @@ from cfbi_ops import reference as ref_impl
 GRAD_NAMES_GLOBAL = ["query", "reference", "fg_bias", "bg_bias"]
 GRAD_NAMES_LOCAL = ["query", "previous", "fg_bias", "bg_bias"]
 
-GLOBAL_GRAD_CASES = {
-    "b1-L1": dict(B=1, C=3, H=5, W=6, L=1),
-    "b2-L3-refsize": dict(B=2, C=6, H=6, W=7, Hr=8, Wr=5, L=3, bias_shape=(1, 1, 1)),
-    "b2-L4-atrous2-minpx-absent": dict(B=2, C=5, H=7, W=6, Hr=9, Wr=9, L=4, atrous=2, min_pixels=1, absent=(2,)),
-    "T2-L5-atrous3": dict(B=2, C=4, H=6, W=8, T=2, Hr=10, Wr=7, L=5, atrous=3, bias_shape=()),
-    "b1-L6-noncontig": dict(B=1, C=8, H=7, W=7, L=6, noncontig=True),
-}
-
-LOCAL_GRAD_CASES = {
-    "b1-L1-default": dict(B=1, C=3, H=6, W=6, L=1),
-    "b2-L3-unsorted": dict(B=2, C=6, H=7, W=8, L=3, windows=(24, 4, 8), bias_shape=(1, 1, 1)),
-    "b2-L4-atrous2-absent": dict(B=2, C=5, H=8, W=7, L=4, windows=(1, 4, 0, 6), atrous=2, absent=(3,)),
-    "b1-L5-atrous3": dict(B=1, C=4, H=9, W=9, L=5, windows=(2, 9, 3), atrous=3, bias_shape=()),
-    "b1-L6-noncontig": dict(B=1, C=8, H=6, W=9, L=6, windows=(0, 2), noncontig=True),
-}
+GRAD_CASES = [
+    Case("global", C=3, H=5, W=6, L=1, seed=7, name="b1-L1"),
+    Case("global", B=2, C=6, H=6, W=7, Hr=8, Wr=5, L=3, bias_shape=(1, 1, 1), seed=7, name="b2-L3-refsize"),
+    Case(
+        "global",
+        B=2,
+        C=5,
+        H=7,
+        W=6,
+        Hr=9,
+        Wr=9,
+        L=4,
+        atrous=2,
+        min_pixels=1,
+        absent=(2,),
+        seed=7,
+        name="b2-L4-atrous2-minpx-absent",
+    ),
+    Case("global", B=2, C=4, H=6, W=8, T=2, Hr=10, Wr=7, L=5, atrous=3, bias_shape=(), seed=7, name="T2-L5-atrous3"),
+    Case("global", C=8, H=7, W=7, L=6, layout="transposed", seed=7, name="b1-L6-noncontig"),
+    Case("local", C=3, H=6, W=6, L=1, windows=cfbi_ops.DEFAULT_WINDOWS, seed=8, name="b1-L1-default"),
+    Case("local", B=2, C=6, H=7, W=8, L=3, windows=(24, 4, 8), bias_shape=(1, 1, 1), seed=8, name="b2-L3-unsorted"),
+    Case(
+        "local",
+        B=2,
+        C=5,
+        H=8,
+        W=7,
+        L=4,
+        windows=(1, 4, 0, 6),
+        atrous=2,
+        absent=(3,),
+        seed=8,
+        name="b2-L4-atrous2-absent",
+    ),
+    Case("local", C=4, H=9, W=9, L=5, windows=(2, 9, 3), atrous=3, bias_shape=(), seed=8, name="b1-L5-atrous3"),
+    Case("local", C=8, H=6, W=9, L=6, windows=(0, 2), layout="transposed", seed=8, name="b1-L6-noncontig"),
+]
 
 
 def _compare_grads(names, got, expected, dtype):
@@ -49,114 +75,39 @@ def _compare_grads(names, got, expected, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("name", list(GLOBAL_GRAD_CASES))
-def test_global_grads_match_reference(name, dtype):
-    case = make_global_case(dtype=dtype, seed=7, **GLOBAL_GRAD_CASES[name])
-    fg, bg = run_global(case)
-    rfg, rbg = run_global(case, ref_impl.global_match)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: c.id)
+def test_grads_match_reference(case, dtype):
+    x = leaf_inputs(case, dtype)
+    leaves = [x[k] for k in LEAVES]
+    fg, bg = call(case, x)
+    rfg, rbg = call(case, x, "reference")
     torch.testing.assert_close(fg, rfg, **TOL[dtype])
     torch.testing.assert_close(bg, rbg, **TOL[dtype])
-    got = grads(weighted_loss(fg, bg), case.leaves())
-    expected = grads(weighted_loss(rfg, rbg), case.leaves())
-    _compare_grads(GRAD_NAMES_GLOBAL, got, expected, dtype)
+    got = grads(weighted_loss(fg, bg), leaves)
+    _compare_grads(LEAVES, got, grads(weighted_loss(rfg, rbg), leaves), dtype)
     # The test must be able to fail: the gradients are not all zero.
-    for gname, g in zip(GRAD_NAMES_GLOBAL, got):
-        if gname == "fg_bias" and case.num_labels == 1:  # no foreground label: fg_bias is unused
+    for name, g in zip(LEAVES, got):
+        if name == "fg_bias" and case.L == 1:  # no foreground label: fg_bias is unused
             assert torch.count_nonzero(g) == 0, "fg_bias must get no gradient when L == 1"
         else:
-            assert torch.count_nonzero(g) > 0, f"grad {gname} is identically zero"
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("name", list(LOCAL_GRAD_CASES))
-def test_local_grads_match_reference(name, dtype):
-    case = make_local_case(dtype=dtype, seed=8, **LOCAL_GRAD_CASES[name])
-    fg, bg = run_local(case)
-    rfg, rbg = run_local(case, ref_impl.local_match)
-    torch.testing.assert_close(fg, rfg, **TOL[dtype])
-    torch.testing.assert_close(bg, rbg, **TOL[dtype])
-    got = grads(weighted_loss(fg, bg), case.leaves())
-    expected = grads(weighted_loss(rfg, rbg), case.leaves())
-    _compare_grads(GRAD_NAMES_LOCAL, got, expected, dtype)
-    for gname, g in zip(GRAD_NAMES_LOCAL, got):
-        if gname == "fg_bias" and case.num_labels == 1:
-            assert torch.count_nonzero(g) == 0, "fg_bias must get no gradient when L == 1"
-        else:
-            assert torch.count_nonzero(g) > 0, f"grad {gname} is identically zero"
+            assert torch.count_nonzero(g) > 0, f"grad {name} is identically zero"
 
 
 @pytest.mark.parametrize("which", ["fg", "bg"])
 def test_grads_through_one_output_only(which):
     """Only one of the two outputs used: the other's gradient arrives as None / zeros."""
-    gcase = make_global_case(B=2, C=4, H=5, W=6, L=3, atrous=2, seed=9)
-    lcase = make_local_case(B=1, C=4, H=6, W=5, L=3, windows=(2, 5), seed=10)
-    for case, run, impl in ((gcase, run_global, ref_impl.global_match), (lcase, run_local, ref_impl.local_match)):
-        out = dict(zip(("fg", "bg"), run(case)))
-        ref_out = dict(zip(("fg", "bg"), run(case, impl)))
+    for case in (
+        Case("global", B=2, C=4, H=5, W=6, L=3, atrous=2, seed=9),
+        Case("local", C=4, H=6, W=5, L=3, windows=(2, 5), seed=10),
+    ):
+        x = leaf_inputs(case, torch.float64)
+        leaves = [x[k] for k in LEAVES]
+        out = dict(zip(("fg", "bg"), call(case, x)))
+        ref_out = dict(zip(("fg", "bg"), call(case, x, "reference")))
         w = torch.linspace(-1, 1, out[which].numel(), dtype=torch.float64).reshape(out[which].shape)
-        got = grads((out[which] * w).sum(), case.leaves())
-        expected = grads((ref_out[which] * w).sum(), case.leaves())
-        _compare_grads(["q", "cand", "fg_bias", "bg_bias"], got, expected, torch.float64)
-
-
-# --------------------------------------------------------------------------------------------------
-# gradcheck (float64, tiny sizes, small embeddings)
-# --------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "params",
-    [
-        dict(B=1, C=3, H=4, W=5, L=3, atrous=1),
-        dict(B=2, C=2, H=4, W=3, T=2, Hr=5, Wr=4, L=4, atrous=2, min_pixels=1, absent=(3,)),
-        dict(B=1, C=3, H=3, W=4, Hr=4, Wr=4, L=1),
-    ],
-    ids=["L3", "T2-atrous2-minpx", "L1"],
-)
-def test_global_gradcheck(params, single_thread):
-    case = make_global_case(dtype=torch.float64, seed=12, **params)
-
-    def fn(q, r, fb, bb):
-        return cfbi_ops.global_match(q, r, case.labels, case.num_labels, fb, bb, **case.kwargs())
-
-    assert torch.autograd.gradcheck(fn, tuple(case.leaves()), eps=1e-6, atol=1e-6, rtol=1e-4)
-
-
-@pytest.mark.parametrize(
-    "params",
-    [
-        dict(B=1, C=3, H=4, W=5, L=3, windows=(1, 2)),
-        dict(B=2, C=2, H=5, W=4, L=4, windows=(3, 0, 1), atrous=2, absent=(2,)),
-        dict(B=1, C=2, H=4, W=4, L=1, windows=(24,)),
-    ],
-    ids=["L3", "atrous2-unsorted", "L1"],
-)
-def test_local_gradcheck(params, single_thread):
-    case = make_local_case(dtype=torch.float64, seed=13, **params)
-
-    def fn(q, p, fb, bb):
-        return cfbi_ops.local_match(q, p, case.labels, case.num_labels, fb, bb, **case.kwargs())
-
-    assert torch.autograd.gradcheck(fn, tuple(case.leaves()), eps=1e-6, atol=1e-6, rtol=1e-4)
-
-
-def test_gradcheck_fast_mode_larger(single_thread):
-    gcase = make_global_case(B=2, C=4, H=6, W=5, T=2, Hr=6, Wr=7, L=5, atrous=2, dtype=torch.float64, seed=14)
-    lcase = make_local_case(B=2, C=4, H=6, W=5, L=5, windows=(24, 2, 4), atrous=1, dtype=torch.float64, seed=15)
-    assert torch.autograd.gradcheck(
-        lambda q, r, fb, bb: cfbi_ops.global_match(q, r, gcase.labels, 5, fb, bb, atrous=2),
-        tuple(gcase.leaves()),
-        fast_mode=True,
-        atol=1e-6,
-        rtol=1e-4,
-    )
-    assert torch.autograd.gradcheck(
-        lambda q, p, fb, bb: cfbi_ops.local_match(q, p, lcase.labels, 5, fb, bb, windows=(24, 2, 4)),
-        tuple(lcase.leaves()),
-        fast_mode=True,
-        atol=1e-6,
-        rtol=1e-4,
-    )
+        got = grads((out[which] * w).sum(), leaves)
+        expected = grads((ref_out[which] * w).sum(), leaves)
+        _compare_grads(LEAVES, got, expected, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,23 +117,25 @@ def test_gradcheck_fast_mode_larger(single_thread):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_empty_label_is_one_with_zero_grad(dtype):
-    gcase = make_global_case(B=2, C=4, H=5, W=6, L=3, absent=(2,), dtype=dtype, seed=16)
-    fg, _ = run_global(gcase)
+    gcase = Case("global", B=2, C=4, H=5, W=6, L=3, absent=(2,), seed=16)
+    x = leaf_inputs(gcase, dtype)
+    leaves = [x[k] for k in LEAVES]
+    fg, _ = call(gcase, x)
     assert torch.all(fg[:, 2] == 1.0)
-    for name, g in zip(GRAD_NAMES_GLOBAL, grads((fg[:, 2] * 3.0).sum(), gcase.leaves())):
+    for name, g in zip(GRAD_NAMES_GLOBAL, grads((fg[:, 2] * 3.0).sum(), leaves)):
         assert torch.count_nonzero(g) == 0, f"global: grad {name} must be zero"
     # Sanity: the same loss on a present label has non-zero gradients.
-    fg, _ = run_global(gcase)
-    assert torch.count_nonzero(grads((fg[:, 1] * 3.0).sum(), gcase.leaves())[0]) > 0
+    fg, _ = call(gcase, x)
+    assert torch.count_nonzero(grads((fg[:, 1] * 3.0).sum(), leaves)[0]) > 0
 
     # Local: window 0 holds only the pixel itself, so label l is empty wherever prev_labels != l.
-    lcase = make_local_case(B=2, C=4, H=5, W=6, L=3, windows=(0,), dtype=dtype, seed=17)
-    fg, _ = run_local(lcase)
-    empty = (lcase.labels != 1).unsqueeze(1)  # [B, 1, H, W]
+    lcase = Case("local", B=2, C=4, H=5, W=6, L=3, windows=(0,), seed=17)
+    x = leaf_inputs(lcase, dtype)
+    fg, _ = call(lcase, x)
+    empty = (x["labels"] != 1).unsqueeze(1)  # [B, 1, H, W]
     assert torch.all(fg[:, 1][empty] == 1.0)
     masked = torch.where(empty, fg[:, 1], torch.zeros_like(fg[:, 1]))
-    gq, gp, gfb, gbb = grads(masked.sum(), lcase.leaves())
-    for name, g in (("query", gq), ("previous", gp), ("fg_bias", gfb), ("bg_bias", gbb)):
+    for name, g in zip(GRAD_NAMES_LOCAL, grads(masked.sum(), [x[k] for k in LEAVES])):
         assert torch.count_nonzero(g) == 0, f"local: grad {name} must be zero"
 
 
@@ -190,68 +143,49 @@ def test_empty_label_is_one_with_zero_grad(dtype):
 # torch.autograd.Function entry points
 # --------------------------------------------------------------------------------------------------
 
+FUNCTION_CASES = [
+    Case("global", B=2, C=5, H=6, W=7, Hr=7, Wr=6, L=4, atrous=2, min_pixels=1, seed=18, name="ref4d"),
+    Case("global", B=2, C=5, H=6, W=7, T=2, Hr=7, Wr=6, L=4, atrous=2, min_pixels=1, seed=18, name="ref5d"),
+    Case("local", B=2, C=5, H=6, W=7, L=4, windows=(6, 1, 3), atrous=2, seed=19, name="atrous2"),
+]
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("ref_5d", [False, True], ids=["ref4d", "ref5d"])
-def test_global_function_apply_equals_function(dtype, ref_5d):
-    params = dict(B=2, C=5, H=6, W=7, Hr=7, Wr=6, L=4, atrous=2, min_pixels=1, dtype=dtype, seed=18)
-    if ref_5d:
-        params["T"] = 2
-    case = make_global_case(ref_5d=ref_5d, **params)
-    fg, bg = run_global(case)
-    afg, abg = cfbi_ops.GlobalMatchFunction.apply(
-        case.query,
-        case.reference,
-        case.labels,
-        case.num_labels,
-        case.fg_bias,
-        case.bg_bias,
-        case.atrous,
-        case.atrous_min_pixels,
-    )
+@pytest.mark.parametrize("case", FUNCTION_CASES, ids=lambda c: c.id)
+def test_function_apply_equals_function(case, dtype):
+    x = leaf_inputs(case, dtype)
+    leaves = [x[k] for k in LEAVES]
+    fg, bg = call(case, x)
+    afg, abg = call_function_class(case, x)
     assert torch.equal(fg, afg) and torch.equal(bg, abg)
-    expected = grads(weighted_loss(fg, bg), case.leaves())
-    got = grads(weighted_loss(afg, abg), case.leaves())
-    for name, g, e in zip(GRAD_NAMES_GLOBAL, got, expected):
+    expected = grads(weighted_loss(fg, bg), leaves)
+    got = grads(weighted_loss(afg, abg), leaves)
+    for name, g, e in zip(LEAVES, got, expected):
         assert g.shape == e.shape, name
-        assert torch.equal(g, e), f"grad {name} differs between Function.apply and global_match"
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_local_function_apply_equals_function(dtype):
-    case = make_local_case(B=2, C=5, H=6, W=7, L=4, windows=(6, 1, 3), atrous=2, dtype=dtype, seed=19)
-    fg, bg = run_local(case)
-    afg, abg = cfbi_ops.LocalMatchFunction.apply(
-        case.query, case.previous, case.labels, case.num_labels, case.fg_bias, case.bg_bias, case.windows, case.atrous
-    )
-    assert torch.equal(fg, afg) and torch.equal(bg, abg)
-    expected = grads(weighted_loss(fg, bg), case.leaves())
-    got = grads(weighted_loss(afg, abg), case.leaves())
-    for name, g, e in zip(GRAD_NAMES_LOCAL, got, expected):
-        assert torch.equal(g, e), f"grad {name} differs between Function.apply and local_match"
+        assert torch.equal(g, e), f"grad {name} differs between Function.apply and the function"
 
 
 def test_function_apply_defaults_and_number_biases():
-    gcase = make_global_case(B=1, C=4, H=5, W=5, L=3, seed=20, requires_grad=False)
-    fg, bg = cfbi_ops.GlobalMatchFunction.apply(gcase.query, gcase.reference, gcase.labels, 3, -0.3, 0.2)
-    efg, ebg = cfbi_ops.global_match(gcase.query, gcase.reference, gcase.labels, 3, -0.3, 0.2)
+    g = inputs(Case("global", C=4, H=5, W=5, L=3, seed=20), torch.float64)
+    fg, bg = cfbi_ops.GlobalMatchFunction.apply(g["query"], g["candidates"], g["labels"], 3, -0.3, 0.2)
+    efg, ebg = cfbi_ops.global_match(g["query"], g["candidates"], g["labels"], 3, -0.3, 0.2)
     assert torch.equal(fg, efg) and torch.equal(bg, ebg)
-    lcase = make_local_case(B=1, C=4, H=5, W=5, L=3, seed=21, requires_grad=False)
-    fg, bg = cfbi_ops.LocalMatchFunction.apply(lcase.query, lcase.previous, lcase.labels, 3, -0.3, 0.2)
-    efg, ebg = cfbi_ops.local_match(lcase.query, lcase.previous, lcase.labels, 3, -0.3, 0.2)
+    loc = inputs(Case("local", C=4, H=5, W=5, L=3, seed=21), torch.float64)
+    fg, bg = cfbi_ops.LocalMatchFunction.apply(loc["query"], loc["candidates"], loc["labels"], 3, -0.3, 0.2)
+    efg, ebg = cfbi_ops.local_match(loc["query"], loc["candidates"], loc["labels"], 3, -0.3, 0.2)
     assert fg.shape == (1, 3, len(cfbi_ops.DEFAULT_WINDOWS), 5, 5)
     assert torch.equal(fg, efg) and torch.equal(bg, ebg)
 
 
 def test_bias_slice_of_parameter_gets_gradient():
     """The model indexes per-scale biases out of a [3, 1, 1, 1] parameter: gradients reach the parameter."""
-    case = make_global_case(B=1, C=4, H=5, W=6, L=3, seed=22)
+    x = leaf_inputs(Case("global", C=4, H=5, W=6, L=3, seed=22), torch.float64)
     fg_param = torch.full((3, 1, 1, 1), -0.3, dtype=torch.float64, requires_grad=True)
     bg_param = torch.full((3, 1, 1, 1), 0.2, dtype=torch.float64, requires_grad=True)
-    fg, bg = cfbi_ops.global_match(case.query, case.reference, case.labels, 3, fg_param[1], bg_param[1])
+    fg, bg = cfbi_ops.global_match(x["query"], x["candidates"], x["labels"], 3, fg_param[1], bg_param[1])
     weighted_loss(fg, bg).backward()
-    rfg, rbg = ref_impl.global_match(case.query, case.reference, case.labels, 3, case.fg_bias, case.bg_bias)
-    efb, ebb = torch.autograd.grad(weighted_loss(rfg, rbg), [case.fg_bias, case.bg_bias])
+    rfg, rbg = ref_impl.global_match(x["query"], x["candidates"], x["labels"], 3, x["fg_bias"], x["bg_bias"])
+    efb, ebb = torch.autograd.grad(weighted_loss(rfg, rbg), [x["fg_bias"], x["bg_bias"]])
     assert fg_param.grad[0].item() == 0 and fg_param.grad[2].item() == 0
     torch.testing.assert_close(fg_param.grad[1].reshape(1), efb, **GRAD_TOL[torch.float64])
     torch.testing.assert_close(bg_param.grad[1].reshape(1), ebb, **GRAD_TOL[torch.float64])
@@ -261,46 +195,46 @@ def test_bias_slice_of_parameter_gets_gradient():
 # Determinism
 # --------------------------------------------------------------------------------------------------
 
-
-def _det_cases(dtype):
-    # Big enough that at::parallel_for splits the work over two threads (grain 16 pixels).
-    gcase = make_global_case(
-        B=2, C=16, H=13, W=12, T=2, Hr=11, Wr=13, L=5, atrous=2, min_pixels=1, dtype=dtype, seed=40
-    )
-    lcase = make_local_case(B=2, C=16, H=13, W=12, L=5, windows=(24, 4, 8, 0), atrous=2, dtype=dtype, seed=41)
-    return [(gcase, run_global), (lcase, run_local)]
+# Big enough that at::parallel_for splits the work over two threads (grain 16 pixels).
+DETERMINISM_CASES = [
+    Case("global", B=2, C=16, H=13, W=12, T=2, Hr=11, Wr=13, L=5, atrous=2, min_pixels=1, seed=40),
+    Case("local", B=2, C=16, H=13, W=12, L=5, windows=(24, 4, 8, 0), atrous=2, seed=41),
+]
 
 
-def _forward_and_grads(case, run):
-    fg, bg = run(case)
-    return [fg.detach(), bg.detach()] + grads(weighted_loss(fg, bg, seed=5), case.leaves())
+def _forward_and_grads(case: Case, x: dict) -> list[torch.Tensor]:
+    fg, bg = call(case, x)
+    return [fg.detach(), bg.detach()] + grads(weighted_loss(fg, bg, seed=5), [x[k] for k in LEAVES])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_backward_repeat_is_bit_identical(dtype):
-    for case, run in _det_cases(dtype):
-        first = _forward_and_grads(case, run)
-        second = _forward_and_grads(case, run)
+    for case in DETERMINISM_CASES:
+        x = leaf_inputs(case, dtype)
+        first = _forward_and_grads(case, x)
+        second = _forward_and_grads(case, x)
         for a, b in zip(first, second):
             assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_results_independent_of_thread_count(dtype, restore_threads):
-    for case, run in _det_cases(dtype):
+    for case in DETERMINISM_CASES:
+        x = leaf_inputs(case, dtype)
         torch.set_num_threads(1)
-        one = _forward_and_grads(case, run)
+        one = _forward_and_grads(case, x)
         torch.set_num_threads(2)
-        two = _forward_and_grads(case, run)
-        for name, a, b in zip(["fg", "bg", "query", "candidates", "fg_bias", "bg_bias"], one, two):
+        two = _forward_and_grads(case, x)
+        for name, a, b in zip(["fg", "bg", *LEAVES], one, two):
             assert torch.equal(a, b), f"{name} differs between 1 and 2 threads"
 
 
 def test_deterministic_algorithms_mode(restore_deterministic):
     torch.use_deterministic_algorithms(True)
-    for case, run in _det_cases(torch.float32):
-        first = _forward_and_grads(case, run)
-        second = _forward_and_grads(case, run)
+    for case in DETERMINISM_CASES:
+        x = leaf_inputs(case, torch.float32)
+        first = _forward_and_grads(case, x)
+        second = _forward_and_grads(case, x)
         for a, b in zip(first, second):
             assert torch.equal(a, b)
 

@@ -1,7 +1,7 @@
 """Property-based fuzzing of both ops (hypothesis), each target in a child interpreter so that a crash is a failure
 with its exit signal instead of the end of the suite.
 
-Targets: "global" / "local" draw valid cases from the harness's Case fields (tests/test_ops_harness.py), half
+Targets: "global" / "local" draw valid cases from the fields of the harness's Case (tests/conftest.py), half
 with one outlier element (1e2 .. 1e30, in the query or the candidates), and check the compiled op against the harness
 oracle (forward, every CPU dtype of the harness) and against the reference (float64 gradients and second
 derivatives); then invalid arguments, which must raise an exception whose message names the argument. "raw" calls
@@ -27,11 +27,19 @@ VALID_CASES = int(os.environ.get("CFBI_FUZZ_CASES", "1000"))
 def _fuzz(target: str, count: int) -> tuple[int, int]:
     """The child's body: returns (cases run, failures)."""
     import torch
+    from conftest import (
+        Case,
+        backward_args,
+        call,
+        first_and_second_derivatives,
+        inputs,
+        leaf_inputs,
+        public_args,
+        raw_args,
+    )
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-    from test_ops_harness import CPU_DTYPES, TOLERANCE, Case, call, inputs, oracle
-
-    import cfbi_ops
+    from test_ops_harness import CPU_DTYPES, TOLERANCE, oracle
 
     torch.set_num_threads(1)
     counter = {"cases": 0}
@@ -50,7 +58,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
             W=draw(st.integers(1, 7)),
             L=draw(st.integers(1, 5)),
             atrous=draw(st.one_of(st.integers(1, 4), st.just(2**31 - 1))),
-            layout=draw(st.sampled_from(["contiguous", "channels_last", "sliced", "expanded"])),
+            layout=draw(st.sampled_from(["contiguous", "channels_last", "sliced", "transposed", "expanded"])),
             ignore=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
             skew=draw(st.sampled_from([None, 0.3])),
             label_dtype=draw(st.sampled_from(["int64", "uint8", "int32"])),
@@ -84,21 +92,11 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
         for got, want in ((fg, efg), (bg, ebg)):
             torch.testing.assert_close(got.double(), torch.from_numpy(want), rtol=0, atol=TOLERANCE[dtype])
         if dtype == torch.float64:
-            # Gradients, and second derivatives (the gradient of sum |grad|^2, through create_graph=True).
-            results = []
-            for backend in ("compiled", "reference"):
-                leaves = dict(x)
-                for k in ("query", "candidates", "fg_bias", "bg_bias"):
-                    leaves[k] = x[k].detach().clone().requires_grad_()
-                fg, bg = call(case, leaves, backend)
-                w = torch.linspace(-1, 1, fg.numel(), dtype=torch.float64).reshape(fg.shape)
-                keys = [leaves[k] for k in ("query", "candidates", "fg_bias", "bg_bias")]
-                grads = torch.autograd.grad((fg * fg * w).sum() + (bg * w.flip(-1)).sum(), keys, create_graph=True)
-                penalty = sum((g * g).sum() for g in grads)
-                second = torch.autograd.grad(penalty, keys, allow_unused=True) if penalty.requires_grad else keys
-                second = [torch.zeros_like(k) if s is None or s is k else s for s, k in zip(second, keys)]
-                results.append([g.detach() for g in grads] + second)
-            for a, b in zip(*results):
+            compiled, reference = (
+                first_and_second_derivatives(lambda x, b=backend: call(case, x, b), leaf_inputs(case, dtype))
+                for backend in ("compiled", "reference")
+            )
+            for a, b in zip(compiled, reference):
                 torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
     # Mutations of valid arguments, and the argument the error must name.
@@ -138,21 +136,8 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
     def check_invalid(case: Case, which: int) -> None:
         counter["cases"] += 1
         name, change = list(mutations(case.op))[which % len(list(mutations(case.op)))]
-        x = inputs(case, torch.float32)
-        args = dict(
-            query=x["query"],
-            candidates=x["candidates"],
-            labels=x["labels"],
-            num_labels=case.L,
-            fg_bias=x["fg_bias"],
-            bg_bias=x["bg_bias"],
-        )
-        kwargs = dict(
-            atrous=case.atrous,
-            **({"atrous_min_pixels": case.min_pixels} if case.op == "global" else {"windows": case.windows}),
-        )
+        fn, args, kwargs = public_args(case, inputs(case, torch.float32))
         change(args, kwargs)
-        fn = cfbi_ops.global_match if case.op == "global" else cfbi_ops.local_match
         try:
             fn(*args.values(), **kwargs)
         except (ValueError, RuntimeError, TypeError) as error:
@@ -163,25 +148,8 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
 
     def check_raw(case: Case, which: int, seed: int) -> None:
         counter["cases"] += 1
-        x = inputs(case, torch.float32)
+        op, backward, args = raw_args(case, inputs(case, torch.float32))
         g = torch.Generator().manual_seed(seed)
-        if case.op == "global":
-            cand = x["candidates"] if x["candidates"].dim() == 5 else x["candidates"][:, None]
-            labels = x["labels"] if x["labels"].dim() == 4 else x["labels"][:, None]
-            args = [x["query"], cand, labels, case.L, x["fg_bias"], x["bg_bias"], case.atrous, case.min_pixels]
-            op, backward = torch.ops.cfbi.global_match, torch.ops.cfbi.global_match_backward
-        else:
-            args = [
-                x["query"],
-                x["candidates"],
-                x["labels"],
-                case.L,
-                x["fg_bias"],
-                x["bg_bias"],
-                list(case.windows),
-                case.atrous,
-            ]
-            op, backward = torch.ops.cfbi.local_match, torch.ops.cfbi.local_match_backward
         index = which % 9
         if index < 3:  # a tensor argument with one dimension dropped, added, or resized
             t = args[index]
@@ -207,7 +175,7 @@ def _fuzz(target: str, count: int) -> tuple[int, int]:
         if bad.numel():
             bad.view(-1)[int(torch.randint(0, bad.numel(), (1,), generator=g))] = 10**6 if index == 7 else -5
         try:
-            backward(grads, grads, fg, bad, args[0], args[1], args[4], args[5])
+            backward(*backward_args(args, fg, bad, grads, grads))
         except RuntimeError:
             return
         assert bad.numel() == 0 or bad.max() < 10**6, "an out-of-range argmin was accepted"

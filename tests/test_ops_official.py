@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import grads, make_global_case, make_local_case, weighted_loss
+from conftest import LEAVES, Case, call, grads, leaf_inputs, weighted_loss
 
-import cfbi_ops
 from tests import authors_matching as authors
 
 # name, H, W, C, global atrous, local windows, local atrous
@@ -28,16 +27,17 @@ CASES = [
 @pytest.mark.parametrize("op", ["global", "local"])
 def test_matches_authors_formulation(op: str, case: tuple, labels: int, dtype: torch.dtype) -> None:
     _, height, width, channels, global_atrous, windows, local_atrous = case
-    common = dict(C=channels, H=height, W=width, L=labels, dtype=dtype, seed=labels, fg_bias=0.3, bg_bias=-0.2)
+    common = dict(C=channels, H=height, W=width, L=labels, seed=labels, fg_bias=0.3, bg_bias=-0.2)
     if op == "global":
-        x = make_global_case(atrous=global_atrous, **common)
-        args = (x.query, x.reference, x.labels, labels, x.fg_bias, x.bg_bias)
-        ours = cfbi_ops.global_match(*args, atrous=global_atrous)
+        case = Case("global", atrous=global_atrous, **common)
+    else:
+        case = Case("local", windows=windows, atrous=local_atrous, **common)
+    x = leaf_inputs(case, dtype)
+    args = [x[k] for k in ("query", "candidates", "labels")] + [labels, x["fg_bias"], x["bg_bias"]]
+    ours = call(case, x)
+    if op == "global":
         theirs = authors.global_match_op_layout(*args, atrous=global_atrous, n_chunks=3)
     else:
-        x = make_local_case(windows=windows, atrous=local_atrous, **common)
-        args = (x.query, x.previous, x.labels, labels, x.fg_bias, x.bg_bias)
-        ours = cfbi_ops.local_match(*args, windows=windows, atrous=local_atrous)
         theirs = authors.local_match_op_layout(*args, windows=windows, atrous=local_atrous)
     for name, got, want in zip(["fg", "bg"], ours, theirs):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
@@ -45,7 +45,7 @@ def test_matches_authors_formulation(op: str, case: tuple, labels: int, dtype: t
         return
     for name, got, want in zip(
         ["query", "candidates", "fg_bias", "bg_bias"],
-        grads(weighted_loss(*ours), x.leaves()),
-        grads(weighted_loss(*theirs), x.leaves()),
+        grads(weighted_loss(*ours), [x[k] for k in LEAVES]),
+        grads(weighted_loss(*theirs), [x[k] for k in LEAVES]),
     ):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

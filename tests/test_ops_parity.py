@@ -8,19 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import (
-    DTYPES,
-    IGNORE,
-    TOL,
-    dtype_id,
-    embeddings,
-    generator,
-    make_bias,
-    make_global_case,
-    make_local_case,
-    run_local,
-)
-from test_ops_harness import Case, oracle
+from conftest import DTYPES, IGNORE, TOL, Case, call, dtype_id, embeddings, generator, inputs, make_bias
+from test_ops_harness import oracle
 
 import cfbi_ops
 from cfbi_ops import reference as ref_impl
@@ -77,10 +66,10 @@ def test_brute_force_hand_case():
 
 
 def test_global_match_without_any_candidate_is_one():
-    case = make_global_case(B=2, C=4, H=5, W=6, L=3, requires_grad=False)
-    labels = torch.full_like(case.labels, IGNORE)
+    x = inputs(Case("global", B=2, C=4, H=5, W=6, L=3), torch.float64)
+    labels = torch.full_like(x["labels"], IGNORE)
     labels[0, 0, 0] = 7  # >= L: ignored too
-    fg, bg = cfbi_ops.global_match(case.query, case.reference, labels, 3, case.fg_bias, case.bg_bias)
+    fg, bg = cfbi_ops.global_match(x["query"], x["candidates"], labels, 3, x["fg_bias"], x["bg_bias"])
     assert torch.equal(fg, torch.ones_like(fg))
     assert torch.equal(bg, torch.ones_like(bg))
 
@@ -158,13 +147,14 @@ def test_global_atrous_grid_is_per_frame_and_zero_based():
 def test_local_window0_is_own_pixel(dtype):
     """Window 0 holds only the pixel itself: fg_l(p) = score(||q_p - prev_p||^2) where prev_labels(p) == l,
     and exactly 1.0 for every other label (also where the pixel is ignored)."""
-    case = make_local_case(B=2, C=5, H=6, W=7, L=4, windows=(0,), dtype=dtype, seed=3, requires_grad=False)
-    fg, bg = run_local(case)
+    case = Case("local", B=2, C=5, H=6, W=7, L=4, windows=(0,), seed=3)
+    x = inputs(case, dtype)
+    fg, bg = call(case, x)
     assert fg.shape == (2, 4, 1, 6, 7)
-    d = ((case.query.double() - case.previous.double()) ** 2).sum(1)  # [B, H, W]
-    labels = case.labels
+    d = ((x["query"].double() - x["candidates"].double()) ** 2).sum(1)  # [B, H, W]
+    labels = x["labels"]
     for label in range(4):
-        b = float(case.bg_bias) if label == 0 else float(case.fg_bias)
+        b = case.bg_bias if label == 0 else case.fg_bias
         expected = torch.where(labels == label, 1 - 2 / (1 + torch.exp(d + b)), torch.ones_like(d))
         torch.testing.assert_close(fg[:, label, 0].double(), expected, **TOL[dtype])
         assert torch.all(fg[:, label, 0][labels != label] == 1.0)

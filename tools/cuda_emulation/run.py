@@ -9,7 +9,8 @@ g++ against the headers in include/, which emulate the CUDA runtime, cuda_fp16/b
 csrc/cuda/cuda_context.h (device guard, current stream). The ops are registered as cfbi_emu:: with the schemas
 of csrc/ops.cpp and compared with the cfbi:: CPU kernels: forward values and argmin, both backward paths
 (atomic, deterministic), degenerate sizes, and opcheck / torch.compile through the CUDA registration code. A
-development aid for machines without a GPU; the tests in tests/test_cuda.py on a real device remain the reference.
+development aid for machines without a GPU; the CUDA tests on a real device (tests/test_cuda.py, the harness's
+cuda backend) remain the reference.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class Case:
         return "-".join(f"{k}{v}" for k, v in d.items() if v != Case.__dataclass_fields__[k].default or k == "op")
 
 
-def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     """The same values in another memory layout."""
     if layout == "channels_last" and not x.is_floating_point():
         return x  # labels have no channel dimension
@@ -237,7 +237,7 @@ def inputs(case: Case, dtype: torch.dtype, device: str = "cpu") -> dict[str, tor
     if case.op == "global" and not (case.ref_5d or case.T > 1):
         cand, labels = cand[:, 0], labels[:, 0]
     labels = labels.clamp(max=255).to(getattr(torch, case.label_dtype))
-    query, cand, labels = (_layout(x.to(device), case.layout) for x in (query, cand, labels))
+    query, cand, labels = (in_layout(x.to(device), case.layout) for x in (query, cand, labels))
     return dict(
         query=query,
         candidates=cand,

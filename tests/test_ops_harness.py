@@ -328,6 +328,12 @@ CASES = [
         Case("local", B=2, C=4, H=5, W=6, L=4, windows=(5, 1, 0, 3), atrous=2, layout=lay, name=f"opcheck_{lay}")
         for lay in ("contiguous", "channels_last")
     ],
+    # opcheck at the small end: one reference frame, one label, no atrous; one window larger than the frame.
+    *[Case("global", T=1, L=1, layout=lay, name=f"opcheck_t1_l1_{lay}") for lay in ("contiguous", "channels_last")],
+    *[
+        Case("local", H=6, W=5, L=1, windows=(24,), layout=lay, name=f"opcheck_l1_window24_{lay}")
+        for lay in ("contiguous", "channels_last")
+    ],
 ]
 CASES = [Case(**{**asdict(c), "seed": i}) for i, c in enumerate(CASES)]
 assert len({c.id for c in CASES}) == len(CASES), "two cases with the same id"

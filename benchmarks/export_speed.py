@@ -1,7 +1,8 @@
 """Per-frame time of the packages of `cfbi export` against eager inference, the compile time and the package size.
 
     python -m benchmarks.export_speed [--configs small resnet101] [--size 480 854] [--frames 6]
-                                      [--dtypes float32 bfloat16] [--out benchmarks/results/export.json]
+                                      [--dtypes float32 bfloat16] [--device cpu|cuda]
+                                      [--out benchmarks/results/export.json]
 
 Random weights (speed does not depend on them), a generated clip with two objects, one annotated first frame;
 the first propagated frame of each engine is a warm-up and is not counted. Prints a Markdown table row per
@@ -42,14 +43,14 @@ def _per_frame(engine, clip: list[np.ndarray], mask: np.ndarray) -> list[float]:
     return times[1:]  # the first propagated frame warms up
 
 
-def measure(name: str, size: tuple[int, int], frames: int, dtype: str) -> dict:
+def measure(name: str, size: tuple[int, int], frames: int, dtype: str, device: str = "cpu") -> dict:
     from cfbi_model import VideoSegmenter, build_model, load_exported  # noqa: PLC0415
     from cfbi_model.config import InferenceConfig  # noqa: PLC0415
     from cfbi_model.inference.export import export_model  # noqa: PLC0415
 
     load_before = os.getloadavg()[0]
     torch.manual_seed(0)
-    model = build_model(name).eval()
+    model = build_model(name).eval().to(device)
     clip, mask = _clip(*size, frames)
     eager = _per_frame(VideoSegmenter(model, precision=dtype), clip, mask)
     with tempfile.TemporaryDirectory() as folder:
@@ -62,6 +63,7 @@ def measure(name: str, size: tuple[int, int], frames: int, dtype: str) -> dict:
         "config": name,
         "size": list(size),
         "dtype": dtype,
+        "device": device,
         "eager_ms": round(1e3 * statistics.median(eager), 1),
         "exported_ms": round(1e3 * statistics.median(exported), 1),
         "export_s": manifest["export_seconds"],
@@ -83,9 +85,10 @@ def main() -> None:
     parser.add_argument(
         "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"]
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the packages run")
     parser.add_argument("--out", default="benchmarks/results/export.json")
     args = parser.parse_args()
-    results = {"machine": machine_info("cpu"), "rows": []}
+    results = {"machine": machine_info(args.device), "rows": []}
     print(
         "| model | frame | dtype | eager ms/frame | exported ms/frame | eager / exported | trace s | compile s "
         "| packages MiB | load before -> after |"
@@ -93,7 +96,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         for dtype in args.dtypes:
-            row = measure(name, tuple(args.size), args.frames, dtype)
+            row = measure(name, tuple(args.size), args.frames, dtype, args.device)
             results["rows"].append(row)
             print(
                 f"| {name} | {row['size'][1]}x{row['size'][0]} | {dtype} | {row['eager_ms']} | {row['exported_ms']} "

@@ -19,12 +19,15 @@
 #   benchmark  python -m benchmarks.compare --device cuda -> benchmarks/results/cuda-<gpu>.{md,json}
 #   model      python -m benchmarks.model_speed: ResNet-101 CFBI+ at 480p, float32, AMP and bfloat16 + torch.compile,
 #              added to the same files
+#   export     python -m benchmarks.export_speed --device cuda: CUDA AOTInductor packages of the small model at 480p
+#              against eager, float32 and bfloat16 -> export-cuda.json (with what the budget leaves; not in a dry
+#              run, whose CPU would spend minutes compiling: tests/test_export.py exports on the CPU in CI)
 # Results (at most 8 files of at most 16 MiB) go to DIR as each stage ends: env-build.log, tests.log,
-# sanitizer.log, benchmark.log, the benchmark .md and .json, summary.txt. Exit status 0 when every stage passed.
+# sanitizer.log, benchmark.log, the benchmark .md and .json, export-cuda.json, summary.txt. Exit status 0 when every stage passed.
 set -uo pipefail
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -362,13 +365,23 @@ if [ "$BUILD_OK" -eq 1 ]; then
     "$WORK/model-fast.json" --out "$STEM"
   [ "$RC" -eq 0 ] || { MODEL_STATUS=fail; MODEL_NOTE="$MODEL_NOTE not added to the table;"; }
   record model "$MODEL_STATUS" "$MODEL_TIME" "${MODEL_NOTE:-float32, AMP and $FAST_VARIANT added to $(basename "$STEM").md}"
+  if [ "$DRY_RUN" -eq 1 ]; then
+    record export skip 0 "dry run: no AOTInductor compile"
+  else
+    timed "$BENCH_LOG" "$(budget 300 0)" "$PY" -m benchmarks.export_speed --device cuda --configs small \
+      --size 480 854 --frames 6 --dtypes float32 bfloat16 --out "$WORK/export-cuda.json"
+    if [ "$RC" -eq 0 ]; then record export pass "$ELAPSED" "export-cuda.json"
+    else record export fail "$ELAPSED" "$([ "$RC" -eq 124 ] && echo 'timed out' || echo "exit status $RC")"; fi
+  fi
 else
   record benchmark skip 0 "no build"
   record model skip 0 "no build"
+  record export skip 0 "no build"
 fi
 publish "$BENCH_LOG"
 publish "$STEM.md"
 publish "$STEM.json"
+[ -f "$WORK/export-cuda.json" ] && publish "$WORK/export-cuda.json"
 
 # ---- summary ---------------------------------------------------------------------------------------------
 "$PY" - "$STATUS_FILE" "$STEM.json" "$DRY_RUN" "$(($(date +%s) - START))" "$WORK/env-build.log" > "$WORK/summary.txt" 2>&1 <<'PY'

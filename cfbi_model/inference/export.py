@@ -182,10 +182,10 @@ def export_model(
         ids = torch.arange(num_labels, device=device)
         frame_grid = torch.empty((*frame_size, 0), dtype=torch.uint8, device=device)
         segment_inputs = (e4, e8, e16, low_level, *references, *reference_labels, *previous, *labels, ids, frame_grid)
-        feature = [{0: None, 2: g[0], 3: g[1]} for g in grids]
+        feature = [{0: torch.export.Dim.STATIC, 2: g[0], 3: g[1]} for g in grids]
         segment_shapes = (
             *feature,
-            {0: None, 2: grids[0][0], 3: grids[0][1]},
+            {0: torch.export.Dim.STATIC, 2: grids[0][0], 3: grids[0][1]},
             *({0: refs, 2: g[0], 3: g[1]} for g in grids),
             *({0: refs, 1: g[0], 2: g[1]} for g in grids),
             *({1: g[0], 2: g[1]} for g in grids),

@@ -124,13 +124,20 @@ def measure(name: str, base: CFBIPlus, args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["resnet101", "small"])
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=None,
+        help="random-weight models (default: resnet101 small; none with --checkpoint)",
+    )
     parser.add_argument("--size", nargs=2, type=int, default=[240, 432], metavar=("H", "W"))
     parser.add_argument("--frames", type=int, default=5, help="propagated frames (after the annotated one)")
     parser.add_argument("--objects", type=int, default=3)
     parser.add_argument("--checkpoint", nargs="*", default=[], help="also measure these checkpoints' weights")
     parser.add_argument("--out", default="benchmarks/results/precision_sensitivity.json")
     args = parser.parse_args(argv)
+    if args.configs is None:
+        args.configs = [] if args.checkpoint else ["resnet101", "small"]
     from cfbi_model.build import load_model, shipped_weights  # noqa: PLC0415
 
     models = [(f"{c} (random, seed 0)", make_model(c, torch.device("cpu"))) for c in args.configs]

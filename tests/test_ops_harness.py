@@ -621,10 +621,11 @@ def test_selection_equals_cpu_kernel(backend: Backend, case: Case, single_thread
         _assert_same_selection(got, want, exact=dtype == torch.float64 or case.integer)
 
 
-def _opcheck_args(case: Case, dtype: torch.dtype, device: str, op: str) -> tuple[Callable, list]:
-    """The raw forward or backward op of a case and its arguments (the backward's after a forward)."""
+def opcheck_args(case: Case, dtype: torch.dtype, device: str, op: str, ops=None) -> tuple[Callable, list]:
+    """The raw forward or backward op of a case (of torch.ops.cfbi, or of `ops`: tools/cuda_emulation uses it) and
+    its arguments (the backward's after a forward)."""
     x = leaf_inputs(case, dtype, device)
-    forward, backward, args = raw_args(case, x)
+    forward, backward, args = raw_args(case, x, ops)
     if op == "forward":
         return forward, args
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
@@ -645,7 +646,7 @@ OPCHECKS += [
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS, ids=lambda b: b.name)
 def test_opcheck(backend: Backend, case: Case, op: str, dtype: torch.dtype, single_thread_module):
     _skip_unless_runnable(backend)
-    fn, args = _opcheck_args(case, dtype, backend.device, op)
+    fn, args = opcheck_args(case, dtype, backend.device, op)
     torch.library.opcheck(fn.default, args)
 
 

@@ -326,19 +326,16 @@ def compare(lib: str) -> int:
         "from cfbi_ops.ops import _differentiable_backward, _double_backward_wanted, _grad_or_zeros\n" + helpers + block
     )
     exec(code.replace("cfbi::", "cfbi_emu::").replace("torch.ops.cfbi.", "torch.ops.cfbi_emu."), {})
-    import test_ops_registration as reg
+    from test_ops_harness import CASES, opcheck_args
 
-    for dtype in (torch.float32, torch.float64):
-        for layout in reg.LAYOUTS:
+    # The op harness's opcheck cases (both ops, both dense layouts, the small end), on the emulated ops.
+    for case in [c for c in CASES if c.name.startswith("opcheck")]:
+        for dtype, op in [(d, o) for d in (torch.float32, torch.float64) for o in ("forward", "backward")]:
             try:
-                torch.library.opcheck(ops_emu.global_match.default, reg._global_args(dtype, layout=layout))
-                torch.library.opcheck(ops_emu.local_match.default, reg._local_args(dtype, layout=layout))
-                args = reg._backward_args(ops_emu.global_match, reg._global_args(dtype, layout=layout))
-                torch.library.opcheck(ops_emu.global_match_backward.default, args)
-                args = reg._backward_args(ops_emu.local_match, reg._local_args(dtype, layout=layout))
-                torch.library.opcheck(ops_emu.local_match_backward.default, args)
+                function, args = opcheck_args(case, dtype, "cpu", op, ops_emu)
+                torch.library.opcheck(function.default, args)
             except Exception as error:  # noqa: BLE001
-                check.fail(f"opcheck {dtype} {layout}", str(error)[:500])
+                check.fail(f"opcheck {case.id} {op} {dtype}", str(error)[:500])
             check.checks += 1
     print(f"{check.checks} checks, {check.failures} failures")
     return 1 if check.failures else 0

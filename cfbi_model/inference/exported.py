@@ -24,7 +24,6 @@ from ..modeling.matching import one_hot_labels, resize_labels
 from .export import FORMAT_VERSION, MANIFEST, ExportError
 from .segmenter import (
     Annotation,
-    AnnotationError,
     FramePrediction,
     LabelMap,
     apply_annotation,
@@ -146,12 +145,7 @@ class ExportedSegmenter:
         size = (int(image.shape[0]), int(image.shape[1]))
         labels = None
         if annotation is not None:
-            mask = read_annotation(annotation, index)
-            if mask.shape != size:
-                raise AnnotationError(
-                    f"annotation of frame {index} is {mask.shape[1]}x{mask.shape[0]} (WxH) but the frame is "
-                    f"{size[1]}x{size[0]}"
-                )
+            mask = read_annotation(annotation, index, size)
             known = set(self.label_map.ids)
             count = len(known | {int(v) for v in np.unique(mask) if v != IGNORE_LABEL}) - 1
             if count > self.manifest["max_objects"]:

@@ -137,9 +137,20 @@ class LabelMap:
 Annotation = np.ndarray | Tensor | str | os.PathLike
 
 
-def read_annotation(value: Annotation, index: int) -> np.ndarray:
-    """An annotation (a label map [H, W] of object ids, or a mask file) as uint8 ids; AnnotationError for a
-    non-integer map or ids outside 0..254 (and 255)."""
+def read_annotation(value: Annotation, index: int, size: tuple[int, int]) -> np.ndarray:
+    """Frame `index`'s annotation (a label map [H, W] of object ids, or a mask file) as uint8 ids [H, W];
+    AnnotationError for a non-integer map, ids outside 0..254 (and 255) or a size other than the frame's."""
+    array = _annotation_ids(value, index)
+    if array.shape != size:
+        where = f" ({os.fspath(value)})" if isinstance(value, (str, os.PathLike)) else ""
+        raise AnnotationError(
+            f"annotation of frame {index}{where} is {array.shape[1]}x{array.shape[0]} (WxH) but the frame "
+            f"is {size[1]}x{size[0]}"
+        )
+    return array
+
+
+def _annotation_ids(value: Annotation, index: int) -> np.ndarray:
     if isinstance(value, (str, os.PathLike)):
         return read_mask(value)[0]
     if isinstance(value, Tensor):
@@ -259,13 +270,7 @@ class VideoSegmenter:
         size = tuple(image.shape[-2:])
         labels = None
         if annotation is not None:
-            mask = read_annotation(annotation, index)
-            if mask.shape != size:
-                where = f" ({os.fspath(annotation)})" if isinstance(annotation, (str, os.PathLike)) else ""
-                raise AnnotationError(
-                    f"annotation of frame {index}{where} is {mask.shape[1]}x{mask.shape[0]} (WxH) but the frame "
-                    f"is {size[1]}x{size[0]}"
-                )
+            mask = read_annotation(annotation, index, size)
             self.label_map.add(mask)
             labels = self._labels(self.label_map.to_labels(mask), size)
         if not self._augs and labels is None:  # before the first annotation: background

@@ -73,6 +73,12 @@ record() {
   log "$1: $2 ($3 s) $4"
 }
 
+# record_run STAGE NOTE: the stage's line after `timed`: pass with NOTE, or fail with why (RC, ELAPSED).
+record_run() {
+  if [ "$RC" -eq 0 ]; then record "$1" pass "$ELAPSED" "$2"
+  else record "$1" fail "$ELAPSED" "$([ "$RC" -eq 124 ] && echo 'timed out' || echo "exit status $RC")"; fi
+}
+
 # budget CAP RESERVE: seconds for the next stage, at most CAP, leaving RESERVE seconds for the later stages.
 budget() {
   local left=$((DEADLINE - $(date +%s) - $2))
@@ -349,8 +355,7 @@ else
 fi
 if [ "$BUILD_OK" -eq 1 ]; then
   timed "$BENCH_LOG" "$(budget 120 60)" "$PY" -m benchmarks.compare "${COMPARE_ARGS[@]}" --out "$STEM"
-  if [ "$RC" -eq 0 ]; then record benchmark pass "$ELAPSED" "$(basename "$STEM").{md,json}"
-  else record benchmark fail "$ELAPSED" "$([ "$RC" -eq 124 ] && echo 'timed out' || echo "exit status $RC")"; fi
+  record_run benchmark "$(basename "$STEM").{md,json}"
   MODEL_STATUS=pass MODEL_TIME=0 MODEL_NOTE=""
   for precision in float32 amp fast; do
     extra=() reserve=30
@@ -370,8 +375,7 @@ if [ "$BUILD_OK" -eq 1 ]; then
   else
     timed "$BENCH_LOG" "$(budget 300 0)" "$PY" -m benchmarks.export_speed --device cuda --configs small \
       --size 480 854 --frames 6 --dtypes float32 bfloat16 --out "$WORK/export-cuda.json"
-    if [ "$RC" -eq 0 ]; then record export pass "$ELAPSED" "export-cuda.json"
-    else record export fail "$ELAPSED" "$([ "$RC" -eq 124 ] && echo 'timed out' || echo "exit status $RC")"; fi
+    record_run export export-cuda.json
   fi
 else
   record benchmark skip 0 "no build"
